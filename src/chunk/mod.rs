@@ -1,0 +1,223 @@
+//! Cutting extracted text into chunks of at most `chunk_size` tokens with at most
+//! `chunk_overlap` tokens shared between neighbours, on the most meaningful boundary that fits.
+//!
+//! The boundaries are text-splitter's (paragraphs, lines, sentences, words, graphemes; markdown
+//! structure for markdown). Sizing is ours: the document is tokenized once into a
+//! [`DocumentIndex`], and text-splitter's many size probes read token counts off it instead of
+//! re-tokenizing candidate chunks. Long documents are fed to text-splitter in windows, because its
+//! per-chunk bookkeeping grows with the length of the remaining text.
+
+mod tokenizer;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use text_splitter::{ChunkConfig, ChunkSizer, MarkdownSplitter, TextSplitter};
+
+pub use tokenizer::{DocumentIndex, Encoding, Tokenizer, TokenizerError};
+
+/// Why a chunker could not be built.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ChunkError {
+    /// `chunk_size` is zero.
+    #[error("chunk_size must be at least 1")]
+    ZeroSize,
+    /// The overlap would leave no room for new text.
+    #[error("chunk_overlap ({overlap}) must be smaller than chunk_size ({size})")]
+    OverlapTooLarge {
+        /// The requested chunk size.
+        size: usize,
+        /// The requested overlap.
+        overlap: usize,
+    },
+    /// The vocabulary could not be loaded.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+}
+
+/// How the text is structured, which decides the boundaries chunks prefer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Structure {
+    /// Paragraphs, lines, sentences, words.
+    Plain,
+    /// Markdown blocks (headings, lists, code fences) first, then as plain text.
+    Markdown,
+}
+
+/// One chunk of a document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// Byte range of the chunk in the document.
+    pub range: Range<usize>,
+    /// Exact token count of the chunk's text tokenized alone.
+    pub token_count: usize,
+}
+
+/// Splits documents for one (encoding, chunk size, overlap). Build once, use for every document
+/// of that configuration, from any number of threads.
+#[derive(Debug, Clone)]
+pub struct Chunker {
+    tokenizer: Arc<Tokenizer>,
+    /// Maximum tokens per chunk.
+    size: usize,
+    /// Maximum tokens shared by neighbouring chunks.
+    overlap: usize,
+}
+
+/// Minimum window handed to text-splitter at once, in bytes.
+const MIN_WINDOW_BYTES: usize = 64 * 1024;
+/// Window length in chunks: large enough that re-chunking the last chunk of each window costs
+/// little, small enough that text-splitter's per-chunk work over the window stays small.
+const WINDOW_CHUNKS: usize = 24;
+
+impl Chunker {
+    /// A chunker for `size`-token chunks overlapping by up to `overlap` tokens.
+    ///
+    /// # Errors
+    /// When `size` is 0, `overlap >= size`, or the vocabulary cannot be loaded.
+    pub fn new(encoding: Encoding, size: usize, overlap: usize) -> Result<Self, ChunkError> {
+        if size == 0 {
+            return Err(ChunkError::ZeroSize);
+        }
+        if overlap >= size {
+            return Err(ChunkError::OverlapTooLarge { size, overlap });
+        }
+        Ok(Chunker { tokenizer: Tokenizer::shared(encoding)?, size, overlap })
+    }
+
+    /// The encoding sizes are measured in.
+    #[must_use]
+    pub fn encoding(&self) -> Encoding {
+        self.tokenizer.encoding()
+    }
+
+    /// The maximum tokens per chunk.
+    #[must_use]
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The maximum tokens shared by neighbours.
+    #[must_use]
+    pub fn overlap(&self) -> usize {
+        self.overlap
+    }
+
+    /// Exact token count of `text`.
+    #[must_use]
+    pub fn count(&self, text: &str) -> usize {
+        self.tokenizer.count(text)
+    }
+
+    /// Splits `text` into chunks of at most `self.size()` tokens.
+    #[must_use]
+    pub fn chunk(&self, text: &str, structure: Structure) -> Vec<Chunk> {
+        self.chunk_within(text, structure, self.size)
+    }
+
+    /// Splits `text` into chunks of at most `capacity` tokens (≤ `self.size()`), for callers
+    /// that add a prefix of their own to every chunk. The overlap shrinks with the capacity.
+    #[must_use]
+    pub fn chunk_within(&self, text: &str, structure: Structure, capacity: usize) -> Vec<Chunk> {
+        let capacity = capacity.clamp(1, self.size);
+        let overlap = self.overlap.min(capacity - 1);
+        let index = self.tokenizer.index(text);
+        let sizer = IndexSizer { index: &index, base: text.as_ptr() as usize };
+        let mut chunks = Vec::new();
+        let window = MIN_WINDOW_BYTES.max(capacity * 4 * WINDOW_CHUNKS);
+        let mut start = 0;
+        while start < text.len() {
+            let mut end = window_end(text, start, window);
+            loop {
+                let found = split(&text[start..end], structure, capacity, overlap, &sizer);
+                if end == text.len() {
+                    chunks.extend(found.into_iter().map(|r| (start + r.start)..(start + r.end)));
+                    start = text.len();
+                    break;
+                }
+                // The last chunk of a window may have been cut short by the window's end: keep
+                // the others and start the next window where it started.
+                if let [kept @ .., last] = found.as_slice()
+                    && !kept.is_empty()
+                {
+                    chunks.extend(kept.iter().map(|r| (start + r.start)..(start + r.end)));
+                    start += last.start;
+                    break;
+                }
+                // One chunk filled the whole window: try a wider one.
+                end = window_end(text, start, (end - start) * 2);
+            }
+        }
+        chunks
+            .into_iter()
+            .map(|range| {
+                let token_count = index.count(range.start, range.end);
+                Chunk { range, token_count }
+            })
+            .collect()
+    }
+}
+
+/// Runs text-splitter over one window; ranges are relative to the window.
+fn split(
+    window: &str,
+    structure: Structure,
+    capacity: usize,
+    overlap: usize,
+    sizer: &IndexSizer<'_, '_>,
+) -> Vec<Range<usize>> {
+    // `overlap < capacity` was checked by the caller, so the config is always valid; if
+    // text-splitter ever disagreed, chunks without overlap are still correct chunks.
+    let config = ChunkConfig::new(capacity)
+        .with_sizer(sizer)
+        .with_overlap(overlap)
+        .unwrap_or_else(|_| ChunkConfig::new(capacity).with_sizer(sizer));
+    let ranges = |(offset, chunk): (usize, &str)| offset..offset + chunk.len();
+    match structure {
+        Structure::Plain => TextSplitter::new(config).chunk_indices(window).map(ranges).collect(),
+        Structure::Markdown => {
+            MarkdownSplitter::new(config).chunk_indices(window).map(ranges).collect()
+        }
+    }
+}
+
+/// End of a window of about `len` bytes from `start`: at the next blank line if one is near,
+/// else the next line break, else a character boundary.
+fn window_end(text: &str, start: usize, len: usize) -> usize {
+    let target = start.saturating_add(len);
+    if target >= text.len() {
+        return text.len();
+    }
+    let search = &text.as_bytes()[target..text.len().min(target + 16 * 1024)];
+    if let Some(i) = memchr::memmem::find(search, b"\n\n") {
+        return target + i + 2;
+    }
+    if let Some(i) = memchr::memchr(b'\n', search) {
+        return target + i + 1;
+    }
+    (target..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len())
+}
+
+/// Sizes text-splitter's candidate chunks from the document index. Candidates are always slices
+/// of the document, so their position is recovered from their address.
+struct IndexSizer<'i, 't> {
+    index: &'i DocumentIndex<'t>,
+    /// Address of the document's first byte.
+    base: usize,
+}
+
+impl ChunkSizer for &IndexSizer<'_, '_> {
+    fn size(&self, chunk: &str) -> usize {
+        let start = (chunk.as_ptr() as usize).wrapping_sub(self.base);
+        let end = start.wrapping_add(chunk.len());
+        if start <= end && end <= self.index.text().len() {
+            self.index.count(start, end)
+        } else {
+            // Not a slice of the document (text-splitter never does this): count it directly.
+            self.index.count_detached(chunk)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,106 @@
+//! Invariants of the chunker over random text, checked against tiktoken-rs itself.
+
+use proptest::prelude::*;
+use tiktoken_rs::CoreBPE;
+
+use super::*;
+
+/// Fragments that stress tokenization and boundaries: prose, CJK, emoji sequences, combining
+/// marks, numbers, punctuation runs and words far longer than a chunk.
+fn fragment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => "[a-zA-Z]{1,12}",
+        1 => "[0-9]{1,9}",
+        1 => "[\u{4e00}-\u{4e80}\u{3040}-\u{309f}]{1,20}",
+        1 => prop::sample::select(vec!["👩‍👩‍👧‍👦", "🇫🇷", "👍🏽", "❤️", "e\u{301}", "a\u{308}\u{332}"]).prop_map(String::from),
+        1 => "[!-/:-@\\[-`{-~]{1,4}",
+        1 => "[a-z]{200,900}",
+    ]
+}
+
+fn separator() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec![" ", " ", " ", "  ", "\n", "\n\n", ". ", ", ", "\t", "\r\n", "\n# ", "\n- "])
+}
+
+fn document() -> impl Strategy<Value = String> {
+    prop::collection::vec((fragment(), separator()), 0..400).prop_map(|parts| {
+        parts.into_iter().map(|(word, sep)| word + sep).collect()
+    })
+}
+
+fn reference() -> &'static CoreBPE {
+    static BPE: std::sync::OnceLock<CoreBPE> = std::sync::OnceLock::new();
+    BPE.get_or_init(|| Encoding::Cl100kBase.core_bpe().unwrap())
+}
+
+fn tokens(text: &str) -> usize {
+    reference().encode_ordinary(text).len()
+}
+
+fn check_invariants(text: &str, chunks: &[Chunk], size: usize, overlap: usize) {
+    let mut covered = vec![false; text.len()];
+    for (i, chunk) in chunks.iter().enumerate() {
+        let piece = text.get(chunk.range.clone()).expect("chunk range splits a character");
+        assert!(!piece.trim().is_empty(), "chunk {i} is blank");
+        let counted = tokens(piece);
+        assert_eq!(chunk.token_count, counted, "chunk {i} reports a wrong count: {piece:?}");
+        assert!(counted <= size, "chunk {i} has {counted} > {size} tokens: {piece:?}");
+        covered[chunk.range.clone()].iter_mut().for_each(|c| *c = true);
+        if let Some(next) = chunks.get(i + 1) {
+            assert!(next.range.start > chunk.range.start, "starts must increase");
+            assert!(next.range.end > chunk.range.end, "ends must increase");
+            if next.range.start < chunk.range.end {
+                let shared = tokens(&text[next.range.start..chunk.range.end]);
+                assert!(shared <= overlap, "chunks {i},{} share {shared} > {overlap} tokens", i + 1);
+            }
+        }
+    }
+    for (at, ch) in text.char_indices() {
+        assert!(ch.is_whitespace() || covered[at], "{ch:?} at byte {at} is in no chunk");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn plain_chunks_keep_the_invariants(text in document(), size in 1usize..300, overlap_pct in 0usize..60) {
+        let overlap = size * overlap_pct / 100;
+        let chunker = Chunker::new(Encoding::Cl100kBase, size, overlap).unwrap();
+        check_invariants(&text, &chunker.chunk(&text, Structure::Plain), size, overlap);
+    }
+
+    #[test]
+    fn markdown_chunks_keep_the_invariants(text in document(), size in 2usize..300, overlap_pct in 0usize..60) {
+        let overlap = size * overlap_pct / 100;
+        let chunker = Chunker::new(Encoding::Cl100kBase, size, overlap).unwrap();
+        check_invariants(&text, &chunker.chunk(&text, Structure::Markdown), size, overlap);
+    }
+}
+
+#[test]
+fn windows_do_not_change_the_invariants_on_long_documents() {
+    // ~600 KB: several windows at this chunk size.
+    let paragraph = "The quick brown fox jumps over the lazy dog, again and again. ".repeat(20);
+    let text: String = (0..500).map(|i| format!("{i}. {paragraph}\n\n")).collect();
+    let chunker = Chunker::new(Encoding::Cl100kBase, 64, 8).unwrap();
+    let chunks = chunker.chunk(&text, Structure::Plain);
+    assert!(chunks.len() > 1000);
+    check_invariants(&text, &chunks, 64, 8);
+}
+
+#[test]
+fn rejects_invalid_sizes() {
+    assert!(matches!(Chunker::new(Encoding::Cl100kBase, 0, 0), Err(ChunkError::ZeroSize)));
+    assert!(matches!(
+        Chunker::new(Encoding::Cl100kBase, 10, 10),
+        Err(ChunkError::OverlapTooLarge { size: 10, overlap: 10 })
+    ));
+}
+
+#[test]
+fn same_input_same_chunks() {
+    let text = "One sentence. Another one follows here.\n\nA new paragraph starts. ".repeat(50);
+    let chunker = Chunker::new(Encoding::O200kBase, 30, 5).unwrap();
+    assert_eq!(chunker.chunk(&text, Structure::Plain), chunker.chunk(&text, Structure::Plain));
+}

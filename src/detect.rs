@@ -1,0 +1,404 @@
+//! What an object is: its bytes decide first (magic numbers, then whether they are text at all),
+//! then its declared content type, then its name. The extension alone never makes a file text.
+
+use std::path::Path;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// How many leading bytes detection looks at.
+pub const SNIFF_BYTES: usize = 8 * 1024;
+
+/// The coarse kind of content, as carried on records (`file.media_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MediaType {
+    /// Text and documents.
+    Text,
+    /// Still images.
+    Image,
+    /// Sound.
+    Audio,
+    /// Moving images.
+    Video,
+}
+
+/// Which extractor handles a format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Character data: decoded and read directly.
+    Text,
+    /// Office documents, PDF, e-books.
+    Document,
+    /// Images.
+    Image,
+    /// Audio.
+    Audio,
+    /// Video.
+    Video,
+    /// Archives and binary data of no known format.
+    Other,
+}
+
+/// A detected format. Adding a format means adding a variant here and its extractor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// Plain text.
+    Plain,
+    /// Markdown.
+    Markdown,
+    /// HTML.
+    Html,
+    /// XML.
+    Xml,
+    /// Comma-separated values.
+    Csv,
+    /// Tab-separated values.
+    Tsv,
+    /// A JSON document.
+    Json,
+    /// One JSON document per line.
+    JsonLines,
+    /// SubRip subtitles.
+    Srt,
+    /// WebVTT subtitles.
+    WebVtt,
+    /// Source code in the named language.
+    Code(&'static str),
+    /// A document format (pdf, docx, …), named.
+    Document(&'static str),
+    /// An image format, named.
+    Image(&'static str),
+    /// An audio format, named.
+    Audio(&'static str),
+    /// A video format, named.
+    Video(&'static str),
+    /// An archive or other recognised binary format, named.
+    Binary(&'static str),
+    /// Bytes that are neither text nor a format we recognise.
+    Unknown,
+}
+
+impl Format {
+    /// The format's name on records (`file.format`).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Plain => "text",
+            Format::Markdown => "markdown",
+            Format::Html => "html",
+            Format::Xml => "xml",
+            Format::Csv => "csv",
+            Format::Tsv => "tsv",
+            Format::Json => "json",
+            Format::JsonLines => "jsonl",
+            Format::Srt => "srt",
+            Format::WebVtt => "vtt",
+            Format::Code(name)
+            | Format::Document(name)
+            | Format::Image(name)
+            | Format::Audio(name)
+            | Format::Video(name)
+            | Format::Binary(name) => name,
+            Format::Unknown => "unknown",
+        }
+    }
+
+    /// Which extractor handles it.
+    #[must_use]
+    pub fn family(self) -> Family {
+        match self {
+            Format::Document(_) => Family::Document,
+            Format::Image(_) => Family::Image,
+            Format::Audio(_) => Family::Audio,
+            Format::Video(_) => Family::Video,
+            Format::Binary(_) | Format::Unknown => Family::Other,
+            _ => Family::Text,
+        }
+    }
+
+    /// The media type carried on records, when it has one.
+    #[must_use]
+    pub fn media_type(self) -> Option<MediaType> {
+        match self.family() {
+            Family::Text | Family::Document => Some(MediaType::Text),
+            Family::Image => Some(MediaType::Image),
+            Family::Audio => Some(MediaType::Audio),
+            Family::Video => Some(MediaType::Video),
+            Family::Other => None,
+        }
+    }
+}
+
+/// What detection concluded about an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Detected {
+    /// The format.
+    pub format: Format,
+    /// For text: the byte order or unit width the sniffer saw (decoding decides the rest).
+    pub text_hint: Option<TextHint>,
+}
+
+/// What the sniffer learnt about text bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextHint {
+    /// A byte order mark (UTF-8, UTF-16 or UTF-32) is present.
+    Bom,
+    /// UTF-16 without a BOM, little-endian.
+    Utf16Le,
+    /// UTF-16 without a BOM, big-endian.
+    Utf16Be,
+    /// Single- or multi-byte text without a BOM (UTF-8 or a legacy encoding).
+    Bytes,
+}
+
+/// Detects the format of an object from its first bytes (`head`, up to [`SNIFF_BYTES`]), its
+/// declared content type and its name.
+#[must_use]
+pub fn detect(head: &[u8], content_type: Option<&str>, name: &str) -> Detected {
+    let head = &head[..head.len().min(SNIFF_BYTES)];
+    let mime = content_type.map(|ct| ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    let extension = Path::new(name)
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+
+    if let Some(format) = magic(head) {
+        return Detected { format, text_hint: None };
+    }
+    let Some(hint) = sniff_text(head) else {
+        return Detected { format: Format::Unknown, text_hint: None };
+    };
+    let format = mime
+        .as_deref()
+        .and_then(text_format_from_mime)
+        .or_else(|| text_format_from_extension(&extension, name))
+        .or_else(|| text_format_from_content(head))
+        .unwrap_or(Format::Plain);
+    Detected { format, text_hint: Some(hint) }
+}
+
+/// Binary formats recognised by their magic numbers.
+fn magic(head: &[u8]) -> Option<Format> {
+    let kind = infer::get(head)?;
+    let format = match kind.mime_type() {
+        "image/jpeg" => Format::Image("jpeg"),
+        "image/png" => Format::Image("png"),
+        "image/gif" => Format::Image("gif"),
+        "image/webp" => Format::Image("webp"),
+        "image/bmp" => Format::Image("bmp"),
+        "image/tiff" => Format::Image("tiff"),
+        "image/vnd.microsoft.icon" | "image/x-icon" => Format::Image("ico"),
+        "image/heif" => Format::Image("heif"),
+        "image/avif" => Format::Image("avif"),
+        "image/vnd.adobe.photoshop" => Format::Image("psd"),
+        "image/jxl" => Format::Image("jxl"),
+        "audio/mpeg" => Format::Audio("mp3"),
+        "audio/x-wav" | "audio/wav" => Format::Audio("wav"),
+        "audio/x-flac" | "audio/flac" => Format::Audio("flac"),
+        "audio/ogg" | "audio/opus" => Format::Audio("ogg"),
+        "audio/aac" => Format::Audio("aac"),
+        "audio/m4a" | "audio/mp4" => Format::Audio("m4a"),
+        "audio/x-aiff" | "audio/aiff" => Format::Audio("aiff"),
+        "audio/midi" => Format::Audio("midi"),
+        "audio/amr" => Format::Audio("amr"),
+        "video/mp4" => Format::Video("mp4"),
+        "video/x-m4v" => Format::Video("m4v"),
+        "video/quicktime" => Format::Video("mov"),
+        "video/x-matroska" => Format::Video("mkv"),
+        "video/webm" => Format::Video("webm"),
+        "video/x-msvideo" => Format::Video("avi"),
+        "video/x-flv" => Format::Video("flv"),
+        "video/mpeg" => Format::Video("mpeg"),
+        "video/x-ms-wmv" => Format::Video("wmv"),
+        "video/3gpp" => Format::Video("3gp"),
+        "application/pdf" => Format::Document("pdf"),
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document" => {
+            Format::Document("docx")
+        }
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet" => {
+            Format::Document("xlsx")
+        }
+        "application/vnd.openxmlformats-officedocument.presentationml.presentation" => {
+            Format::Document("pptx")
+        }
+        "application/msword" => Format::Document("doc"),
+        "application/vnd.ms-excel" => Format::Document("xls"),
+        "application/vnd.ms-powerpoint" => Format::Document("ppt"),
+        "application/vnd.oasis.opendocument.text" => Format::Document("odt"),
+        "application/vnd.oasis.opendocument.spreadsheet" => Format::Document("ods"),
+        "application/vnd.oasis.opendocument.presentation" => Format::Document("odp"),
+        "application/epub+zip" => Format::Document("epub"),
+        "application/rtf" => Format::Document("rtf"),
+        // Text formats infer knows (html, xml, shell scripts) are left to the text sniffer.
+        mime if mime.starts_with("text/") => return None,
+        _ => Format::Binary(kind.extension()),
+    };
+    Some(format)
+}
+
+/// Whether `head` is text, and what kind. Text has a BOM, or is UTF-16 by its zero bytes, or
+/// has no NUL and almost no control characters.
+fn sniff_text(head: &[u8]) -> Option<TextHint> {
+    if head.is_empty() {
+        return Some(TextHint::Bytes);
+    }
+    if head.starts_with(&[0xEF, 0xBB, 0xBF])
+        || head.starts_with(&[0xFF, 0xFE])
+        || head.starts_with(&[0xFE, 0xFF])
+        || head.starts_with(&[0, 0, 0xFE, 0xFF])
+    {
+        return Some(TextHint::Bom);
+    }
+    if let Some(hint) = sniff_utf16(head) {
+        return Some(hint);
+    }
+    let mut controls = 0usize;
+    for &b in head {
+        match b {
+            0 => return None,
+            b'\t' | b'\n' | b'\r' | 0x0C | 0x1B => {}
+            0x01..=0x1F | 0x7F => controls += 1,
+            _ => {}
+        }
+    }
+    // A stray control character or two happens in real text; many means binary data.
+    (controls * 100 <= head.len()).then_some(TextHint::Bytes)
+}
+
+/// UTF-16 without a BOM: most code units of Latin-script text have a zero high byte.
+fn sniff_utf16(head: &[u8]) -> Option<TextHint> {
+    let units = head.len() / 2;
+    if units < 2 {
+        return None;
+    }
+    let zeros_at = |parity: usize| head.iter().skip(parity).step_by(2).filter(|&&b| b == 0).count();
+    let (even, odd) = (zeros_at(0), zeros_at(1));
+    if odd * 10 >= units * 6 && even * 20 <= units {
+        return Some(TextHint::Utf16Le);
+    }
+    if even * 10 >= units * 6 && odd * 20 <= units {
+        return Some(TextHint::Utf16Be);
+    }
+    None
+}
+
+fn text_format_from_mime(mime: &str) -> Option<Format> {
+    Some(match mime {
+        "text/markdown" | "text/x-markdown" => Format::Markdown,
+        "text/html" | "application/xhtml+xml" => Format::Html,
+        "text/xml" | "application/xml" => Format::Xml,
+        "text/csv" => Format::Csv,
+        "text/tab-separated-values" => Format::Tsv,
+        "application/json" => Format::Json,
+        "application/x-ndjson" | "application/jsonl" | "application/x-jsonlines" => {
+            Format::JsonLines
+        }
+        "application/x-subrip" => Format::Srt,
+        "text/vtt" => Format::WebVtt,
+        _ => return None,
+    })
+}
+
+fn text_format_from_extension(extension: &str, name: &str) -> Option<Format> {
+    Some(match extension {
+        "txt" | "text" | "log" => Format::Plain,
+        "md" | "markdown" | "mdx" => Format::Markdown,
+        "html" | "htm" | "xhtml" => Format::Html,
+        "xml" | "xsd" | "rss" | "atom" | "svg" => Format::Xml,
+        "csv" => Format::Csv,
+        "tsv" | "tab" => Format::Tsv,
+        "json" => Format::Json,
+        "jsonl" | "ndjson" => Format::JsonLines,
+        "srt" => Format::Srt,
+        "vtt" => Format::WebVtt,
+        _ => return code_language(extension, name).map(Format::Code),
+    })
+}
+
+/// Source-code languages by extension (or file name, for the usual extension-less files).
+fn code_language(extension: &str, name: &str) -> Option<&'static str> {
+    let file_name = Path::new(name).file_name().and_then(|n| n.to_str()).unwrap_or("");
+    Some(match (extension, file_name) {
+        ("rs", _) => "rust",
+        ("py" | "pyi", _) => "python",
+        ("js" | "mjs" | "cjs" | "jsx", _) => "javascript",
+        ("ts" | "tsx", _) => "typescript",
+        ("go", _) => "go",
+        ("java", _) => "java",
+        ("kt" | "kts", _) => "kotlin",
+        ("c" | "h", _) => "c",
+        ("cc" | "cpp" | "cxx" | "hpp" | "hh", _) => "cpp",
+        ("cs", _) => "csharp",
+        ("rb", _) => "ruby",
+        ("php", _) => "php",
+        ("swift", _) => "swift",
+        ("scala", _) => "scala",
+        ("sh" | "bash" | "zsh", _) => "shell",
+        ("sql", _) => "sql",
+        ("css" | "scss" | "less", _) => "css",
+        ("yaml" | "yml", _) => "yaml",
+        ("toml", _) => "toml",
+        ("ini" | "cfg" | "conf", _) => "ini",
+        ("tex", _) => "latex",
+        ("rst", _) => "restructuredtext",
+        (_, "Dockerfile" | "Makefile" | "Rakefile" | "Gemfile") => "build",
+        _ => return None,
+    })
+}
+
+/// Text formats recognisable from their first characters.
+fn text_format_from_content(head: &[u8]) -> Option<Format> {
+    let start = head.iter().position(|b| !b.is_ascii_whitespace() && *b != 0xEF && *b != 0xBB && *b != 0xBF)?;
+    let lead: Vec<u8> = head[start..].iter().take(64).map(u8::to_ascii_lowercase).collect();
+    if lead.starts_with(b"<!doctype html") || lead.starts_with(b"<html") {
+        Some(Format::Html)
+    } else if lead.starts_with(b"<?xml") {
+        Some(Format::Xml)
+    } else if lead.starts_with(b"webvtt") {
+        Some(Format::WebVtt)
+    } else if lead.starts_with(b"{") || lead.starts_with(b"[") {
+        serde_json::from_slice::<serde::de::IgnoredAny>(head).is_ok().then_some(Format::Json)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PNG: &[u8] = &[0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1A, b'\n', 0, 0, 0, 13, b'I', b'H', b'D', b'R'];
+
+    #[test]
+    fn magic_beats_the_extension() {
+        let detected = detect(PNG, Some("text/plain"), "notes.txt");
+        assert_eq!(detected.format, Format::Image("png"));
+        assert_eq!(detected.format.media_type(), Some(MediaType::Image));
+    }
+
+    #[test]
+    fn random_bytes_named_txt_are_not_text() {
+        let noise: Vec<u8> = (0u32..4096).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        assert_eq!(detect(&noise, None, "notes.txt").format, Format::Unknown);
+    }
+
+    #[test]
+    fn text_formats_come_from_content_type_then_extension_then_content() {
+        assert_eq!(detect(b"a,b\n1,2\n", Some("text/csv; charset=utf-8"), "x").format, Format::Csv);
+        assert_eq!(detect(b"# Title\n", None, "README.md").format, Format::Markdown);
+        assert_eq!(detect(b"<!DOCTYPE html><p>x", None, "page").format, Format::Html);
+        assert_eq!(detect(b"{\"a\": 1}", None, "data").format, Format::Json);
+        assert_eq!(detect(b"fn main() {}", None, "src/main.rs").format, Format::Code("rust"));
+        assert_eq!(detect(b"just words", None, "notes").format, Format::Plain);
+    }
+
+    #[test]
+    fn utf16_without_bom_is_text() {
+        let le: Vec<u8> = "plain words here".encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let be: Vec<u8> = "plain words here".encode_utf16().flat_map(u16::to_be_bytes).collect();
+        assert_eq!(detect(&le, None, "a.txt").text_hint, Some(TextHint::Utf16Le));
+        assert_eq!(detect(&be, None, "a.txt").text_hint, Some(TextHint::Utf16Be));
+    }
+}

@@ -1,0 +1,148 @@
+//! The stable, machine-readable codes that reach `FILE_ERROR` and `FILES_SKIPPED` events, and
+//! whether a failure is worth retrying.
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Whether retrying the same work can succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A passing fault (network, throttling, a busy dependency): retry with backoff.
+    Transient,
+    /// The input itself is wrong: report once, do not retry.
+    Permanent,
+}
+
+/// Stable error codes carried by `FILE_ERROR` events. Never renamed; new ones may be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// The object could not be read (permissions, I/O error, vanished while reading).
+    ReadFailed,
+    /// The bytes are not what their format says (truncated, malformed, undecodable).
+    CorruptFile,
+    /// Text declared in one encoding (BOM or charset) is not valid in it.
+    InvalidEncoding,
+    /// The object is larger than a configured limit.
+    TooLarge,
+    /// A decoder limit (dimensions, allocation, time) was reached.
+    LimitExceeded,
+    /// The object's format is not supported.
+    UnsupportedFormat,
+    /// The source answered that the key does not exist.
+    NoSuchKey,
+    /// The source answered that the bucket does not exist.
+    NoSuchBucket,
+    /// The credentials were refused.
+    AccessDenied,
+    /// The endpoint is not allowed by configuration.
+    EndpointNotAllowed,
+    /// The source could not be reached or kept failing; retryable.
+    SourceUnavailable,
+    /// Output could not be delivered downstream.
+    SinkFailed,
+    /// A bug in ingestd (a decoder panicked); the file is reported, the worker goes on.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::ReadFailed => "READ_FAILED",
+            ErrorCode::CorruptFile => "CORRUPT_FILE",
+            ErrorCode::InvalidEncoding => "INVALID_ENCODING",
+            ErrorCode::TooLarge => "TOO_LARGE",
+            ErrorCode::LimitExceeded => "LIMIT_EXCEEDED",
+            ErrorCode::UnsupportedFormat => "UNSUPPORTED_FORMAT",
+            ErrorCode::NoSuchKey => "NO_SUCH_KEY",
+            ErrorCode::NoSuchBucket => "NO_SUCH_BUCKET",
+            ErrorCode::AccessDenied => "ACCESS_DENIED",
+            ErrorCode::EndpointNotAllowed => "ENDPOINT_NOT_ALLOWED",
+            ErrorCode::SourceUnavailable => "SOURCE_UNAVAILABLE",
+            ErrorCode::SinkFailed => "SINK_FAILED",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a file produced no chunks without being an error (`FILES_SKIPPED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SkipReason {
+    /// The object has no bytes.
+    Empty,
+    /// The object is larger than the configured limit for its kind.
+    TooLarge,
+    /// The format is recognised but not (yet) processed, or not recognised at all.
+    UnsupportedFormat,
+    /// The object is unchanged since the last sync.
+    Unchanged,
+}
+
+impl SkipReason {
+    /// The reason as it appears on the wire.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Empty => "EMPTY",
+            SkipReason::TooLarge => "TOO_LARGE",
+            SkipReason::UnsupportedFormat => "UNSUPPORTED_FORMAT",
+            SkipReason::Unchanged => "UNCHANGED",
+        }
+    }
+}
+
+/// A failure to process one file, as reported in its `FILE_ERROR` event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct FileError {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// One human sentence: what was being done, to what, and what went wrong.
+    pub message: String,
+    /// Whether the same work may succeed later.
+    pub kind: ErrorKind,
+}
+
+impl FileError {
+    /// A permanent failure.
+    pub fn permanent(code: ErrorCode, message: impl Into<String>) -> Self {
+        FileError { code, message: message.into(), kind: ErrorKind::Permanent }
+    }
+
+    /// A failure that may pass.
+    pub fn transient(code: ErrorCode, message: impl Into<String>) -> Self {
+        FileError { code, message: message.into(), kind: ErrorKind::Transient }
+    }
+
+    /// Whether retrying may succeed.
+    #[must_use]
+    pub fn retryable(&self) -> bool {
+        self.kind == ErrorKind::Transient
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_match_serde() {
+        for code in [ErrorCode::CorruptFile, ErrorCode::InvalidEncoding, ErrorCode::NoSuchBucket] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+        for reason in [SkipReason::Empty, SkipReason::TooLarge, SkipReason::UnsupportedFormat] {
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
+        }
+    }
+}
