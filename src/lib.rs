@@ -1,4 +1,26 @@
-//! ingestd: the ingestion and chunking worker.
+//! ingestd: the ingestion and chunking worker behind an S3 / DigitalOcean Spaces data
+//! connector. Crate map — one line per module, in the order data flows:
+//!
+//! * [`config`]    — `pipeline.toml` → validated [`config::Config`], environment overrides.
+//! * [`job`]       — the message contract: jobs in, chunk records and events out, JSON Schemas.
+//! * [`source`]    — where objects come from ([`source::Source`]): the local filesystem, S3 next.
+//! * [`detect`]    — bytes + content type + name → format and media type.
+//! * [`extract`]   — text out of each format family, with limits, off the async runtime.
+//! * [`chunk`]     — token-exact chunking with overlap on semantic boundaries.
+//! * [`pipeline`]  — one object through detect → extract → chunk → records.
+//! * [`sink`]      — where records and events go: JSON Lines.
+//! * [`sync`]      — the one-shot `ingestd sync` run over a whole source.
+//! * [`error`]     — stable error codes and skip reasons carried by events.
+//! * [`telemetry`] — tracing set-up and the progress bar.
+
 pub mod chunk;
+pub mod config;
 pub mod detect;
 pub mod error;
+pub mod extract;
+pub mod job;
+pub mod pipeline;
+pub mod sink;
+pub mod source;
+pub mod sync;
+pub mod telemetry;

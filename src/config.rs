@@ -1,0 +1,367 @@
+//! `pipeline.toml` → a validated [`Config`]. Environment variables override any value
+//! (`INGESTD__<TABLE>__<KEY>`, e.g. `INGESTD__CHUNKING__CHUNK_SIZE=512`), so deployments change
+//! settings and inject secrets without editing the file.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::chunk::Encoding;
+
+/// Prefix of environment overrides; `__` separates the table from the key.
+pub const ENV_PREFIX: &str = "INGESTD__";
+
+/// Why configuration could not be loaded. Every variant names the file, variable or field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown or mistyped fields.
+    #[error("parsing config {origin}: {message}")]
+    Parse {
+        /// The file, or "defaults".
+        origin: String,
+        /// What the parser said (it names the field).
+        message: String,
+    },
+    /// An override variable is malformed.
+    #[error("environment override {var}: {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid config: {field}: {message}")]
+    Invalid {
+        /// The dotted field name, e.g. `chunking.chunk_overlap`.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The whole configuration, one field per TOML table.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[chunking]`: defaults for chunk size, overlap and encoding.
+    #[serde(default)]
+    pub chunking: ChunkingConfig,
+    /// `[limits]`: hard limits on what one file may cost.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// `[sync]`: the one-shot `ingestd sync` command.
+    #[serde(default)]
+    pub sync: SyncConfig,
+    /// `[log]`: diagnostics.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[chunking]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkingConfig {
+    /// Maximum tokens per chunk when a job or flag does not say.
+    #[serde(default = "default_chunk_size")]
+    pub chunk_size: usize,
+    /// Maximum tokens shared by neighbouring chunks when a job or flag does not say.
+    #[serde(default = "default_chunk_overlap")]
+    pub chunk_overlap: usize,
+    /// The tiktoken encoding sizes are counted in.
+    #[serde(default = "default_encoding")]
+    pub encoding: Encoding,
+    /// The largest `chunk_size` a job or flag may ask for.
+    #[serde(default = "default_max_chunk_size")]
+    pub max_chunk_size: usize,
+    /// Prepend the file name to every chunk's text when a job or flag does not say.
+    #[serde(default)]
+    pub prepend_filename: bool,
+}
+
+/// Carbon's default chunk size, in tokens.
+fn default_chunk_size() -> usize {
+    1500
+}
+
+/// Carbon's default overlap, in tokens.
+fn default_chunk_overlap() -> usize {
+    20
+}
+
+/// The encoding of OpenAI's current embedding models.
+fn default_encoding() -> Encoding {
+    Encoding::Cl100kBase
+}
+
+/// The input limit of OpenAI's embedding models (8191 tokens).
+fn default_max_chunk_size() -> usize {
+    8191
+}
+
+impl Default for ChunkingConfig {
+    fn default() -> Self {
+        ChunkingConfig {
+            chunk_size: default_chunk_size(),
+            chunk_overlap: default_chunk_overlap(),
+            encoding: default_encoding(),
+            max_chunk_size: default_max_chunk_size(),
+            prepend_filename: false,
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Text objects larger than this are skipped with `TOO_LARGE` before being read.
+    #[serde(default = "default_max_text_object_bytes")]
+    pub max_text_object_bytes: u64,
+    /// Extracted text larger than this is a `LIMIT_EXCEEDED` error.
+    #[serde(default = "default_max_text_bytes")]
+    pub max_text_bytes: usize,
+}
+
+/// 64 MiB: text files beyond this are rarely meant to be searched as prose.
+fn default_max_text_object_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+/// 128 MiB of extracted text (JSON and CSV grow when their fields are named on every line).
+fn default_max_text_bytes() -> usize {
+    128 * 1024 * 1024
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_text_object_bytes: default_max_text_object_bytes(),
+            max_text_bytes: default_max_text_bytes(),
+        }
+    }
+}
+
+/// `[sync]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Files processed at once; 0 means one per CPU core.
+    #[serde(default)]
+    pub concurrency: usize,
+    /// Follow symbolic links when walking a folder (loops are detected and reported).
+    #[serde(default = "default_follow_symlinks")]
+    pub follow_symlinks: bool,
+}
+
+/// Links are followed: a folder of links to documents is a common layout.
+fn default_follow_symlinks() -> bool {
+    true
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig { concurrency: 0, follow_symlinks: default_follow_symlinks() }
+    }
+}
+
+impl SyncConfig {
+    /// The concurrency to use: configured, or the number of cores.
+    #[must_use]
+    pub fn effective_concurrency(&self) -> usize {
+        if self.concurrency > 0 {
+            self.concurrency
+        } else {
+            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `ingestd=debug,warn`); `RUST_LOG` wins when set.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// `text` for people, `json` for log pipelines.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// Warnings and errors only: one-shot output stays readable.
+fn default_log_level() -> String {
+    "warn".to_owned()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: default_log_level(), format: LogFormat::Text }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// Loads `path` (or the defaults when `None`), applies environment overrides from `env`,
+    /// and validates the result.
+    ///
+    /// # Errors
+    /// When the file cannot be read or parsed, an override is malformed, or a value is invalid.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (origin, source) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                (path.display().to_string(), text)
+            }
+            None => ("defaults".to_owned(), String::new()),
+        };
+        let mut table: toml::Table = toml::from_str(&source)
+            .map_err(|err| ConfigError::Parse { origin: origin.clone(), message: err.to_string() })?;
+        apply_env(&mut table, env)?;
+        let config: Config = table
+            .try_into()
+            .map_err(|err: toml::de::Error| ConfigError::Parse { origin, message: err.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and relations between fields.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first offending field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.chunking;
+        if c.max_chunk_size == 0 {
+            return Err(invalid("chunking.max_chunk_size", "must be at least 1"));
+        }
+        if c.chunk_size == 0 || c.chunk_size > c.max_chunk_size {
+            return Err(invalid(
+                "chunking.chunk_size",
+                format!("{} is outside 1..={} (chunking.max_chunk_size)", c.chunk_size, c.max_chunk_size),
+            ));
+        }
+        if c.chunk_overlap >= c.chunk_size {
+            return Err(invalid(
+                "chunking.chunk_overlap",
+                format!("{} must be smaller than chunk_size {}", c.chunk_overlap, c.chunk_size),
+            ));
+        }
+        if self.limits.max_text_object_bytes == 0 {
+            return Err(invalid("limits.max_text_object_bytes", "must be at least 1"));
+        }
+        if self.limits.max_text_bytes == 0 || self.limits.max_text_bytes > u32::MAX as usize {
+            return Err(invalid("limits.max_text_bytes", "must be between 1 and 4294967295"));
+        }
+        if self.sync.concurrency > 1024 {
+            return Err(invalid("sync.concurrency", "must be at most 1024 (0 = one per core)"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid("log.level", format!("`{}` is not a log filter", self.log.level)));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, message: message.into() }
+}
+
+/// Sets `INGESTD__TABLE__KEY=value` into `table.key`. The value is read as TOML when it parses
+/// as a TOML value (numbers, booleans, arrays), else as a string.
+fn apply_env(
+    root: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (var, raw) in env {
+        let Some(path) = var.strip_prefix(ENV_PREFIX) else { continue };
+        let parts: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+        let [table, key] = parts.as_slice() else {
+            return Err(ConfigError::Env {
+                var,
+                message: "expected INGESTD__<TABLE>__<KEY>".to_owned(),
+            });
+        };
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(raw));
+        let entry = root
+            .entry(table.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(entry) = entry else {
+            return Err(ConfigError::Env { var, message: format!("`{table}` is not a table") });
+        };
+        entry.insert(key.clone(), value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn the_shipped_pipeline_toml_parses_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline.toml");
+        let shipped = Config::load(Some(&path), no_env()).unwrap();
+        assert_eq!(shipped, Config::load(None, no_env()).unwrap());
+    }
+
+    #[test]
+    fn env_overrides_win() {
+        let env = [
+            ("INGESTD__CHUNKING__CHUNK_SIZE".to_owned(), "512".to_owned()),
+            ("INGESTD__CHUNKING__ENCODING".to_owned(), "o200k_base".to_owned()),
+            ("UNRELATED".to_owned(), "x".to_owned()),
+        ];
+        let config = Config::load(None, env).unwrap();
+        assert_eq!(config.chunking.chunk_size, 512);
+        assert_eq!(config.chunking.encoding, Encoding::O200kBase);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let env = [("INGESTD__CHUNKING__CHUNK_OVERLAP".to_owned(), "1500".to_owned())];
+        let err = Config::load(None, env).unwrap_err().to_string();
+        assert!(err.contains("chunking.chunk_overlap"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[chunking]\nchunk_sise = 10\n").unwrap();
+        let err = Config::load(Some(&file), no_env()).unwrap_err().to_string();
+        assert!(err.contains("chunk_sise"), "{err}");
+
+        std::fs::write(&file, "[chunking]\nencoding = \"gpt2\"\n").unwrap();
+        let err = Config::load(Some(&file), no_env()).unwrap_err().to_string();
+        assert!(err.contains("gpt2") || err.contains("encoding"), "{err}");
+
+        let env = [("INGESTD__CHUNKING".to_owned(), "1".to_owned())];
+        assert!(matches!(Config::load(None, env), Err(ConfigError::Env { .. })));
+    }
+}

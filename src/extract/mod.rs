@@ -1,0 +1,88 @@
+//! Text out of bytes, one module per family. Runs on blocking threads, never on the async
+//! runtime, and never trusts the input: every failure is a classified [`Rejection`].
+
+mod charset;
+mod text;
+
+use crate::chunk::Structure;
+use crate::detect::{Detected, Family};
+use crate::error::{ErrorCode, FileError, SkipReason};
+
+/// Text ready to be chunked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extracted {
+    /// The text; chunk ranges are byte offsets into it.
+    pub text: String,
+    /// The structure that decides chunk boundaries.
+    pub structure: Structure,
+}
+
+/// Why a file yields no text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// Nothing wrong with the file, but nothing to do with it (`FILES_SKIPPED`).
+    Skip {
+        /// The stable reason.
+        reason: SkipReason,
+        /// One human sentence.
+        message: String,
+    },
+    /// The file is broken or breaks a limit (`FILE_ERROR`).
+    Error(FileError),
+}
+
+impl From<FileError> for Rejection {
+    fn from(err: FileError) -> Self {
+        Rejection::Error(err)
+    }
+}
+
+/// Extracts the text of a whole object.
+///
+/// `declared_charset` is the `charset=` of the object's content type, if any; `max_text_bytes`
+/// caps the extracted text (formats such as JSON can expand).
+///
+/// # Errors
+/// A [`Rejection`] saying why there is no text.
+pub fn extract(
+    bytes: &[u8],
+    detected: Detected,
+    declared_charset: Option<&str>,
+    max_text_bytes: usize,
+) -> Result<Extracted, Rejection> {
+    let format = detected.format;
+    match format.family() {
+        Family::Text => {}
+        Family::Document | Family::Image | Family::Audio | Family::Video => {
+            return Err(Rejection::Skip {
+                reason: SkipReason::UnsupportedFormat,
+                message: format!("{} files are not supported yet", format.name()),
+            });
+        }
+        Family::Other => {
+            return Err(Rejection::Skip {
+                reason: SkipReason::UnsupportedFormat,
+                message: format!(
+                    "content is {}, not text or a supported media format",
+                    match format {
+                        crate::detect::Format::Binary(name) => format!("a {name} archive or binary"),
+                        _ => "binary data of no known format".to_owned(),
+                    }
+                ),
+            });
+        }
+    }
+    let hint = detected.text_hint.unwrap_or(crate::detect::TextHint::Bytes);
+    let decoded = charset::decode(bytes, hint, declared_charset)?;
+    let (text, structure) = text::extract(format, &decoded)?;
+    if text.len() > max_text_bytes {
+        return Err(Rejection::Error(FileError::permanent(
+            ErrorCode::LimitExceeded,
+            format!(
+                "extracted text is {} bytes, over the limit of {max_text_bytes} (limits.max_text_bytes)",
+                text.len()
+            ),
+        )));
+    }
+    Ok(Extracted { text, structure })
+}

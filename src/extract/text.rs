@@ -1,0 +1,265 @@
+//! The text family: decoded characters of each text format turned into the text that is
+//! chunked — readable text of markup, one line per record of tables, `path: value` lines of
+//! JSON, cue text of subtitles; markdown, code and plain text as they are.
+
+use std::fmt::Write as _;
+
+use quick_xml::events::Event as XmlEvent;
+use serde_json::Value;
+
+use crate::chunk::Structure;
+use crate::detect::Format;
+use crate::error::{ErrorCode, FileError};
+
+/// Turns the decoded `text` of a file of text `format` into chunkable text.
+///
+/// # Errors
+/// `CORRUPT_FILE` when the content does not parse as its format.
+pub fn extract(format: Format, text: &str) -> Result<(String, Structure), FileError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    Ok(match format {
+        Format::Markdown => (text.to_owned(), Structure::Markdown),
+        Format::Html => (html(text)?, Structure::Plain),
+        Format::Xml => (xml(text)?, Structure::Plain),
+        Format::Csv => (table(text, b',')?, Structure::Plain),
+        Format::Tsv => (table(text, b'\t')?, Structure::Plain),
+        Format::Json => (json(text)?, Structure::Plain),
+        Format::JsonLines => (json_lines(text)?, Structure::Plain),
+        Format::Srt | Format::WebVtt => (subtitles(text), Structure::Plain),
+        _ => (text.to_owned(), Structure::Plain),
+    })
+}
+
+fn corrupt(format: &str, err: impl std::fmt::Display) -> FileError {
+    FileError::permanent(ErrorCode::CorruptFile, format!("{format} parser: {err}"))
+}
+
+/// Readable text of an HTML page: no scripts, styles or markup; blocks on their own lines.
+fn html(text: &str) -> Result<String, FileError> {
+    let rendered = html2text::config::plain_no_decorate()
+        .allow_width_overflow()
+        .string_from_read(text.as_bytes(), usize::MAX / 4)
+        .map_err(|err| corrupt("html", err))?;
+    // Right-trim lines: the renderer pads some blocks.
+    let mut out = String::with_capacity(rendered.len());
+    for line in rendered.lines() {
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    Ok(out.trim().to_owned())
+}
+
+/// Character data of an XML document, one element's text per line.
+fn xml(text: &str) -> Result<String, FileError> {
+    let mut reader = quick_xml::Reader::from_str(text);
+    let mut out = String::new();
+    // Text of the current element: text, entity references and CDATA arrive in pieces.
+    let mut pending = String::new();
+    loop {
+        match reader.read_event().map_err(|err| corrupt("xml", err))? {
+            XmlEvent::Text(t) => {
+                let t = t.decode().map_err(|err| corrupt("xml", err))?;
+                pending.push_str(&quick_xml::escape::unescape(&t).map_err(|err| corrupt("xml", err))?);
+            }
+            XmlEvent::GeneralRef(r) => {
+                let reference = format!("&{};", r.decode().map_err(|err| corrupt("xml", err))?);
+                pending.push_str(
+                    &quick_xml::escape::unescape(&reference).map_err(|err| corrupt("xml", err))?,
+                );
+            }
+            XmlEvent::CData(t) => pending.push_str(&String::from_utf8_lossy(&t)),
+            XmlEvent::Start(_) | XmlEvent::End(_) | XmlEvent::Empty(_) => {
+                let line = pending.trim();
+                if !line.is_empty() {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+                pending.clear();
+            }
+            XmlEvent::Eof => break,
+            _ => {}
+        }
+    }
+    Ok(out.trim_end().to_owned())
+}
+
+/// One line per record, each field named by its column: `name: Ada; year: 1815`. Chunks from
+/// the middle of a table keep the meaning of their columns.
+fn table(text: &str, delimiter: u8) -> Result<String, FileError> {
+    let name = if delimiter == b'\t' { "tsv" } else { "csv" };
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let headers: Vec<String> = reader
+        .headers()
+        .map_err(|err| corrupt(name, err))?
+        .iter()
+        .map(|h| h.trim().to_owned())
+        .collect();
+    let mut out = String::new();
+    for record in reader.records() {
+        let record = record.map_err(|err| corrupt(name, err))?;
+        let mut first = true;
+        for (i, value) in record.iter().enumerate() {
+            let value = value.trim();
+            if value.is_empty() {
+                continue;
+            }
+            if !first {
+                out.push_str("; ");
+            }
+            first = false;
+            match headers.get(i).filter(|h| !h.is_empty()) {
+                Some(header) => {
+                    let _ = write!(out, "{header}: {value}");
+                }
+                None => out.push_str(value),
+            }
+        }
+        if !first {
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+/// A JSON document as `path: value` lines (`users[0].name: Ada`).
+fn json(text: &str) -> Result<String, FileError> {
+    let value: Value = serde_json::from_str(text).map_err(|err| corrupt("json", err))?;
+    let mut out = String::new();
+    flatten(&value, &mut String::new(), &mut out);
+    Ok(out)
+}
+
+/// Each line's document flattened, records separated by blank lines.
+fn json_lines(text: &str) -> Result<String, FileError> {
+    let mut out = String::new();
+    for (number, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: Value = serde_json::from_str(line)
+            .map_err(|err| corrupt("jsonl", format!("line {}: {err}", number + 1)))?;
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        flatten(&value, &mut String::new(), &mut out);
+    }
+    Ok(out)
+}
+
+fn flatten(value: &Value, path: &mut String, out: &mut String) {
+    let len = path.len();
+    match value {
+        Value::Object(map) => {
+            for (key, item) in map {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                flatten(item, path, out);
+                path.truncate(len);
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let _ = write!(path, "[{i}]");
+                flatten(item, path, out);
+                path.truncate(len);
+            }
+        }
+        Value::Null => {}
+        scalar => {
+            if !path.is_empty() {
+                out.push_str(path);
+                out.push_str(": ");
+            }
+            match scalar {
+                Value::String(s) => out.push_str(s),
+                other => {
+                    let _ = write!(out, "{other}");
+                }
+            }
+            out.push('\n');
+        }
+    }
+}
+
+/// The spoken text of SRT or WebVTT cues, without numbers, timings, notes or styling tags.
+fn subtitles(text: &str) -> String {
+    let mut out = String::new();
+    for block in text.split("\n\n").flat_map(|b| b.split("\r\n\r\n")) {
+        let lines: Vec<&str> = block.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let Some(timing) = lines.iter().position(|l| l.contains("-->")) else {
+            // Headers (WEBVTT), NOTE, STYLE and REGION blocks have no timing line.
+            continue;
+        };
+        for line in &lines[timing + 1..] {
+            out.push_str(&strip_tags(line));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn strip_tags(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut in_tag = false;
+    for c in line.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => in_tag = false,
+            _ if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_keeps_readable_text_only() {
+        let page = "<html><head><title>T</title><style>p{color:red}</style>\
+                    <script>var secret = 1;</script></head>\
+                    <body><h1>Heading</h1><p>First &amp; second.</p><p>Next</p></body></html>";
+        let (text, _) = extract(Format::Html, page).unwrap();
+        assert!(text.contains("Heading") && text.contains("First & second."), "{text}");
+        assert!(!text.contains("secret") && !text.contains("color"), "{text}");
+        assert!(!text.contains('<'), "{text}");
+    }
+
+    #[test]
+    fn xml_text_and_entities() {
+        let (text, _) = extract(Format::Xml, "<?xml version=\"1.0\"?><a><b>x &lt; y</b><c><![CDATA[z]]></c></a>").unwrap();
+        assert_eq!(text, "x < y\nz");
+        assert_eq!(extract(Format::Xml, "<a><b></a>").unwrap_err().code, ErrorCode::CorruptFile);
+    }
+
+    #[test]
+    fn tables_name_their_columns() {
+        let (text, _) = extract(Format::Csv, "name,year\nAda,1815\n\"Lovelace, A\",\n").unwrap();
+        assert_eq!(text, "name: Ada; year: 1815\nname: Lovelace, A\n");
+        let (text, _) = extract(Format::Tsv, "a\tb\n1\t2\n").unwrap();
+        assert_eq!(text, "a: 1; b: 2\n");
+    }
+
+    #[test]
+    fn json_is_flattened_to_paths() {
+        let (text, _) = extract(Format::Json, r#"{"users":[{"name":"Ada","age":36}],"ok":true}"#).unwrap();
+        assert_eq!(text, "users[0].name: Ada\nusers[0].age: 36\nok: true\n");
+        let err = extract(Format::JsonLines, "{\"a\":1}\n{oops\n").unwrap_err();
+        assert!(err.message.contains("line 2"), "{}", err.message);
+    }
+
+    #[test]
+    fn subtitles_keep_cue_text() {
+        let srt = "1\n00:00:01,000 --> 00:00:02,000\n<i>Hello</i> there\n\n2\n00:00:03,000 --> 00:00:04,000\nGeneral Kenobi\n";
+        assert_eq!(extract(Format::Srt, srt).unwrap().0, "Hello there\nGeneral Kenobi\n");
+        let vtt = "WEBVTT\n\nNOTE a comment\n\nintro\n00:01.000 --> 00:02.000\nWelcome\n";
+        assert_eq!(extract(Format::WebVtt, vtt).unwrap().0, "Welcome\n");
+    }
+}

@@ -1,0 +1,84 @@
+//! Chunk records: what `ingest.chunks` carries and `ingestd sync` prints, one per chunk.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::chunk::Encoding;
+use crate::detect::MediaType;
+
+/// One chunk of one file. Same object version and options ⇒ byte-identical record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ChunkRecord {
+    /// Always [`super::SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Deterministic id: a hash of the object version, the chunking options and the chunk's
+    /// place, so re-delivery and re-runs upsert instead of duplicating.
+    pub chunk_id: String,
+    /// The request this chunk answers.
+    pub request_id: Option<String>,
+    /// The customer the data belongs to.
+    pub customer_id: Option<String>,
+    /// The data source the object came from.
+    pub data_source_id: Option<String>,
+    /// The object.
+    pub file: FileInfo,
+    /// Position of the chunk in its file, from 0.
+    pub chunk_index: usize,
+    /// The chunk's text (with the file name prepended when asked).
+    pub text: String,
+    /// Exact token count of `text` in `chunking.encoding`.
+    pub token_count: usize,
+    /// Byte offsets `[start, end)` of the chunk in the extracted text.
+    pub range: [usize; 2],
+    /// Page of a document the chunk starts on, from 1.
+    pub page: Option<u32>,
+    /// Time span `[start, end)` in milliseconds, for audio and video.
+    pub time_range_ms: Option<[u64; 2]>,
+    /// The job's tags.
+    pub tags: BTreeMap<String, Value>,
+    /// The embedding vector, null when embedding was skipped.
+    pub embedding: Option<Vec<f32>>,
+    /// The embedding model, null when embedding was skipped.
+    pub embedding_model: Option<String>,
+    /// How the text was chunked.
+    pub chunking: ChunkingInfo,
+}
+
+/// The object a record or event is about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FileInfo {
+    /// The bucket; null for local files.
+    pub bucket: Option<String>,
+    /// The object key, or for local files the path relative to the folder synced.
+    pub key: String,
+    /// The object version: S3's ETag, or for local files a hash of the content.
+    pub etag: Option<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification, RFC 3339.
+    pub last_modified: Option<String>,
+    /// The declared content type, when there is one.
+    pub content_type: Option<String>,
+    /// `TEXT`, `IMAGE`, `AUDIO` or `VIDEO`.
+    pub media_type: Option<MediaType>,
+    /// The detected format (`markdown`, `csv`, `png`, …).
+    pub format: String,
+    /// `S3`, `DigitalOcean Space`, or `Local` for one-shot local files.
+    pub data_source_metadata: String,
+    /// `S3 File`, `DigitalOcean Space File`, … or `Local File`.
+    pub file_metadata: String,
+}
+
+/// The chunking options a record was made with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ChunkingInfo {
+    /// Maximum tokens per chunk.
+    pub chunk_size: usize,
+    /// Maximum tokens shared by neighbours.
+    pub chunk_overlap: usize,
+    /// The tiktoken encoding.
+    pub encoding: Encoding,
+}

@@ -1,0 +1,199 @@
+//! The `ingestd` command: parse arguments, load configuration, hand over to the library.
+//!
+//! Exit codes: 0 every file ready or skipped; 3 some files failed (each has a `FILE_ERROR`
+//! event); 2 usage or configuration error (nothing written); 1 fatal error.
+
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use clap::{Parser, Subcommand, ValueEnum};
+use ingestd::chunk::{Chunker, Encoding};
+use ingestd::config::Config;
+use ingestd::job::{SchemaKind, schema};
+use ingestd::pipeline::Request;
+use ingestd::sink::JsonlSink;
+use ingestd::source::LocalSource;
+use ingestd::telemetry::{Progress, init_tracing};
+
+#[derive(Parser)]
+#[command(name = "ingestd", version, about = "Ingestion and chunking worker for S3 / DigitalOcean Spaces")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Chunk a local file or folder once, without a broker: chunk records as JSON Lines on
+    /// stdout, events on stderr.
+    Sync(SyncArgs),
+    /// Print the JSON Schema of a message.
+    Schema {
+        /// Which message.
+        #[arg(value_enum)]
+        message: SchemaArg,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SchemaArg {
+    Job,
+    Chunk,
+    Event,
+}
+
+#[derive(clap::Args)]
+struct SyncArgs {
+    /// A file or folder (walked recursively).
+    target: String,
+    /// Write chunk records here instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Write events here instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    events: Option<PathBuf>,
+    /// Maximum tokens per chunk [default: 1500, or the config's].
+    #[arg(long, value_name = "TOKENS")]
+    chunk_size: Option<usize>,
+    /// Maximum tokens shared by neighbouring chunks [default: 20, or the config's].
+    #[arg(long, value_name = "TOKENS")]
+    chunk_overlap: Option<usize>,
+    /// Token encoding: cl100k_base or o200k_base [default: cl100k_base, or the config's].
+    #[arg(long)]
+    encoding: Option<String>,
+    /// A tag copied onto every record (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    tags: Vec<(String, String)>,
+    /// Prepend the file name to every chunk's text.
+    #[arg(long)]
+    prepend_filename: bool,
+    /// Configuration file [default: ./pipeline.toml when present].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Files processed at once [default: the config's, else one per core].
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Request id copied onto every record and event.
+    #[arg(long)]
+    request_id: Option<String>,
+}
+
+fn parse_tag(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("`{raw}` is not KEY=VALUE")),
+    }
+}
+
+/// A failure and the exit code it maps to.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+fn usage(error: impl Into<anyhow::Error>) -> Failure {
+    Failure { code: 2, error: error.into() }
+}
+
+fn fatal(error: impl Into<anyhow::Error>) -> Failure {
+    Failure { code: 1, error: error.into() }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sync(args) => sync(args),
+        Command::Schema { message } => print_schema(message),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure { code, error }) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn print_schema(message: SchemaArg) -> Result<u8, Failure> {
+    let kind = match message {
+        SchemaArg::Job => SchemaKind::Job,
+        SchemaArg::Chunk => SchemaKind::Chunk,
+        SchemaArg::Event => SchemaKind::Event,
+    };
+    let text = serde_json::to_string_pretty(&schema(kind)).map_err(fatal)?;
+    println!("{text}");
+    Ok(0)
+}
+
+fn load_config(explicit: Option<&Path>) -> Result<Config, Failure> {
+    let default = Path::new("pipeline.toml");
+    let path = explicit.or_else(|| default.is_file().then_some(default));
+    Config::load(path, std::env::vars()).map_err(usage)
+}
+
+fn sync(args: SyncArgs) -> Result<u8, Failure> {
+    // Everything that can be wrong with the request is checked before anything is written.
+    let config = load_config(args.config.as_deref())?;
+    init_tracing(&config.log);
+    let chunking = &config.chunking;
+    let size = args.chunk_size.unwrap_or(chunking.chunk_size);
+    let overlap = args.chunk_overlap.unwrap_or(chunking.chunk_overlap);
+    let encoding = match &args.encoding {
+        Some(name) => name.parse::<Encoding>().map_err(|e| usage(anyhow!(e)))?,
+        None => chunking.encoding,
+    };
+    if size > chunking.max_chunk_size {
+        return Err(usage(anyhow!(
+            "--chunk-size {size} is above the maximum of {} (chunking.max_chunk_size)",
+            chunking.max_chunk_size
+        )));
+    }
+    let chunker = Chunker::new(encoding, size, overlap).map_err(usage)?;
+    if args.target.starts_with("s3://") {
+        return Err(usage(anyhow!("s3:// targets are not supported by this build yet")));
+    }
+    let source = LocalSource::new(&args.target, config.sync.follow_symlinks)
+        .with_context(|| format!("cannot read {}", args.target))
+        .map_err(usage)?;
+    let chunks: Box<dyn Write + Send> = match &args.out {
+        Some(path) => Box::new(BufWriter::new(create(path)?)),
+        None => Box::new(BufWriter::new(std::io::stdout())),
+    };
+    let events_to_terminal = args.events.is_none() && std::io::stderr().is_terminal();
+    let events: Box<dyn Write + Send> = match &args.events {
+        Some(path) => Box::new(BufWriter::new(create(path)?)),
+        None => Box::new(std::io::stderr()),
+    };
+    let progress = Progress::new(std::io::stderr().is_terminal());
+    let mut sink = JsonlSink::new(chunks, events);
+    if events_to_terminal {
+        sink = sink.with_event_wrapper(progress.suspender());
+    }
+    let request = Arc::new(Request {
+        chunker: Arc::new(chunker),
+        prepend_filename: args.prepend_filename || chunking.prepend_filename,
+        tags: args.tags.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect(),
+        request_id: args.request_id,
+        customer_id: None,
+        data_source_id: None,
+        max_text_object_bytes: config.limits.max_text_object_bytes,
+        max_text_bytes: config.limits.max_text_bytes,
+    });
+    let concurrency = args.concurrency.unwrap_or_else(|| config.sync.effective_concurrency());
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime").map_err(fatal)?;
+    let summary = runtime
+        .block_on(ingestd::sync::run(&source, request, concurrency, &mut sink, &progress))
+        .map_err(fatal)?;
+    progress.finish();
+    if std::io::stderr().is_terminal() {
+        eprint!("{}", summary.render());
+    }
+    Ok(summary.exit_code())
+}
+
+fn create(path: &Path) -> Result<std::fs::File, Failure> {
+    std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display())).map_err(usage)
+}

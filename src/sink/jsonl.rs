@@ -1,0 +1,70 @@
+//! JSON Lines: one record or event per line, written as they are produced.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use super::SinkError;
+use crate::job::{ChunkRecord, Event};
+
+/// Writes chunk records to one stream and events to another.
+pub struct JsonlSink {
+    /// Chunk records (stdout or `--out FILE`).
+    chunks: Box<dyn Write + Send>,
+    /// Events (stderr or `--events FILE`).
+    events: Box<dyn Write + Send>,
+    /// Runs each event write, so a progress bar can be hidden while a line is printed.
+    around_event: Box<dyn Fn(&mut dyn FnMut()) + Send>,
+}
+
+impl JsonlSink {
+    /// A sink writing records to `chunks` and events to `events`.
+    pub fn new(chunks: Box<dyn Write + Send>, events: Box<dyn Write + Send>) -> Self {
+        JsonlSink { chunks, events, around_event: Box::new(|write| write()) }
+    }
+
+    /// Calls `around` with each event write (e.g. `ProgressBar::suspend`).
+    #[must_use]
+    pub fn with_event_wrapper(mut self, around: impl Fn(&mut dyn FnMut()) + Send + 'static) -> Self {
+        self.around_event = Box::new(around);
+        self
+    }
+
+    /// Writes chunk records, one line each.
+    ///
+    /// # Errors
+    /// When the output cannot be written (a closed pipe, a full disk).
+    pub fn write_records(&mut self, records: &[ChunkRecord]) -> Result<(), SinkError> {
+        for record in records {
+            write_line(&mut self.chunks, record).map_err(|source| SinkError { what: "chunks", source })?;
+        }
+        Ok(())
+    }
+
+    /// Writes one event line and flushes it, so watchers see progress as it happens.
+    ///
+    /// # Errors
+    /// When the output cannot be written.
+    pub fn write_event(&mut self, event: &Event) -> Result<(), SinkError> {
+        let mut result = Ok(());
+        let events = &mut self.events;
+        (self.around_event)(&mut || {
+            result = write_line(events, event).and_then(|()| events.flush());
+        });
+        result.map_err(|source| SinkError { what: "events", source })
+    }
+
+    /// Flushes both streams.
+    ///
+    /// # Errors
+    /// When buffered output cannot be written.
+    pub fn flush(&mut self) -> Result<(), SinkError> {
+        self.chunks.flush().map_err(|source| SinkError { what: "chunks", source })?;
+        self.events.flush().map_err(|source| SinkError { what: "events", source })
+    }
+}
+
+fn write_line(out: &mut dyn Write, value: &impl Serialize) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.write_all(b"\n")
+}

@@ -1,0 +1,100 @@
+//! Where objects come from. A [`Source`] lists objects as a stream (never the whole listing in
+//! memory) and reads one object's bytes with a size cap. The local filesystem is here; S3 and
+//! DigitalOcean Spaces plug in behind the same trait.
+
+mod local;
+
+use std::future::Future;
+use std::time::SystemTime;
+
+use futures::Stream;
+
+use crate::error::FileError;
+
+pub use local::LocalSource;
+
+/// One object as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// The bucket; `None` for local files.
+    pub bucket: Option<String>,
+    /// The key, or the path relative to the folder synced.
+    pub key: String,
+    /// Size in bytes, as listed.
+    pub size: u64,
+    /// The version tag (S3 ETag); local files get a content hash once read.
+    pub etag: Option<String>,
+    /// Last modification.
+    pub last_modified: Option<SystemTime>,
+    /// Declared content type, with any `charset=` parameter.
+    pub content_type: Option<String>,
+}
+
+/// One entry of a listing: an object, or a problem with one entry that does not stop the rest.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Listed {
+    /// An object to process.
+    Object(ObjectMeta),
+    /// An entry that cannot be processed (unreadable, a symlink loop, not a regular file).
+    Problem {
+        /// The key or relative path of the entry.
+        key: String,
+        /// What is wrong, classified.
+        error: FileError,
+        /// Whether to report it as skipped rather than failed.
+        skip: bool,
+    },
+}
+
+/// How records describe the source (`data_source_metadata`, `file_metadata`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// The local filesystem (one-shot mode).
+    Local,
+    /// Amazon S3 or another S3-compatible store.
+    S3,
+    /// DigitalOcean Spaces.
+    Spaces,
+}
+
+impl SourceKind {
+    /// `data_source_metadata` on records.
+    #[must_use]
+    pub fn data_source_metadata(self) -> &'static str {
+        match self {
+            SourceKind::Local => "Local",
+            SourceKind::S3 => "S3",
+            SourceKind::Spaces => "DigitalOcean Space",
+        }
+    }
+
+    /// `file_metadata` on records of objects.
+    #[must_use]
+    pub fn file_metadata(self) -> &'static str {
+        match self {
+            SourceKind::Local => "Local File",
+            SourceKind::S3 => "S3 File",
+            SourceKind::Spaces => "DigitalOcean Space File",
+        }
+    }
+}
+
+/// A place objects are listed and read from.
+pub trait Source: Send + Sync {
+    /// How records describe this source.
+    fn kind(&self) -> SourceKind;
+
+    /// Every object under the source's root, in a stable order, as a stream.
+    fn list(&self) -> impl Stream<Item = Listed> + Send + 'static;
+
+    /// The bytes of `object`, at most `max_bytes` of them.
+    ///
+    /// # Errors
+    /// `READ_FAILED` (or the source's own codes) when the object cannot be read, `TOO_LARGE`
+    /// when it has grown past `max_bytes` since it was listed.
+    fn read(
+        &self,
+        object: &ObjectMeta,
+        max_bytes: u64,
+    ) -> impl Future<Output = Result<Vec<u8>, FileError>> + Send;
+}
