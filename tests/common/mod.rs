@@ -1,0 +1,45 @@
+//! Shared helpers for the integration tests: run the real binary, read its JSON Lines.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fixture path.
+pub fn fixture(relative: &str) -> PathBuf {
+    root().join("fixtures").join(relative)
+}
+
+/// Runs `ingestd` with `args` in `dir` (so no stray `pipeline.toml` is picked up).
+pub fn ingestd(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ingestd"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("running ingestd")
+}
+
+/// Parses JSON Lines.
+pub fn lines(bytes: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// The outcome event (not FILE_SYNCING) for `key`.
+pub fn outcome<'a>(events: &'a [Value], key: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["file"]["key"] == key && e["event"] != "FILE_SYNCING")
+        .unwrap_or_else(|| panic!("no outcome for {key} in {events:#?}"))
+}
