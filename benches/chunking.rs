@@ -21,31 +21,84 @@ use text_splitter::{ChunkConfig, TextSplitter};
 const SIZE: usize = 512;
 const OVERLAP: usize = 50;
 const BOOKS: &[&str] = &[
-    "book", "reference", "nomicon", "rust-by-example", "cargo", "edition-guide", "embedded-book",
-    "rustc", "unstable-book", "style-guide", "clippy", "error_codes", "rustdoc",
+    "book",
+    "reference",
+    "nomicon",
+    "rust-by-example",
+    "cargo",
+    "edition-guide",
+    "embedded-book",
+    "rustc",
+    "unstable-book",
+    "style-guide",
+    "clippy",
+    "error_codes",
+    "rustdoc",
 ];
 
+#[allow(clippy::too_many_lines)] // one straight report, read top to bottom
 fn main() {
-    let target_mb: usize = std::env::var("INGESTD_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let target_mb: usize = std::env::var("INGESTD_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let pages = corpus(target_mb * 1_000_000);
     let total: usize = pages.iter().map(String::len).sum();
-    println!("corpus: {} pages, {:.1} MB of text from the Rust toolchain's books", pages.len(), mb(total));
+    println!(
+        "corpus: {} pages, {:.1} MB of text from the Rust toolchain's books",
+        pages.len(),
+        mb(total)
+    );
 
-    let bpe = Encoding::Cl100kBase.core_bpe().expect("tiktoken-rs vocabulary");
+    let bpe = Encoding::Cl100kBase
+        .core_bpe()
+        .expect("tiktoken-rs vocabulary");
     let chunker = Chunker::new(Encoding::Cl100kBase, SIZE, OVERLAP).expect("chunker");
     let _ = chunker.count("warm up the tokenizer");
 
-    let floor = best_of(3, || pages.iter().map(|p| bpe.encode_ordinary(p).len()).sum::<usize>());
-    let ours = best_of(3, || pages.iter().map(|p| chunker.chunk(p, Structure::Plain).len()).sum::<usize>());
+    let floor = best_of(3, || {
+        pages
+            .iter()
+            .map(|p| bpe.encode_ordinary(p).len())
+            .sum::<usize>()
+    });
+    let ours = best_of(3, || {
+        pages
+            .iter()
+            .map(|p| chunker.chunk(p, Structure::Plain).len())
+            .sum::<usize>()
+    });
     let peer_pages = &pages[..pages.len().min(pages.len() / 4 + 1)];
     let peer_bytes: usize = peer_pages.iter().map(String::len).sum();
-    let peer_floor = best_of(1, || peer_pages.iter().map(|p| bpe.encode_ordinary(p).len()).sum::<usize>());
-    let splitter = TextSplitter::new(ChunkConfig::new(SIZE).with_overlap(OVERLAP).expect("config").with_sizer(&bpe));
-    let peer = best_of(1, || peer_pages.iter().map(|p| splitter.chunks(p).count()).sum::<usize>());
+    let peer_floor = best_of(1, || {
+        peer_pages
+            .iter()
+            .map(|p| bpe.encode_ordinary(p).len())
+            .sum::<usize>()
+    });
+    let splitter = TextSplitter::new(
+        ChunkConfig::new(SIZE)
+            .with_overlap(OVERLAP)
+            .expect("config")
+            .with_sizer(&bpe),
+    );
+    let peer = best_of(1, || {
+        peer_pages
+            .iter()
+            .map(|p| splitter.chunks(p).count())
+            .sum::<usize>()
+    });
 
     println!("\nsingle thread, chunk_size {SIZE}, overlap {OVERLAP}, cl100k_base");
-    println!("  (a) tiktoken-rs encode once (floor)   {:>7.2} MB/s", rate(total, floor));
-    println!("  ours: ingestd Chunker                 {:>7.2} MB/s   {:.2}x of (a)", rate(total, ours), floor.as_secs_f64() / ours.as_secs_f64());
+    println!(
+        "  (a) tiktoken-rs encode once (floor)   {:>7.2} MB/s",
+        rate(total, floor)
+    );
+    println!(
+        "  ours: ingestd Chunker                 {:>7.2} MB/s   {:.2}x of (a)",
+        rate(total, ours),
+        floor.as_secs_f64() / ours.as_secs_f64()
+    );
     println!(
         "  (b) text-splitter + tiktoken sizer    {:>7.2} MB/s   {:.2}x of (a)   (on {:.1} MB)",
         rate(peer_bytes, peer),
@@ -58,8 +111,16 @@ fn main() {
     for size in [10_000, 100_000, 1_000_000, 10_000_000, 50_000_000] {
         let doc = repeat_to(&joined, size);
         let reps = (20_000_000 / size).clamp(1, 200);
-        let floor = best_of(2, || (0..reps).map(|_| bpe.encode_ordinary(&doc).len()).sum::<usize>());
-        let ours = best_of(2, || (0..reps).map(|_| chunker.chunk(&doc, Structure::Plain).len()).sum::<usize>());
+        let floor = best_of(2, || {
+            (0..reps)
+                .map(|_| bpe.encode_ordinary(&doc).len())
+                .sum::<usize>()
+        });
+        let ours = best_of(2, || {
+            (0..reps)
+                .map(|_| chunker.chunk(&doc, Structure::Plain).len())
+                .sum::<usize>()
+        });
         println!(
             "  {:>9} bytes: ours {:>7.2} MB/s, floor {:>7.2} MB/s, {:.2}x",
             doc.len(),
@@ -75,13 +136,27 @@ fn main() {
             let handles: Vec<_> = (0..2)
                 .map(|t| {
                     let (pages, chunker) = (&pages, &chunker);
-                    scope.spawn(move || pages.iter().skip(t).step_by(2).map(|p| chunker.chunk(p, Structure::Plain).len()).sum::<usize>())
+                    scope.spawn(move || {
+                        pages
+                            .iter()
+                            .skip(t)
+                            .step_by(2)
+                            .map(|p| chunker.chunk(p, Structure::Plain).len())
+                            .sum::<usize>()
+                    })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or(0)).sum::<usize>()
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or(0))
+                .sum::<usize>()
         })
     });
-    println!("  {:>7.2} MB/s, {:.2}x of one thread", rate(total, two), ours.as_secs_f64() / two.as_secs_f64());
+    println!(
+        "  {:>7.2} MB/s, {:.2}x of one thread",
+        rate(total, two),
+        ours.as_secs_f64() / two.as_secs_f64()
+    );
 }
 
 fn best_of<T>(runs: usize, mut f: impl FnMut() -> T) -> Duration {
@@ -119,9 +194,17 @@ fn repeat_to(text: &str, size: usize) -> String {
 
 /// Page texts of the toolchain's books, up to about `want` bytes.
 fn corpus(want: usize) -> Vec<String> {
-    let sysroot = std::process::Command::new("rustc").args(["--print", "sysroot"]).output().expect("rustc --print sysroot");
-    let html = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim()).join("share/doc/rust/html");
-    assert!(html.join("book").is_dir(), "no books under {}: run `rustup component add rust-docs`", html.display());
+    let sysroot = std::process::Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .expect("rustc --print sysroot");
+    let html =
+        PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim()).join("share/doc/rust/html");
+    assert!(
+        html.join("book").is_dir(),
+        "no books under {}: run `rustup component add rust-docs`",
+        html.display()
+    );
     let mut files = Vec::new();
     for book in BOOKS {
         collect_html(&html.join(book), &mut files);
@@ -129,14 +212,18 @@ fn corpus(want: usize) -> Vec<String> {
     let mut pages = Vec::new();
     let mut total = 0;
     for file in files {
-        let Ok(raw) = std::fs::read_to_string(&file) else { continue };
+        let Ok(raw) = std::fs::read_to_string(&file) else {
+            continue;
+        };
         // mdBook repeats the table of contents on every page; the prose is in <main>.
         let body = match (raw.find("<main>"), raw.rfind("</main>")) {
             (Some(a), Some(b)) if a < b => &raw[a..b + 7],
             _ => continue,
         };
         let detected = detect(body.as_bytes(), Some("text/html"), "page.html");
-        let Ok(text) = extract(body.as_bytes(), detected, None, usize::MAX) else { continue };
+        let Ok(text) = extract(body.as_bytes(), detected, None, usize::MAX) else {
+            continue;
+        };
         if text.text.len() < 500 {
             continue;
         }
@@ -151,7 +238,9 @@ fn corpus(want: usize) -> Vec<String> {
 }
 
 fn collect_html(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut entries: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
     entries.sort();
     for path in entries {

@@ -169,7 +169,10 @@ fn default_follow_symlinks() -> bool {
 
 impl Default for SyncConfig {
     fn default() -> Self {
-        SyncConfig { concurrency: 0, follow_symlinks: default_follow_symlinks() }
+        SyncConfig {
+            concurrency: 0,
+            follow_symlinks: default_follow_symlinks(),
+        }
     }
 }
 
@@ -204,7 +207,10 @@ fn default_log_level() -> String {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: default_log_level(), format: LogFormat::Text }
+        LogConfig {
+            level: default_log_level(),
+            format: LogFormat::Text,
+        }
     }
 }
 
@@ -231,18 +237,26 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let (origin, source) = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
                 (path.display().to_string(), text)
             }
             None => ("defaults".to_owned(), String::new()),
         };
-        let mut table: toml::Table = toml::from_str(&source)
-            .map_err(|err| ConfigError::Parse { origin: origin.clone(), message: err.to_string() })?;
+        let mut table: toml::Table = toml::from_str(&source).map_err(|err| ConfigError::Parse {
+            origin: origin.clone(),
+            message: err.to_string(),
+        })?;
         apply_env(&mut table, env)?;
-        let config: Config = table
-            .try_into()
-            .map_err(|err: toml::de::Error| ConfigError::Parse { origin, message: err.to_string() })?;
+        let config: Config =
+            table
+                .try_into()
+                .map_err(|err: toml::de::Error| ConfigError::Parse {
+                    origin,
+                    message: err.to_string(),
+                })?;
         config.validate()?;
         Ok(config)
     }
@@ -259,33 +273,54 @@ impl Config {
         if c.chunk_size == 0 || c.chunk_size > c.max_chunk_size {
             return Err(invalid(
                 "chunking.chunk_size",
-                format!("{} is outside 1..={} (chunking.max_chunk_size)", c.chunk_size, c.max_chunk_size),
+                format!(
+                    "{} is outside 1..={} (chunking.max_chunk_size)",
+                    c.chunk_size, c.max_chunk_size
+                ),
             ));
         }
         if c.chunk_overlap >= c.chunk_size {
             return Err(invalid(
                 "chunking.chunk_overlap",
-                format!("{} must be smaller than chunk_size {}", c.chunk_overlap, c.chunk_size),
+                format!(
+                    "{} must be smaller than chunk_size {}",
+                    c.chunk_overlap, c.chunk_size
+                ),
             ));
         }
         if self.limits.max_text_object_bytes == 0 {
-            return Err(invalid("limits.max_text_object_bytes", "must be at least 1"));
+            return Err(invalid(
+                "limits.max_text_object_bytes",
+                "must be at least 1",
+            ));
         }
         if self.limits.max_text_bytes == 0 || self.limits.max_text_bytes > u32::MAX as usize {
-            return Err(invalid("limits.max_text_bytes", "must be between 1 and 4294967295"));
+            return Err(invalid(
+                "limits.max_text_bytes",
+                "must be between 1 and 4294967295",
+            ));
         }
         if self.sync.concurrency > 1024 {
-            return Err(invalid("sync.concurrency", "must be at most 1024 (0 = one per core)"));
+            return Err(invalid(
+                "sync.concurrency",
+                "must be at most 1024 (0 = one per core)",
+            ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(invalid("log.level", format!("`{}` is not a log filter", self.log.level)));
+            return Err(invalid(
+                "log.level",
+                format!("`{}` is not a log filter", self.log.level),
+            ));
         }
         Ok(())
     }
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field, message: message.into() }
+    ConfigError::Invalid {
+        field,
+        message: message.into(),
+    }
 }
 
 /// Sets `INGESTD__TABLE__KEY=value` into `table.key`. The value is read as TOML when it parses
@@ -295,7 +330,9 @@ fn apply_env(
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
     for (var, raw) in env {
-        let Some(path) = var.strip_prefix(ENV_PREFIX) else { continue };
+        let Some(path) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
         let parts: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
         let [table, key] = parts.as_slice() else {
             return Err(ConfigError::Env {
@@ -311,7 +348,10 @@ fn apply_env(
             .entry(table.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         let toml::Value::Table(entry) = entry else {
-            return Err(ConfigError::Env { var, message: format!("`{table}` is not a table") });
+            return Err(ConfigError::Env {
+                var,
+                message: format!("`{table}` is not a table"),
+            });
         };
         entry.insert(key.clone(), value);
     }
@@ -337,7 +377,10 @@ mod tests {
     fn env_overrides_win() {
         let env = [
             ("INGESTD__CHUNKING__CHUNK_SIZE".to_owned(), "512".to_owned()),
-            ("INGESTD__CHUNKING__ENCODING".to_owned(), "o200k_base".to_owned()),
+            (
+                "INGESTD__CHUNKING__ENCODING".to_owned(),
+                "o200k_base".to_owned(),
+            ),
             ("UNRELATED".to_owned(), "x".to_owned()),
         ];
         let config = Config::load(None, env).unwrap();
@@ -347,7 +390,10 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let env = [("INGESTD__CHUNKING__CHUNK_OVERLAP".to_owned(), "1500".to_owned())];
+        let env = [(
+            "INGESTD__CHUNKING__CHUNK_OVERLAP".to_owned(),
+            "1500".to_owned(),
+        )];
         let err = Config::load(None, env).unwrap_err().to_string();
         assert!(err.contains("chunking.chunk_overlap"), "{err}");
 
@@ -362,6 +408,9 @@ mod tests {
         assert!(err.contains("gpt2") || err.contains("encoding"), "{err}");
 
         let env = [("INGESTD__CHUNKING".to_owned(), "1".to_owned())];
-        assert!(matches!(Config::load(None, env), Err(ConfigError::Env { .. })));
+        assert!(matches!(
+            Config::load(None, env),
+            Err(ConfigError::Env { .. })
+        ));
     }
 }

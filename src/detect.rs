@@ -157,7 +157,13 @@ pub enum TextHint {
 #[must_use]
 pub fn detect(head: &[u8], content_type: Option<&str>, name: &str) -> Detected {
     let head = &head[..head.len().min(SNIFF_BYTES)];
-    let mime = content_type.map(|ct| ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    let mime = content_type.map(|ct| {
+        ct.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
     let extension = Path::new(name)
         .extension()
         .and_then(|e| e.to_str())
@@ -165,10 +171,16 @@ pub fn detect(head: &[u8], content_type: Option<&str>, name: &str) -> Detected {
         .unwrap_or_default();
 
     if let Some(format) = magic(head) {
-        return Detected { format, text_hint: None };
+        return Detected {
+            format,
+            text_hint: None,
+        };
     }
     let Some(hint) = sniff_text(head) else {
-        return Detected { format: Format::Unknown, text_hint: None };
+        return Detected {
+            format: Format::Unknown,
+            text_hint: None,
+        };
     };
     let format = mime
         .as_deref()
@@ -176,7 +188,10 @@ pub fn detect(head: &[u8], content_type: Option<&str>, name: &str) -> Detected {
         .or_else(|| text_format_from_extension(&extension, name))
         .or_else(|| text_format_from_content(head))
         .unwrap_or(Format::Plain);
-    Detected { format, text_hint: Some(hint) }
+    Detected {
+        format,
+        text_hint: Some(hint),
+    }
 }
 
 /// Binary formats recognised by their magic numbers.
@@ -273,7 +288,13 @@ fn sniff_utf16(head: &[u8]) -> Option<TextHint> {
     if units < 2 {
         return None;
     }
-    let zeros_at = |parity: usize| head.iter().skip(parity).step_by(2).filter(|&&b| b == 0).count();
+    let zeros_at = |parity: usize| {
+        head.iter()
+            .skip(parity)
+            .step_by(2)
+            .filter(|&&b| b == 0)
+            .count()
+    };
     let (even, odd) = (zeros_at(0), zeros_at(1));
     if odd * 10 >= units * 6 && even * 20 <= units {
         return Some(TextHint::Utf16Le);
@@ -319,7 +340,10 @@ fn text_format_from_extension(extension: &str, name: &str) -> Option<Format> {
 
 /// Source-code languages by extension (or file name, for the usual extension-less files).
 fn code_language(extension: &str, name: &str) -> Option<&'static str> {
-    let file_name = Path::new(name).file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let file_name = Path::new(name)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
     Some(match (extension, file_name) {
         ("rs", _) => "rust",
         ("py" | "pyi", _) => "python",
@@ -350,8 +374,14 @@ fn code_language(extension: &str, name: &str) -> Option<&'static str> {
 
 /// Text formats recognisable from their first characters.
 fn text_format_from_content(head: &[u8]) -> Option<Format> {
-    let start = head.iter().position(|b| !b.is_ascii_whitespace() && *b != 0xEF && *b != 0xBB && *b != 0xBF)?;
-    let lead: Vec<u8> = head[start..].iter().take(64).map(u8::to_ascii_lowercase).collect();
+    let start = head
+        .iter()
+        .position(|b| !b.is_ascii_whitespace() && *b != 0xEF && *b != 0xBB && *b != 0xBF)?;
+    let lead: Vec<u8> = head[start..]
+        .iter()
+        .take(64)
+        .map(u8::to_ascii_lowercase)
+        .collect();
     if lead.starts_with(b"<!doctype html") || lead.starts_with(b"<html") {
         Some(Format::Html)
     } else if lead.starts_with(b"<?xml") {
@@ -359,7 +389,9 @@ fn text_format_from_content(head: &[u8]) -> Option<Format> {
     } else if lead.starts_with(b"webvtt") {
         Some(Format::WebVtt)
     } else if lead.starts_with(b"{") || lead.starts_with(b"[") {
-        serde_json::from_slice::<serde::de::IgnoredAny>(head).is_ok().then_some(Format::Json)
+        serde_json::from_slice::<serde::de::IgnoredAny>(head)
+            .is_ok()
+            .then_some(Format::Json)
     } else {
         None
     }
@@ -369,7 +401,9 @@ fn text_format_from_content(head: &[u8]) -> Option<Format> {
 mod tests {
     use super::*;
 
-    const PNG: &[u8] = &[0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1A, b'\n', 0, 0, 0, 13, b'I', b'H', b'D', b'R'];
+    const PNG: &[u8] = &[
+        0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1A, b'\n', 0, 0, 0, 13, b'I', b'H', b'D', b'R',
+    ];
 
     #[test]
     fn magic_beats_the_extension() {
@@ -380,25 +414,51 @@ mod tests {
 
     #[test]
     fn random_bytes_named_txt_are_not_text() {
-        let noise: Vec<u8> = (0u32..4096).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let noise: Vec<u8> = (0u32..4096)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         assert_eq!(detect(&noise, None, "notes.txt").format, Format::Unknown);
     }
 
     #[test]
     fn text_formats_come_from_content_type_then_extension_then_content() {
-        assert_eq!(detect(b"a,b\n1,2\n", Some("text/csv; charset=utf-8"), "x").format, Format::Csv);
-        assert_eq!(detect(b"# Title\n", None, "README.md").format, Format::Markdown);
-        assert_eq!(detect(b"<!DOCTYPE html><p>x", None, "page").format, Format::Html);
+        assert_eq!(
+            detect(b"a,b\n1,2\n", Some("text/csv; charset=utf-8"), "x").format,
+            Format::Csv
+        );
+        assert_eq!(
+            detect(b"# Title\n", None, "README.md").format,
+            Format::Markdown
+        );
+        assert_eq!(
+            detect(b"<!DOCTYPE html><p>x", None, "page").format,
+            Format::Html
+        );
         assert_eq!(detect(b"{\"a\": 1}", None, "data").format, Format::Json);
-        assert_eq!(detect(b"fn main() {}", None, "src/main.rs").format, Format::Code("rust"));
+        assert_eq!(
+            detect(b"fn main() {}", None, "src/main.rs").format,
+            Format::Code("rust")
+        );
         assert_eq!(detect(b"just words", None, "notes").format, Format::Plain);
     }
 
     #[test]
     fn utf16_without_bom_is_text() {
-        let le: Vec<u8> = "plain words here".encode_utf16().flat_map(u16::to_le_bytes).collect();
-        let be: Vec<u8> = "plain words here".encode_utf16().flat_map(u16::to_be_bytes).collect();
-        assert_eq!(detect(&le, None, "a.txt").text_hint, Some(TextHint::Utf16Le));
-        assert_eq!(detect(&be, None, "a.txt").text_hint, Some(TextHint::Utf16Be));
+        let le: Vec<u8> = "plain words here"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let be: Vec<u8> = "plain words here"
+            .encode_utf16()
+            .flat_map(u16::to_be_bytes)
+            .collect();
+        assert_eq!(
+            detect(&le, None, "a.txt").text_hint,
+            Some(TextHint::Utf16Le)
+        );
+        assert_eq!(
+            detect(&be, None, "a.txt").text_hint,
+            Some(TextHint::Utf16Be)
+        );
     }
 }

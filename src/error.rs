@@ -117,12 +117,20 @@ pub struct FileError {
 impl FileError {
     /// A permanent failure.
     pub fn permanent(code: ErrorCode, message: impl Into<String>) -> Self {
-        FileError { code, message: message.into(), kind: ErrorKind::Permanent }
+        FileError {
+            code,
+            message: message.into(),
+            kind: ErrorKind::Permanent,
+        }
     }
 
     /// A failure that may pass.
     pub fn transient(code: ErrorCode, message: impl Into<String>) -> Self {
-        FileError { code, message: message.into(), kind: ErrorKind::Transient }
+        FileError {
+            code,
+            message: message.into(),
+            kind: ErrorKind::Transient,
+        }
     }
 
     /// Whether retrying may succeed.
@@ -138,10 +146,18 @@ mod tests {
 
     #[test]
     fn wire_names_match_serde() {
-        for code in [ErrorCode::CorruptFile, ErrorCode::InvalidEncoding, ErrorCode::NoSuchBucket] {
+        for code in [
+            ErrorCode::CorruptFile,
+            ErrorCode::InvalidEncoding,
+            ErrorCode::NoSuchBucket,
+        ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }
-        for reason in [SkipReason::Empty, SkipReason::TooLarge, SkipReason::UnsupportedFormat] {
+        for reason in [
+            SkipReason::Empty,
+            SkipReason::TooLarge,
+            SkipReason::UnsupportedFormat,
+        ] {
             assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
         }
     }

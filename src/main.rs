@@ -19,13 +19,18 @@ use ingestd::source::LocalSource;
 use ingestd::telemetry::{Progress, init_tracing};
 
 #[derive(Parser)]
-#[command(name = "ingestd", version, about = "Ingestion and chunking worker for S3 / DigitalOcean Spaces")]
+#[command(
+    name = "ingestd",
+    version,
+    about = "Ingestion and chunking worker for S3 / DigitalOcean Spaces"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Command {
     /// Chunk a local file or folder once, without a broker: chunk records as JSON Lines on
     /// stdout, events on stderr.
@@ -95,11 +100,17 @@ struct Failure {
 }
 
 fn usage(error: impl Into<anyhow::Error>) -> Failure {
-    Failure { code: 2, error: error.into() }
+    Failure {
+        code: 2,
+        error: error.into(),
+    }
 }
 
 fn fatal(error: impl Into<anyhow::Error>) -> Failure {
-    Failure { code: 1, error: error.into() }
+    Failure {
+        code: 1,
+        error: error.into(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -153,7 +164,9 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
     }
     let chunker = Chunker::new(encoding, size, overlap).map_err(usage)?;
     if args.target.starts_with("s3://") {
-        return Err(usage(anyhow!("s3:// targets are not supported by this build yet")));
+        return Err(usage(anyhow!(
+            "s3:// targets are not supported by this build yet"
+        )));
     }
     let source = LocalSource::new(&args.target, config.sync.follow_symlinks)
         .with_context(|| format!("cannot read {}", args.target))
@@ -175,17 +188,31 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
     let request = Arc::new(Request {
         chunker: Arc::new(chunker),
         prepend_filename: args.prepend_filename || chunking.prepend_filename,
-        tags: args.tags.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect(),
+        tags: args
+            .tags
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect(),
         request_id: args.request_id,
         customer_id: None,
         data_source_id: None,
         max_text_object_bytes: config.limits.max_text_object_bytes,
         max_text_bytes: config.limits.max_text_bytes,
     });
-    let concurrency = args.concurrency.unwrap_or_else(|| config.sync.effective_concurrency());
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime").map_err(fatal)?;
+    let concurrency = args
+        .concurrency
+        .unwrap_or_else(|| config.sync.effective_concurrency());
+    let runtime = tokio::runtime::Runtime::new()
+        .context("starting the async runtime")
+        .map_err(fatal)?;
     let summary = runtime
-        .block_on(ingestd::sync::run(&source, request, concurrency, &mut sink, &progress))
+        .block_on(ingestd::sync::run(
+            &source,
+            request,
+            concurrency,
+            &mut sink,
+            &progress,
+        ))
         .map_err(fatal)?;
     progress.finish();
     if std::io::stderr().is_terminal() {
@@ -195,5 +222,7 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
 }
 
 fn create(path: &Path) -> Result<std::fs::File, Failure> {
-    std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display())).map_err(usage)
+    std::fs::File::create(path)
+        .with_context(|| format!("cannot create {}", path.display()))
+        .map_err(usage)
 }

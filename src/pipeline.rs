@@ -56,7 +56,11 @@ impl FileOutput {
 }
 
 /// Processes one object end to end. Never fails: every problem becomes the outcome event.
-pub async fn process<S: Source>(source: &S, object: ObjectMeta, request: Arc<Request>) -> FileOutput {
+pub async fn process<S: Source>(
+    source: &S,
+    object: ObjectMeta,
+    request: Arc<Request>,
+) -> FileOutput {
     let mut file_ref = FileRef {
         bucket: object.bucket.clone(),
         key: object.key.clone(),
@@ -80,19 +84,29 @@ pub async fn process<S: Source>(source: &S, object: ObjectMeta, request: Arc<Req
             "the object is {} bytes, over limits.max_text_object_bytes ({})",
             object.size, request.max_text_object_bytes
         );
-        return finish(file_ref, Vec::new(), skipped(SkipReason::TooLarge, message), 0);
+        return finish(
+            file_ref,
+            Vec::new(),
+            skipped(SkipReason::TooLarge, message),
+            0,
+        );
     }
     let bytes = match source.read(&object, request.max_text_object_bytes).await {
         Ok(bytes) => bytes,
         Err(err) if err.code == ErrorCode::TooLarge => {
-            return finish(file_ref, Vec::new(), skipped(SkipReason::TooLarge, err.message), 0);
+            return finish(
+                file_ref,
+                Vec::new(),
+                skipped(SkipReason::TooLarge, err.message),
+                0,
+            );
         }
         Err(err) => return finish(file_ref, Vec::new(), failed(&err), 0),
     };
     let bytes_read = bytes.len() as u64;
     let kind = source.kind();
     let work_request = Arc::clone(&request);
-    let work = tokio::task::spawn_blocking(move || convert(&bytes, object, kind, &work_request));
+    let work = tokio::task::spawn_blocking(move || convert(&bytes, &object, kind, &work_request));
     match work.await {
         Ok(Converted { detected, result }) => {
             file_ref.media_type = detected.format.media_type();
@@ -109,13 +123,18 @@ pub async fn process<S: Source>(source: &S, object: ObjectMeta, request: Arc<Req
                 Err(Rejection::Skip { reason, message }) => {
                     finish(file_ref, Vec::new(), skipped(reason, message), bytes_read)
                 }
-                Err(Rejection::Error(err)) => finish(file_ref, Vec::new(), failed(&err), bytes_read),
+                Err(Rejection::Error(err)) => {
+                    finish(file_ref, Vec::new(), failed(&err), bytes_read)
+                }
             }
         }
         Err(join) => {
             // A panic in a decoder is a bug to fix, but it costs one file, not the worker.
             let message = if join.is_panic() {
-                format!("processing {} crashed inside a decoder; the file was not processed", file_ref.key)
+                format!(
+                    "processing {} crashed inside a decoder; the file was not processed",
+                    file_ref.key
+                )
             } else {
                 format!("processing {} was cancelled", file_ref.key)
             };
@@ -130,7 +149,11 @@ fn skipped(reason: SkipReason, message: String) -> EventKind {
 }
 
 fn failed(err: &FileError) -> EventKind {
-    EventKind::FileError { error_code: err.code, message: err.message.clone(), retryable: err.retryable() }
+    EventKind::FileError {
+        error_code: err.code,
+        message: err.message.clone(),
+        retryable: err.retryable(),
+    }
 }
 
 struct Converted {
@@ -139,11 +162,11 @@ struct Converted {
 }
 
 /// The CPU-bound part, on a blocking thread.
-fn convert(bytes: &[u8], object: ObjectMeta, kind: SourceKind, request: &Request) -> Converted {
+fn convert(bytes: &[u8], object: &ObjectMeta, kind: SourceKind, request: &Request) -> Converted {
     let (mime, charset) = split_content_type(object.content_type.as_deref());
     let detected = detect::detect(bytes, mime.as_deref(), &object.key);
-    let result = extract::extract(bytes, detected, charset.as_deref(), request.max_text_bytes)
-        .map(|extracted| {
+    let result = extract::extract(bytes, detected, charset.as_deref(), request.max_text_bytes).map(
+        |extracted| {
             let etag = object.etag.clone().unwrap_or_else(|| content_etag(bytes));
             let file = FileInfo {
                 bucket: object.bucket.clone(),
@@ -159,8 +182,12 @@ fn convert(bytes: &[u8], object: ObjectMeta, kind: SourceKind, request: &Request
                 data_source_metadata: kind.data_source_metadata().to_owned(),
                 file_metadata: kind.file_metadata().to_owned(),
             };
-            (records(&extracted.text, extracted.structure, file, request), etag)
-        });
+            (
+                records(&extracted.text, extracted.structure, &file, request),
+                etag,
+            )
+        },
+    );
     Converted { detected, result }
 }
 
@@ -168,7 +195,7 @@ fn convert(bytes: &[u8], object: ObjectMeta, kind: SourceKind, request: &Request
 fn records(
     text: &str,
     structure: crate::chunk::Structure,
-    file: FileInfo,
+    file: &FileInfo,
     request: &Request,
 ) -> Vec<ChunkRecord> {
     let chunker = &request.chunker;
@@ -178,9 +205,9 @@ fn records(
     });
     // The prefix counts toward chunk_size; one token of slack covers the rare merge across
     // the seam, and the final count below is exact either way.
-    let capacity = prefix
-        .as_ref()
-        .map_or(chunker.size(), |p| chunker.size().saturating_sub(chunker.count(p) + 1).max(1));
+    let capacity = prefix.as_ref().map_or(chunker.size(), |p| {
+        chunker.size().saturating_sub(chunker.count(p) + 1).max(1)
+    });
     let chunking = ChunkingInfo {
         chunk_size: chunker.size(),
         chunk_overlap: chunker.overlap(),
@@ -196,13 +223,17 @@ fn records(
                 Some(prefix) => {
                     let joined = format!("{prefix}{body}");
                     let count = chunker.count(&joined);
-                    if count <= chunker.size() { (joined, count) } else { (body.to_owned(), chunk.token_count) }
+                    if count <= chunker.size() {
+                        (joined, count)
+                    } else {
+                        (body.to_owned(), chunk.token_count)
+                    }
                 }
                 None => (body.to_owned(), chunk.token_count),
             };
             ChunkRecord {
                 schema_version: SCHEMA_VERSION,
-                chunk_id: chunk_id(&file, &chunking, prefix.is_some(), index, &chunk.range),
+                chunk_id: chunk_id(file, &chunking, prefix.is_some(), index, &chunk.range),
                 request_id: request.request_id.clone(),
                 customer_id: request.customer_id.clone(),
                 data_source_id: request.data_source_id.clone(),
@@ -256,12 +287,16 @@ fn content_etag(bytes: &[u8]) -> String {
 
 /// `text/csv; charset=windows-1252` → (`text/csv`, `windows-1252`).
 fn split_content_type(content_type: Option<&str>) -> (Option<String>, Option<String>) {
-    let Some(content_type) = content_type else { return (None, None) };
+    let Some(content_type) = content_type else {
+        return (None, None);
+    };
     let mut parts = content_type.split(';');
     let mime = parts.next().map(|m| m.trim().to_owned());
     let charset = parts.find_map(|p| {
         let (key, value) = p.split_once('=')?;
-        key.trim().eq_ignore_ascii_case("charset").then(|| value.trim().trim_matches('"').to_owned())
+        key.trim()
+            .eq_ignore_ascii_case("charset")
+            .then(|| value.trim().trim_matches('"').to_owned())
     });
     (mime, charset)
 }

@@ -43,7 +43,10 @@ impl Summary {
             .and_then(|f| f.media_type)
             .map_or_else(|| "OTHER".to_owned(), |m| format!("{m:?}").to_uppercase());
         let outcome = match output.outcome_kind() {
-            EventKind::FileReady { chunk_count, token_count } => {
+            EventKind::FileReady {
+                chunk_count,
+                token_count,
+            } => {
                 self.counts.files_ready += 1;
                 self.counts.chunk_count += *chunk_count as u64;
                 self.counts.token_count += *token_count as u64;
@@ -74,7 +77,11 @@ impl Summary {
             secs,
             mb / secs
         );
-        for (outcome, total) in [("ready", c.files_ready), ("skipped", c.files_skipped), ("failed", c.files_failed)] {
+        for (outcome, total) in [
+            ("ready", c.files_ready),
+            ("skipped", c.files_skipped),
+            ("failed", c.files_failed),
+        ] {
             let detail: Vec<String> = self
                 .by_kind
                 .iter()
@@ -83,7 +90,11 @@ impl Summary {
                 .collect();
             let _ = writeln!(out, "  {outcome:<8} {total:>6}  {}", detail.join(", "));
         }
-        let _ = writeln!(out, "  chunks   {:>6}  tokens {}", c.chunk_count, c.token_count);
+        let _ = writeln!(
+            out,
+            "  chunks   {:>6}  tokens {}",
+            c.chunk_count, c.token_count
+        );
         out
     }
 }
@@ -108,7 +119,9 @@ pub async fn run<S: Source>(
             async move {
                 match listed {
                     Listed::Object(object) => pipeline::process(source, object, request).await,
-                    Listed::Problem { key, error, skip } => problem_output(&request, key, &error, skip),
+                    Listed::Problem { key, error, skip } => {
+                        problem_output(&request, key, &error, skip)
+                    }
                 }
             }
         })
@@ -131,8 +144,19 @@ pub async fn run<S: Source>(
     Ok(summary)
 }
 
-fn problem_output(request: &Request, key: String, error: &crate::error::FileError, skip: bool) -> FileOutput {
-    let file = FileRef { bucket: None, key, etag: None, media_type: None, format: None };
+fn problem_output(
+    request: &Request,
+    key: String,
+    error: &crate::error::FileError,
+    skip: bool,
+) -> FileOutput {
+    let file = FileRef {
+        bucket: None,
+        key,
+        etag: None,
+        media_type: None,
+        format: None,
+    };
     let kind = if skip {
         EventKind::FilesSkipped {
             reason: crate::error::SkipReason::UnsupportedFormat,

@@ -11,7 +11,9 @@ use crate::config::{LogConfig, LogFormat};
 pub fn init_tracing(config: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // A second initialisation (tests) keeps the first subscriber.
     let _ = match config.format {
         LogFormat::Text => builder.try_init(),
@@ -33,13 +35,22 @@ impl Progress {
     /// A progress bar, drawn only when `visible`.
     #[must_use]
     pub fn new(visible: bool) -> Self {
-        let target = if visible { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        let target = if visible {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
         let bar = ProgressBar::with_draw_target(None, target);
-        if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed} {pos} files · {msg}") {
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed} {pos} files · {msg}")
+        {
             bar.set_style(style);
         }
         bar.enable_steady_tick(Duration::from_millis(120));
-        Progress { bar, bytes: AtomicU64::new(0), chunks: AtomicU64::new(0) }
+        Progress {
+            bar,
+            bytes: AtomicU64::new(0),
+            chunks: AtomicU64::new(0),
+        }
     }
 
     /// Counts one finished file.
@@ -47,11 +58,11 @@ impl Progress {
         let bytes = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
         let chunks = self.chunks.fetch_add(chunks as u64, Ordering::Relaxed) + chunks as u64;
         self.bar.inc(1);
-        self.bar.set_message(format!("{:.1} MB · {chunks} chunks", bytes as f64 / 1e6));
+        self.bar
+            .set_message(format!("{:.1} MB · {chunks} chunks", bytes as f64 / 1e6));
     }
 
     /// A wrapper that hides the bar while `write` prints, for interleaved event lines.
-    #[must_use]
     pub fn suspender(&self) -> impl Fn(&mut dyn FnMut()) + Send + 'static {
         let bar = self.bar.clone();
         move |write| bar.suspend(write)

@@ -17,7 +17,10 @@ fn texts_by_file(records: &[Value]) -> BTreeMap<String, String> {
     let mut by_file: BTreeMap<String, String> = BTreeMap::new();
     for record in records {
         let key = record["file"]["key"].as_str().unwrap().to_owned();
-        by_file.entry(key).or_default().push_str(record["text"].as_str().unwrap());
+        by_file
+            .entry(key)
+            .or_default()
+            .push_str(record["text"].as_str().unwrap());
     }
     by_file
 }
@@ -25,23 +28,44 @@ fn texts_by_file(records: &[Value]) -> BTreeMap<String, String> {
 #[test]
 fn every_text_fixture_yields_its_source_text() {
     let dir = tempfile::tempdir().unwrap();
-    let out = ingestd(dir.path(), &["sync", fixture("text").to_str().unwrap(), "--chunk-size", "4000"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ingestd(
+        dir.path(),
+        &[
+            "sync",
+            fixture("text").to_str().unwrap(),
+            "--chunk-size",
+            "4000",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let texts = texts_by_file(&lines(&out.stdout));
     let expected = expected();
     for (key, text) in expected["exact"].as_object().unwrap() {
         assert_eq!(texts.get(key).map(String::as_str), text.as_str(), "{key}");
     }
     for (key, phrases) in expected["contains"].as_object().unwrap() {
-        let got = texts.get(key).unwrap_or_else(|| panic!("no chunks for {key}"));
+        let got = texts
+            .get(key)
+            .unwrap_or_else(|| panic!("no chunks for {key}"));
         for phrase in phrases.as_array().unwrap() {
-            assert!(got.contains(phrase.as_str().unwrap()), "{key} lacks {phrase}: {got:?}");
+            assert!(
+                got.contains(phrase.as_str().unwrap()),
+                "{key} lacks {phrase}: {got:?}"
+            );
         }
     }
     for (key, phrases) in expected["excludes"].as_object().unwrap() {
         let got = &texts[key];
         for phrase in phrases.as_array().unwrap() {
-            assert!(!got.contains(phrase.as_str().unwrap()), "{key} has {phrase}: {got:?}");
+            assert!(
+                !got.contains(phrase.as_str().unwrap()),
+                "{key} has {phrase}: {got:?}"
+            );
         }
     }
 }
@@ -50,16 +74,33 @@ fn every_text_fixture_yields_its_source_text() {
 fn runs_are_deterministic_and_records_are_complete() {
     let dir = tempfile::tempdir().unwrap();
     let text = fixture("text");
-    let args = ["sync", text.to_str().unwrap(), "--chunk-size", "12", "--chunk-overlap", "3"];
+    let args = [
+        "sync",
+        text.to_str().unwrap(),
+        "--chunk-size",
+        "12",
+        "--chunk-overlap",
+        "3",
+    ];
     let first = ingestd(dir.path(), &args);
     let second = ingestd(dir.path(), &args);
     assert_eq!(first.status.code(), Some(0));
-    assert_eq!(first.stdout, second.stdout, "same input and options must give identical records");
+    assert_eq!(
+        first.stdout, second.stdout,
+        "same input and options must give identical records"
+    );
     let records = lines(&first.stdout);
-    assert!(records.len() > 40, "small chunks should split the fixtures: {}", records.len());
+    assert!(
+        records.len() > 40,
+        "small chunks should split the fixtures: {}",
+        records.len()
+    );
     let mut ids = std::collections::HashSet::new();
     for r in &records {
-        assert!(ids.insert(r["chunk_id"].as_str().unwrap().to_owned()), "duplicate chunk_id");
+        assert!(
+            ids.insert(r["chunk_id"].as_str().unwrap().to_owned()),
+            "duplicate chunk_id"
+        );
         assert!(r["token_count"].as_u64().unwrap() <= 12);
         assert_eq!(r["chunking"]["chunk_size"], 12);
         assert_eq!(r["chunking"]["encoding"], "cl100k_base");
@@ -68,8 +109,21 @@ fn runs_are_deterministic_and_records_are_complete() {
         assert_eq!(r["embedding"], Value::Null);
     }
     // Different options ⇒ different ids.
-    let other = ingestd(dir.path(), &["sync", fixture("text").to_str().unwrap(), "--chunk-size", "13", "--chunk-overlap", "3"]);
-    let other_ids: Vec<Value> = lines(&other.stdout).iter().map(|r| r["chunk_id"].clone()).collect();
+    let other = ingestd(
+        dir.path(),
+        &[
+            "sync",
+            fixture("text").to_str().unwrap(),
+            "--chunk-size",
+            "13",
+            "--chunk-overlap",
+            "3",
+        ],
+    );
+    let other_ids: Vec<Value> = lines(&other.stdout)
+        .iter()
+        .map(|r| r["chunk_id"].clone())
+        .collect();
     assert!(records.iter().all(|r| !other_ids.contains(&r["chunk_id"])));
 }
 
@@ -87,20 +141,48 @@ fn bad_files_get_classified_events_and_exit_code_3() {
         assert!(!e["message"].as_str().unwrap().is_empty());
     };
     check("empty.txt", "FILES_SKIPPED", "reason", "EMPTY");
-    check("random.txt", "FILES_SKIPPED", "reason", "UNSUPPORTED_FORMAT");
-    check("png_named.txt", "FILES_SKIPPED", "reason", "UNSUPPORTED_FORMAT");
-    assert_eq!(outcome(&events, "png_named.txt")["file"]["media_type"], "IMAGE");
-    check("invalid_utf8_bom.txt", "FILE_ERROR", "error_code", "INVALID_ENCODING");
+    check(
+        "random.txt",
+        "FILES_SKIPPED",
+        "reason",
+        "UNSUPPORTED_FORMAT",
+    );
+    check(
+        "png_named.txt",
+        "FILES_SKIPPED",
+        "reason",
+        "UNSUPPORTED_FORMAT",
+    );
+    assert_eq!(
+        outcome(&events, "png_named.txt")["file"]["media_type"],
+        "IMAGE"
+    );
+    check(
+        "invalid_utf8_bom.txt",
+        "FILE_ERROR",
+        "error_code",
+        "INVALID_ENCODING",
+    );
     check("broken.json", "FILE_ERROR", "error_code", "CORRUPT_FILE");
     let last = events.last().unwrap();
     assert_eq!(last["event"], "ALL_FILES_PROCESSED");
-    assert_eq!((last["files_failed"].as_u64(), last["files_skipped"].as_u64()), (Some(2), Some(3)));
+    assert_eq!(
+        (
+            last["files_failed"].as_u64(),
+            last["files_skipped"].as_u64()
+        ),
+        (Some(2), Some(3))
+    );
 }
 
 #[test]
 fn oversized_files_are_skipped_before_reading() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("pipeline.toml"), "[limits]\nmax_text_object_bytes = 40\n").unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        "[limits]\nmax_text_object_bytes = 40\n",
+    )
+    .unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     std::fs::write(data.join("big.txt"), "x".repeat(41)).unwrap();
@@ -122,12 +204,23 @@ fn unreadable_entries_and_symlink_loops_are_reported_not_fatal() {
     std::os::unix::fs::symlink(dir.path().join("missing.txt"), data.join("dangling.txt")).unwrap();
     std::os::unix::fs::symlink(&data, data.join("sub/loop")).unwrap();
     let out = ingestd(dir.path(), &["sync", "data"]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let events = lines(&out.stderr);
-    assert_eq!(outcome(&events, "dangling.txt")["error_code"], "READ_FAILED");
+    assert_eq!(
+        outcome(&events, "dangling.txt")["error_code"],
+        "READ_FAILED"
+    );
     let looped = outcome(&events, "sub/loop");
     assert_eq!(looped["error_code"], "READ_FAILED");
-    assert!(looped["message"].as_str().unwrap().contains("loop"), "{looped}");
+    assert!(
+        looped["message"].as_str().unwrap().contains("loop"),
+        "{looped}"
+    );
     assert_eq!(outcome(&events, "ok.md")["event"], "FILE_READY");
 }
 
@@ -138,7 +231,17 @@ fn usage_errors_exit_2_with_one_sentence_and_write_nothing() {
     let text = text.to_str().unwrap();
     std::fs::write(dir.path().join("bad.toml"), "[chunking]\nchunk_sise = 3\n").unwrap();
     for (args, needle) in [
-        (vec!["sync", text, "--chunk-size", "100", "--chunk-overlap", "100"], "chunk_overlap"),
+        (
+            vec![
+                "sync",
+                text,
+                "--chunk-size",
+                "100",
+                "--chunk-overlap",
+                "100",
+            ],
+            "chunk_overlap",
+        ),
         (vec!["sync", text, "--chunk-size", "0"], "chunk_size"),
         (vec!["sync", text, "--chunk-size", "9000"], "maximum"),
         (vec!["sync", text, "--encoding", "gpt2"], "unknown encoding"),
@@ -153,7 +256,10 @@ fn usage_errors_exit_2_with_one_sentence_and_write_nothing() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
         assert!(out.stdout.is_empty(), "{args:?}");
-        assert!(!dir.path().join("out.jsonl").exists(), "{args:?} wrote output");
+        assert!(
+            !dir.path().join("out.jsonl").exists(),
+            "{args:?} wrote output"
+        );
     }
 }
 
@@ -163,21 +269,47 @@ fn flags_reach_the_records() {
     let out = ingestd(
         dir.path(),
         &[
-            "sync", fixture("text/formats/guide.md").to_str().unwrap(),
-            "--chunk-size", "20", "--chunk-overlap", "0", "--encoding", "o200k_base",
-            "--tag", "team=legal", "--tag", "tier=gold", "--prepend-filename",
-            "--request-id", "req-1", "--out", "chunks.jsonl", "--events", "events.jsonl",
+            "sync",
+            fixture("text/formats/guide.md").to_str().unwrap(),
+            "--chunk-size",
+            "20",
+            "--chunk-overlap",
+            "0",
+            "--encoding",
+            "o200k_base",
+            "--tag",
+            "team=legal",
+            "--tag",
+            "tier=gold",
+            "--prepend-filename",
+            "--request-id",
+            "req-1",
+            "--out",
+            "chunks.jsonl",
+            "--events",
+            "events.jsonl",
         ],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "outputs belong in the files");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout.is_empty() && out.stderr.is_empty(),
+        "outputs belong in the files"
+    );
     let records = lines(&std::fs::read(dir.path().join("chunks.jsonl")).unwrap());
     let bpe = tiktoken_rs::o200k_base().unwrap();
     assert!(records.len() > 1);
     for r in &records {
         let text = r["text"].as_str().unwrap();
         assert!(text.starts_with("guide.md\n"), "{text:?}");
-        assert_eq!(r["token_count"].as_u64().unwrap() as usize, bpe.encode_ordinary(text).len());
+        assert_eq!(
+            r["token_count"].as_u64().unwrap() as usize,
+            bpe.encode_ordinary(text).len()
+        );
         assert!(r["token_count"].as_u64().unwrap() <= 20);
         assert_eq!(r["tags"]["team"], "legal");
         assert_eq!(r["tags"]["tier"], "gold");
@@ -188,7 +320,10 @@ fn flags_reach_the_records() {
     }
     let events = lines(&std::fs::read(dir.path().join("events.jsonl")).unwrap());
     let ready = outcome(&events, "guide.md");
-    assert_eq!(ready["chunk_count"].as_u64().unwrap() as usize, records.len());
+    assert_eq!(
+        ready["chunk_count"].as_u64().unwrap() as usize,
+        records.len()
+    );
     assert_eq!(ready["request_id"], "req-1");
 }
 
@@ -196,6 +331,11 @@ fn flags_reach_the_records() {
 fn shipped_config_is_picked_up_from_the_working_directory() {
     // Run from the repository root: pipeline.toml there is valid and used.
     let out = ingestd(&root(), &["sync", "fixtures/text/formats/talk.vtt"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(lines(&out.stdout)[0]["chunking"]["chunk_size"], 1500);
 }

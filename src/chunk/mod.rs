@@ -82,7 +82,11 @@ impl Chunker {
         if overlap >= size {
             return Err(ChunkError::OverlapTooLarge { size, overlap });
         }
-        Ok(Chunker { tokenizer: Tokenizer::shared(encoding)?, size, overlap })
+        Ok(Chunker {
+            tokenizer: Tokenizer::shared(encoding)?,
+            size,
+            overlap,
+        })
     }
 
     /// The encoding sizes are measured in.
@@ -122,7 +126,10 @@ impl Chunker {
         let capacity = capacity.clamp(1, self.size);
         let overlap = self.overlap.min(capacity - 1);
         let index = self.tokenizer.index(text);
-        let sizer = IndexSizer { index: &index, base: text.as_ptr() as usize };
+        let sizer = IndexSizer {
+            index: &index,
+            base: text.as_ptr() as usize,
+        };
         let mut chunks = Vec::new();
         let window = MIN_WINDOW_BYTES.max(capacity * 4 * WINDOW_CHUNKS);
         let mut start = 0;
@@ -131,7 +138,11 @@ impl Chunker {
             loop {
                 let found = split(&text[start..end], structure, capacity, overlap, &sizer);
                 if end == text.len() {
-                    chunks.extend(found.into_iter().map(|r| (start + r.start)..(start + r.end)));
+                    chunks.extend(
+                        found
+                            .into_iter()
+                            .map(|r| (start + r.start)..(start + r.end)),
+                    );
                     start = text.len();
                     break;
                 }
@@ -174,10 +185,14 @@ fn split(
         .unwrap_or_else(|_| ChunkConfig::new(capacity).with_sizer(sizer));
     let ranges = |(offset, chunk): (usize, &str)| offset..offset + chunk.len();
     match structure {
-        Structure::Plain => TextSplitter::new(config).chunk_indices(window).map(ranges).collect(),
-        Structure::Markdown => {
-            MarkdownSplitter::new(config).chunk_indices(window).map(ranges).collect()
-        }
+        Structure::Plain => TextSplitter::new(config)
+            .chunk_indices(window)
+            .map(ranges)
+            .collect(),
+        Structure::Markdown => MarkdownSplitter::new(config)
+            .chunk_indices(window)
+            .map(ranges)
+            .collect(),
     }
 }
 
@@ -195,7 +210,9 @@ fn window_end(text: &str, start: usize, len: usize) -> usize {
     if let Some(i) = memchr::memchr(b'\n', search) {
         return target + i + 1;
     }
-    (target..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len())
+    (target..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(text.len())
 }
 
 /// Sizes text-splitter's candidate chunks from the document index. Candidates are always slices

@@ -1,5 +1,7 @@
 //! Invariants of the chunker over random text, checked against tiktoken-rs itself.
 
+use std::fmt::Write as _;
+
 use proptest::prelude::*;
 use tiktoken_rs::CoreBPE;
 
@@ -19,13 +21,14 @@ fn fragment() -> impl Strategy<Value = String> {
 }
 
 fn separator() -> impl Strategy<Value = &'static str> {
-    prop::sample::select(vec![" ", " ", " ", "  ", "\n", "\n\n", ". ", ", ", "\t", "\r\n", "\n# ", "\n- "])
+    prop::sample::select(vec![
+        " ", " ", " ", "  ", "\n", "\n\n", ". ", ", ", "\t", "\r\n", "\n# ", "\n- ",
+    ])
 }
 
 fn document() -> impl Strategy<Value = String> {
-    prop::collection::vec((fragment(), separator()), 0..400).prop_map(|parts| {
-        parts.into_iter().map(|(word, sep)| word + sep).collect()
-    })
+    prop::collection::vec((fragment(), separator()), 0..400)
+        .prop_map(|parts| parts.into_iter().map(|(word, sep)| word + sep).collect())
 }
 
 fn reference() -> &'static CoreBPE {
@@ -40,23 +43,40 @@ fn tokens(text: &str) -> usize {
 fn check_invariants(text: &str, chunks: &[Chunk], size: usize, overlap: usize) {
     let mut covered = vec![false; text.len()];
     for (i, chunk) in chunks.iter().enumerate() {
-        let piece = text.get(chunk.range.clone()).expect("chunk range splits a character");
+        let piece = text
+            .get(chunk.range.clone())
+            .expect("chunk range splits a character");
         assert!(!piece.trim().is_empty(), "chunk {i} is blank");
         let counted = tokens(piece);
-        assert_eq!(chunk.token_count, counted, "chunk {i} reports a wrong count: {piece:?}");
-        assert!(counted <= size, "chunk {i} has {counted} > {size} tokens: {piece:?}");
-        covered[chunk.range.clone()].iter_mut().for_each(|c| *c = true);
+        assert_eq!(
+            chunk.token_count, counted,
+            "chunk {i} reports a wrong count: {piece:?}"
+        );
+        assert!(
+            counted <= size,
+            "chunk {i} has {counted} > {size} tokens: {piece:?}"
+        );
+        covered[chunk.range.clone()]
+            .iter_mut()
+            .for_each(|c| *c = true);
         if let Some(next) = chunks.get(i + 1) {
             assert!(next.range.start > chunk.range.start, "starts must increase");
             assert!(next.range.end > chunk.range.end, "ends must increase");
             if next.range.start < chunk.range.end {
                 let shared = tokens(&text[next.range.start..chunk.range.end]);
-                assert!(shared <= overlap, "chunks {i},{} share {shared} > {overlap} tokens", i + 1);
+                assert!(
+                    shared <= overlap,
+                    "chunks {i},{} share {shared} > {overlap} tokens",
+                    i + 1
+                );
             }
         }
     }
     for (at, ch) in text.char_indices() {
-        assert!(ch.is_whitespace() || covered[at], "{ch:?} at byte {at} is in no chunk");
+        assert!(
+            ch.is_whitespace() || covered[at],
+            "{ch:?} at byte {at} is in no chunk"
+        );
     }
 }
 
@@ -82,7 +102,10 @@ proptest! {
 fn windows_do_not_change_the_invariants_on_long_documents() {
     // ~600 KB: several windows at this chunk size.
     let paragraph = "The quick brown fox jumps over the lazy dog, again and again. ".repeat(20);
-    let text: String = (0..500).map(|i| format!("{i}. {paragraph}\n\n")).collect();
+    let mut text = String::new();
+    for i in 0..500 {
+        let _ = write!(text, "{i}. {paragraph}\n\n");
+    }
     let chunker = Chunker::new(Encoding::Cl100kBase, 64, 8).unwrap();
     let chunks = chunker.chunk(&text, Structure::Plain);
     assert!(chunks.len() > 1000);
@@ -91,10 +114,16 @@ fn windows_do_not_change_the_invariants_on_long_documents() {
 
 #[test]
 fn rejects_invalid_sizes() {
-    assert!(matches!(Chunker::new(Encoding::Cl100kBase, 0, 0), Err(ChunkError::ZeroSize)));
+    assert!(matches!(
+        Chunker::new(Encoding::Cl100kBase, 0, 0),
+        Err(ChunkError::ZeroSize)
+    ));
     assert!(matches!(
         Chunker::new(Encoding::Cl100kBase, 10, 10),
-        Err(ChunkError::OverlapTooLarge { size: 10, overlap: 10 })
+        Err(ChunkError::OverlapTooLarge {
+            size: 10,
+            overlap: 10
+        })
     ));
 }
 
@@ -102,5 +131,8 @@ fn rejects_invalid_sizes() {
 fn same_input_same_chunks() {
     let text = "One sentence. Another one follows here.\n\nA new paragraph starts. ".repeat(50);
     let chunker = Chunker::new(Encoding::O200kBase, 30, 5).unwrap();
-    assert_eq!(chunker.chunk(&text, Structure::Plain), chunker.chunk(&text, Structure::Plain));
+    assert_eq!(
+        chunker.chunk(&text, Structure::Plain),
+        chunker.chunk(&text, Structure::Plain)
+    );
 }

@@ -102,7 +102,9 @@ pub struct Tokenizer {
 
 impl fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tokenizer").field("encoding", &self.encoding).finish_non_exhaustive()
+        f.debug_struct("Tokenizer")
+            .field("encoding", &self.encoding)
+            .finish_non_exhaustive()
     }
 }
 
@@ -123,13 +125,18 @@ impl Tokenizer {
             Encoding::Cl100kBase => &CL100K,
             Encoding::O200kBase => &O200K,
         };
-        cell.get_or_init(|| Tokenizer::new(encoding).map(Arc::new)).clone()
+        cell.get_or_init(|| Tokenizer::new(encoding).map(Arc::new))
+            .clone()
     }
 
     fn new(encoding: Encoding) -> Result<Self, TokenizerError> {
         // tiktoken-rs keeps its rank table private; rebuild it by decoding every rank.
         let bpe = encoding.core_bpe()?;
-        let special: Vec<&[u8]> = bpe.special_tokens().into_iter().map(str::as_bytes).collect();
+        let special: Vec<&[u8]> = bpe
+            .special_tokens()
+            .into_iter()
+            .map(str::as_bytes)
+            .collect();
         let mut ranks = FxHashMap::default();
         let mut misses = 0;
         for rank in 0..=Rank::MAX {
@@ -148,7 +155,11 @@ impl Tokenizer {
         }
         let regex = Regex::new(encoding.pattern())
             .map_err(|err| TokenizerError(format!("compiling the {encoding} pattern: {err}")))?;
-        Ok(Tokenizer { encoding, ranks, regex })
+        Ok(Tokenizer {
+            encoding,
+            ranks,
+            regex,
+        })
     }
 
     /// The encoding this tokenizer counts.
@@ -161,7 +172,9 @@ impl Tokenizer {
     fn for_each_piece(&self, text: &str, mut f: impl FnMut(usize, &str) -> bool) {
         REGEXES.with(|cell| {
             let mut map = cell.borrow_mut();
-            let regex = map.entry(self.encoding).or_insert_with(|| self.regex.clone());
+            let regex = map
+                .entry(self.encoding)
+                .or_insert_with(|| self.regex.clone());
             for found in regex.find_iter(text) {
                 // The patterns are simple enough that fancy-regex's backtrack limit is never hit;
                 // if it ever were, the piece is counted as bytes, the worst case for BPE.
@@ -209,7 +222,12 @@ impl Tokenizer {
             cumulative.push(total);
             true
         });
-        DocumentIndex { tokenizer: self, text, ends, cumulative }
+        DocumentIndex {
+            tokenizer: self,
+            text,
+            ends,
+            cumulative,
+        }
     }
 }
 
@@ -356,7 +374,9 @@ mod tests {
         for text in SAMPLES {
             let index = tokenizer.index(text);
             assert_eq!(index.total(), reference.encode_ordinary(text).len());
-            let bounds: Vec<usize> = (0..=text.len()).filter(|&i| text.is_char_boundary(i)).collect();
+            let bounds: Vec<usize> = (0..=text.len())
+                .filter(|&i| text.is_char_boundary(i))
+                .collect();
             for (a, &start) in bounds.iter().enumerate() {
                 for &end in &bounds[a..] {
                     let slice = &text[start..end];
@@ -375,6 +395,11 @@ mod tests {
         for encoding in Encoding::ALL {
             assert_eq!(encoding.as_str().parse::<Encoding>(), Ok(encoding));
         }
-        assert!("gpt2".parse::<Encoding>().unwrap_err().contains("cl100k_base"));
+        assert!(
+            "gpt2"
+                .parse::<Encoding>()
+                .unwrap_err()
+                .contains("cl100k_base")
+        );
     }
 }

@@ -42,7 +42,10 @@ pub fn decode(bytes: &[u8], hint: TextHint, declared: Option<&str>) -> Result<St
     }
     let mut detector = chardetng::EncodingDetector::new(chardetng::Iso2022JpDetection::Allow);
     detector.feed(bytes, true);
-    Ok(lenient(detector.guess(None, chardetng::Utf8Detection::Allow), bytes))
+    Ok(lenient(
+        detector.guess(None, chardetng::Utf8Detection::Allow),
+        bytes,
+    ))
 }
 
 fn strict(encoding: &'static Encoding, bytes: &[u8], promise: &str) -> Result<String, FileError> {
@@ -58,7 +61,10 @@ fn strict(encoding: &'static Encoding, bytes: &[u8], promise: &str) -> Result<St
             let position = at.map(|at| format!(" at byte {at}")).unwrap_or_default();
             FileError::permanent(
                 ErrorCode::InvalidEncoding,
-                format!("text is not valid {} as {promise} says{position}", encoding.name()),
+                format!(
+                    "text is not valid {} as {promise} says{position}",
+                    encoding.name()
+                ),
             )
         })
 }
@@ -78,9 +84,12 @@ fn decode_utf32_with_bom(bytes: &[u8]) -> Result<Option<String>, FileError> {
     };
     let body = &bytes[4..];
     let invalid = || {
-        FileError::permanent(ErrorCode::InvalidEncoding, "text is not valid UTF-32 as its byte order mark says")
+        FileError::permanent(
+            ErrorCode::InvalidEncoding,
+            "text is not valid UTF-32 as its byte order mark says",
+        )
     };
-    if body.len() % 4 != 0 {
+    if !body.len().is_multiple_of(4) {
         return Err(invalid());
     }
     body.chunks_exact(4)

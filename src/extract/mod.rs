@@ -65,7 +65,8 @@ pub fn extract(
                 message: format!(
                     "content is {}, not text or a supported media format",
                     match format {
-                        crate::detect::Format::Binary(name) => format!("a {name} archive or binary"),
+                        crate::detect::Format::Binary(name) =>
+                            format!("a {name} archive or binary"),
                         _ => "binary data of no known format".to_owned(),
                     }
                 ),

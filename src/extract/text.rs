@@ -59,7 +59,8 @@ fn xml(text: &str) -> Result<String, FileError> {
         match reader.read_event().map_err(|err| corrupt("xml", err))? {
             XmlEvent::Text(t) => {
                 let t = t.decode().map_err(|err| corrupt("xml", err))?;
-                pending.push_str(&quick_xml::escape::unescape(&t).map_err(|err| corrupt("xml", err))?);
+                pending
+                    .push_str(&quick_xml::escape::unescape(&t).map_err(|err| corrupt("xml", err))?);
             }
             XmlEvent::GeneralRef(r) => {
                 let reference = format!("&{};", r.decode().map_err(|err| corrupt("xml", err))?);
@@ -190,7 +191,11 @@ fn flatten(value: &Value, path: &mut String, out: &mut String) {
 fn subtitles(text: &str) -> String {
     let mut out = String::new();
     for block in text.split("\n\n").flat_map(|b| b.split("\r\n\r\n")) {
-        let lines: Vec<&str> = block.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let lines: Vec<&str> = block
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
         let Some(timing) = lines.iter().position(|l| l.contains("-->")) else {
             // Headers (WEBVTT), NOTE, STYLE and REGION blocks have no timing line.
             continue;
@@ -227,16 +232,29 @@ mod tests {
                     <script>var secret = 1;</script></head>\
                     <body><h1>Heading</h1><p>First &amp; second.</p><p>Next</p></body></html>";
         let (text, _) = extract(Format::Html, page).unwrap();
-        assert!(text.contains("Heading") && text.contains("First & second."), "{text}");
-        assert!(!text.contains("secret") && !text.contains("color"), "{text}");
+        assert!(
+            text.contains("Heading") && text.contains("First & second."),
+            "{text}"
+        );
+        assert!(
+            !text.contains("secret") && !text.contains("color"),
+            "{text}"
+        );
         assert!(!text.contains('<'), "{text}");
     }
 
     #[test]
     fn xml_text_and_entities() {
-        let (text, _) = extract(Format::Xml, "<?xml version=\"1.0\"?><a><b>x &lt; y</b><c><![CDATA[z]]></c></a>").unwrap();
+        let (text, _) = extract(
+            Format::Xml,
+            "<?xml version=\"1.0\"?><a><b>x &lt; y</b><c><![CDATA[z]]></c></a>",
+        )
+        .unwrap();
         assert_eq!(text, "x < y\nz");
-        assert_eq!(extract(Format::Xml, "<a><b></a>").unwrap_err().code, ErrorCode::CorruptFile);
+        assert_eq!(
+            extract(Format::Xml, "<a><b></a>").unwrap_err().code,
+            ErrorCode::CorruptFile
+        );
     }
 
     #[test]
@@ -249,7 +267,11 @@ mod tests {
 
     #[test]
     fn json_is_flattened_to_paths() {
-        let (text, _) = extract(Format::Json, r#"{"users":[{"name":"Ada","age":36}],"ok":true}"#).unwrap();
+        let (text, _) = extract(
+            Format::Json,
+            r#"{"users":[{"name":"Ada","age":36}],"ok":true}"#,
+        )
+        .unwrap();
         assert_eq!(text, "users[0].name: Ada\nusers[0].age: 36\nok: true\n");
         let err = extract(Format::JsonLines, "{\"a\":1}\n{oops\n").unwrap_err();
         assert!(err.message.contains("line 2"), "{}", err.message);
@@ -258,7 +280,10 @@ mod tests {
     #[test]
     fn subtitles_keep_cue_text() {
         let srt = "1\n00:00:01,000 --> 00:00:02,000\n<i>Hello</i> there\n\n2\n00:00:03,000 --> 00:00:04,000\nGeneral Kenobi\n";
-        assert_eq!(extract(Format::Srt, srt).unwrap().0, "Hello there\nGeneral Kenobi\n");
+        assert_eq!(
+            extract(Format::Srt, srt).unwrap().0,
+            "Hello there\nGeneral Kenobi\n"
+        );
         let vtt = "WEBVTT\n\nNOTE a comment\n\nintro\n00:01.000 --> 00:02.000\nWelcome\n";
         assert_eq!(extract(Format::WebVtt, vtt).unwrap().0, "Welcome\n");
     }

@@ -317,7 +317,11 @@ impl Job {
         match object.get("schema_version") {
             Some(Value::Number(n)) if n.as_u64() == Some(u64::from(SCHEMA_VERSION)) => {}
             Some(other) => return Err(JobError::UnsupportedVersion(other.to_string())),
-            None => return Err(JobError::Invalid("missing field `schema_version`".to_owned())),
+            None => {
+                return Err(JobError::Invalid(
+                    "missing field `schema_version`".to_owned(),
+                ));
+            }
         }
         let job: Job = serde_json::from_value(value.clone())
             .map_err(|err| JobError::Invalid(err.to_string()))?;
@@ -339,7 +343,9 @@ impl Job {
         match &self.kind {
             JobKind::SyncFiles(job) => {
                 if job.ids.is_empty() {
-                    return invalid("`ids` must name at least one bucket, prefix or key".to_owned());
+                    return invalid(
+                        "`ids` must name at least one bucket, prefix or key".to_owned(),
+                    );
                 }
                 for (i, selector) in job.ids.iter().enumerate() {
                     if selector.bucket.trim().is_empty() {
@@ -351,8 +357,18 @@ impl Job {
                 }
                 job.options.validate(max_chunk_size)
             }
-            JobKind::SyncObject(SyncObject { bucket, key, options, .. })
-            | JobKind::ResyncFile(ResyncFile { bucket, key, options, .. }) => {
+            JobKind::SyncObject(SyncObject {
+                bucket,
+                key,
+                options,
+                ..
+            })
+            | JobKind::ResyncFile(ResyncFile {
+                bucket,
+                key,
+                options,
+                ..
+            }) => {
                 if bucket.trim().is_empty() || key.is_empty() {
                     return invalid("`bucket` and `key` must not be empty".to_owned());
                 }
@@ -426,7 +442,11 @@ fn kind_of(value: &Value) -> &'static str {
 fn first_unknown_field(input: &Value, known: &Value, path: &str) -> Option<String> {
     match (input, known) {
         (Value::Object(input), Value::Object(known)) => input.iter().find_map(|(key, value)| {
-            let here = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+            let here = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
             match known.get(key) {
                 None => Some(here),
                 Some(known) => first_unknown_field(value, known, &here),

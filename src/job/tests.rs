@@ -19,7 +19,9 @@ const SYNC_FILES: &str = r#"{"schema_version": 1, "type": "sync_files", "job_id"
 #[test]
 fn parses_the_design_example() {
     let job = parse(SYNC_FILES).unwrap();
-    let JobKind::SyncFiles(sync) = &job.kind else { panic!("wrong kind: {job:?}") };
+    let JobKind::SyncFiles(sync) = &job.kind else {
+        panic!("wrong kind: {job:?}")
+    };
     assert_eq!(sync.ids.len(), 2);
     assert_eq!(sync.options.chunk_size, Some(1500));
     assert!(sync.options.skip_embedding_generation);
@@ -36,7 +38,10 @@ fn secrets_never_show_in_debug() {
 #[test]
 fn unknown_fields_are_rejected_with_their_path() {
     let typo = SYNC_FILES.replace("\"chunk_overlap\"", "\"chunk_overlapp\"");
-    assert_eq!(parse(&typo).unwrap_err(), JobError::Invalid("unknown field `chunk_overlapp`".into()));
+    assert_eq!(
+        parse(&typo).unwrap_err(),
+        JobError::Invalid("unknown field `chunk_overlapp`".into())
+    );
     let nested = SYNC_FILES.replace("\"endpoint_url\"", "\"endpoint\"");
     let err = parse(&nested).unwrap_err().to_string();
     assert!(err.contains("endpoint"), "{err}");
@@ -51,7 +56,12 @@ fn bad_messages_are_classified() {
     let unknown_type = SYNC_FILES.replace("sync_files", "sync_everything");
     assert_eq!(parse(&unknown_type).unwrap_err().code(), "INVALID_JOB");
     let overlap = SYNC_FILES.replace("\"chunk_overlap\": 20", "\"chunk_overlap\": 1500");
-    assert!(parse(&overlap).unwrap_err().to_string().contains("chunk_overlap"));
+    assert!(
+        parse(&overlap)
+            .unwrap_err()
+            .to_string()
+            .contains("chunk_overlap")
+    );
     let huge = SYNC_FILES.replace("\"chunk_size\": 1500", "\"chunk_size\": 100000");
     assert!(parse(&huge).unwrap_err().to_string().contains("chunk_size"));
     let no_ids = SYNC_FILES.replace(
@@ -66,23 +76,34 @@ fn every_job_type_parses() {
     let ds = r#""data_source": {"id": "ds-7"}"#;
     for body in [
         format!(r#""type": "sync_object", {ds}, "bucket": "b", "key": "k""#),
-        format!(r#""type": "resync_file", {ds}, "bucket": "b", "key": "k", "chunk_size": 400, "force_embedding_generation": true"#),
+        format!(
+            r#""type": "resync_file", {ds}, "bucket": "b", "key": "k", "chunk_size": 400, "force_embedding_generation": true"#
+        ),
         format!(r#""type": "delete_files", {ds}, "ids": [{{"bucket": "b", "id": "k"}}]"#),
         format!(r#""type": "sync_items", {ds}"#),
         format!(r#""type": "connect_data_source", {ds}, "sync_items": true"#),
-        r#""type": "update_users", "customer_ids": ["a"], "auto_sync_enabled_sources": "ALL""#.to_owned(),
-        r#""type": "update_users", "customer_ids": ["a"], "auto_sync_enabled_sources": ["S3"]"#.to_owned(),
+        r#""type": "update_users", "customer_ids": ["a"], "auto_sync_enabled_sources": "ALL""#
+            .to_owned(),
+        r#""type": "update_users", "customer_ids": ["a"], "auto_sync_enabled_sources": ["S3"]"#
+            .to_owned(),
     ] {
         let json = format!(r#"{{"schema_version": 1, {body}}}"#);
         let job = parse(&json).unwrap_or_else(|err| panic!("{json}: {err}"));
         assert!(json.contains(job.kind.name()));
     }
-    let too_many: Vec<String> = (0..=MAX_CUSTOMER_IDS).map(|i| format!("\"c{i}\"")).collect();
+    let too_many: Vec<String> = (0..=MAX_CUSTOMER_IDS)
+        .map(|i| format!("\"c{i}\""))
+        .collect();
     let json = format!(
         r#"{{"schema_version": 1, "type": "update_users", "customer_ids": [{}], "auto_sync_enabled_sources": "ALL"}}"#,
         too_many.join(",")
     );
-    assert!(parse(&json).unwrap_err().to_string().contains("customer_ids"));
+    assert!(
+        parse(&json)
+            .unwrap_err()
+            .to_string()
+            .contains("customer_ids")
+    );
     let delete_prefix = r#"{"schema_version": 1, "type": "delete_files", "data_source": {}, "ids": [{"bucket": "b", "prefix": "p/"}]}"#;
     assert!(parse(delete_prefix).is_err());
 }

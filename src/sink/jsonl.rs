@@ -14,18 +14,29 @@ pub struct JsonlSink {
     /// Events (stderr or `--events FILE`).
     events: Box<dyn Write + Send>,
     /// Runs each event write, so a progress bar can be hidden while a line is printed.
-    around_event: Box<dyn Fn(&mut dyn FnMut()) + Send>,
+    around_event: Box<EventWrapper>,
 }
+
+/// Something that runs a write, e.g. with a progress bar hidden.
+type EventWrapper = dyn Fn(&mut dyn FnMut()) + Send;
 
 impl JsonlSink {
     /// A sink writing records to `chunks` and events to `events`.
+    #[must_use]
     pub fn new(chunks: Box<dyn Write + Send>, events: Box<dyn Write + Send>) -> Self {
-        JsonlSink { chunks, events, around_event: Box::new(|write| write()) }
+        JsonlSink {
+            chunks,
+            events,
+            around_event: Box::new(|write| write()),
+        }
     }
 
     /// Calls `around` with each event write (e.g. `ProgressBar::suspend`).
     #[must_use]
-    pub fn with_event_wrapper(mut self, around: impl Fn(&mut dyn FnMut()) + Send + 'static) -> Self {
+    pub fn with_event_wrapper(
+        mut self,
+        around: impl Fn(&mut dyn FnMut()) + Send + 'static,
+    ) -> Self {
         self.around_event = Box::new(around);
         self
     }
@@ -36,7 +47,10 @@ impl JsonlSink {
     /// When the output cannot be written (a closed pipe, a full disk).
     pub fn write_records(&mut self, records: &[ChunkRecord]) -> Result<(), SinkError> {
         for record in records {
-            write_line(&mut self.chunks, record).map_err(|source| SinkError { what: "chunks", source })?;
+            write_line(&mut self.chunks, record).map_err(|source| SinkError {
+                what: "chunks",
+                source,
+            })?;
         }
         Ok(())
     }
@@ -51,7 +65,10 @@ impl JsonlSink {
         (self.around_event)(&mut || {
             result = write_line(events, event).and_then(|()| events.flush());
         });
-        result.map_err(|source| SinkError { what: "events", source })
+        result.map_err(|source| SinkError {
+            what: "events",
+            source,
+        })
     }
 
     /// Flushes both streams.
@@ -59,8 +76,14 @@ impl JsonlSink {
     /// # Errors
     /// When buffered output cannot be written.
     pub fn flush(&mut self) -> Result<(), SinkError> {
-        self.chunks.flush().map_err(|source| SinkError { what: "chunks", source })?;
-        self.events.flush().map_err(|source| SinkError { what: "events", source })
+        self.chunks.flush().map_err(|source| SinkError {
+            what: "chunks",
+            source,
+        })?;
+        self.events.flush().map_err(|source| SinkError {
+            what: "events",
+            source,
+        })
     }
 }
 

@@ -25,11 +25,18 @@ impl LocalSource {
     pub fn new(root: impl Into<PathBuf>, follow_symlinks: bool) -> std::io::Result<Self> {
         let root = root.into();
         std::fs::metadata(&root)?;
-        Ok(LocalSource { root, follow_symlinks })
+        Ok(LocalSource {
+            root,
+            follow_symlinks,
+        })
     }
 
     fn path_of(&self, key: &str) -> PathBuf {
-        if self.root.is_file() { self.root.clone() } else { self.root.join(key) }
+        if self.root.is_file() {
+            self.root.clone()
+        } else {
+            self.root.join(key)
+        }
     }
 }
 
@@ -42,22 +49,36 @@ impl Source for LocalSource {
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let (root, follow) = (self.root.clone(), self.follow_symlinks);
         // walkdir is blocking; it feeds a bounded channel so the listing is never all in memory.
-        tokio::task::spawn_blocking(move || walk(&root, follow, |item| tx.blocking_send(item).is_ok()));
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+        tokio::task::spawn_blocking(move || {
+            walk(&root, follow, |item| tx.blocking_send(item).is_ok());
+        });
+        futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })
     }
 
     async fn read(&self, object: &ObjectMeta, max_bytes: u64) -> Result<Vec<u8>, FileError> {
         let path = self.path_of(&object.key);
         let failed = |err: std::io::Error| {
-            FileError::permanent(ErrorCode::ReadFailed, format!("reading {}: {err}", object.key))
+            FileError::permanent(
+                ErrorCode::ReadFailed,
+                format!("reading {}: {err}", object.key),
+            )
         };
         let file = tokio::fs::File::open(&path).await.map_err(failed)?;
-        let mut bytes = Vec::with_capacity(usize::try_from(object.size.min(max_bytes)).unwrap_or(0));
-        file.take(max_bytes.saturating_add(1)).read_to_end(&mut bytes).await.map_err(failed)?;
+        let mut bytes =
+            Vec::with_capacity(usize::try_from(object.size.min(max_bytes)).unwrap_or(0));
+        file.take(max_bytes.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(failed)?;
         if bytes.len() as u64 > max_bytes {
             return Err(FileError::permanent(
                 ErrorCode::TooLarge,
-                format!("{} grew past {max_bytes} bytes while being read", object.key),
+                format!(
+                    "{} grew past {max_bytes} bytes while being read",
+                    object.key
+                ),
             ));
         }
         Ok(bytes)
@@ -67,7 +88,9 @@ impl Source for LocalSource {
 /// Walks `root`, calling `emit` for each entry until it returns false.
 fn walk(root: &Path, follow: bool, mut emit: impl FnMut(Listed) -> bool) {
     let single_file = root.is_file();
-    let walker = walkdir::WalkDir::new(root).follow_links(follow).sort_by_file_name();
+    let walker = walkdir::WalkDir::new(root)
+        .follow_links(follow)
+        .sort_by_file_name();
     for entry in walker {
         let item = match entry {
             Ok(entry) if entry.file_type().is_dir() => continue,
@@ -83,23 +106,34 @@ fn walk(root: &Path, follow: bool, mut emit: impl FnMut(Listed) -> bool) {
                             last_modified: meta.modified().ok(),
                             content_type: None,
                         }),
-                        Err(err) => problem(key, format!("reading metadata: {err}"), false),
+                        Err(err) => problem(key, &format!("reading metadata: {err}"), false),
                     }
                 } else if entry.file_type().is_symlink() {
                     // Only reached when links are not followed.
-                    problem(key, "symbolic link not followed (sync.follow_symlinks = false)".to_owned(), true)
+                    problem(
+                        key,
+                        "symbolic link not followed (sync.follow_symlinks = false)",
+                        true,
+                    )
                 } else {
-                    problem(key, "not a regular file (device, socket or pipe)".to_owned(), true)
+                    problem(key, "not a regular file (device, socket or pipe)", true)
                 }
             }
             Err(err) => {
-                let key = err.path().map_or_else(|| root.display().to_string(), |p| key_of(root, p, single_file));
+                let key = err.path().map_or_else(
+                    || root.display().to_string(),
+                    |p| key_of(root, p, single_file),
+                );
                 let message = if let Some(ancestor) = err.loop_ancestor() {
-                    format!("symbolic link loop back to {}", key_of(root, ancestor, single_file))
+                    format!(
+                        "symbolic link loop back to {}",
+                        key_of(root, ancestor, single_file)
+                    )
                 } else {
-                    err.io_error().map_or_else(|| err.to_string(), ToString::to_string)
+                    err.io_error()
+                        .map_or_else(|| err.to_string(), ToString::to_string)
                 };
-                problem(key, message, false)
+                problem(key, &message, false)
             }
         };
         if !emit(item) {
@@ -108,8 +142,12 @@ fn walk(root: &Path, follow: bool, mut emit: impl FnMut(Listed) -> bool) {
     }
 }
 
-fn problem(key: String, message: String, skip: bool) -> Listed {
-    let code = if skip { ErrorCode::UnsupportedFormat } else { ErrorCode::ReadFailed };
+fn problem(key: String, message: &str, skip: bool) -> Listed {
+    let code = if skip {
+        ErrorCode::UnsupportedFormat
+    } else {
+        ErrorCode::ReadFailed
+    };
     let error = FileError::permanent(code, format!("{key}: {message}"));
     Listed::Problem { key, error, skip }
 }
@@ -117,9 +155,15 @@ fn problem(key: String, message: String, skip: bool) -> Listed {
 /// The key of `path`: relative to the folder synced, `/`-separated; a single file's own name.
 fn key_of(root: &Path, path: &Path, single_file: bool) -> String {
     let relative = if single_file {
-        path.file_name().map_or_else(|| path.to_path_buf(), PathBuf::from)
+        path.file_name()
+            .map_or_else(|| path.to_path_buf(), PathBuf::from)
     } else {
-        path.strip_prefix(root).map_or_else(|_| path.to_path_buf(), Path::to_path_buf)
+        path.strip_prefix(root)
+            .map_or_else(|_| path.to_path_buf(), Path::to_path_buf)
     };
-    relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+    relative
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
 }
