@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::chunk::Encoding;
+use crate::chunk::{Encoding, MIN_CHUNK_SIZE};
 
 /// Prefix of environment overrides; `__` separates the table from the key.
 pub const ENV_PREFIX: &str = "INGESTD__";
@@ -267,14 +267,17 @@ impl Config {
     /// [`ConfigError::Invalid`] naming the first offending field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.chunking;
-        if c.max_chunk_size == 0 {
-            return Err(invalid("chunking.max_chunk_size", "must be at least 1"));
+        if c.max_chunk_size < MIN_CHUNK_SIZE {
+            return Err(invalid(
+                "chunking.max_chunk_size",
+                format!("must be at least {MIN_CHUNK_SIZE}"),
+            ));
         }
-        if c.chunk_size == 0 || c.chunk_size > c.max_chunk_size {
+        if c.chunk_size < MIN_CHUNK_SIZE || c.chunk_size > c.max_chunk_size {
             return Err(invalid(
                 "chunking.chunk_size",
                 format!(
-                    "{} is outside 1..={} (chunking.max_chunk_size)",
+                    "{} is outside {MIN_CHUNK_SIZE}..={} (chunking.max_chunk_size)",
                     c.chunk_size, c.max_chunk_size
                 ),
             ));

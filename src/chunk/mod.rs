@@ -19,9 +19,9 @@ pub use tokenizer::{DocumentIndex, Encoding, Tokenizer, TokenizerError};
 /// Why a chunker could not be built.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ChunkError {
-    /// `chunk_size` is zero.
-    #[error("chunk_size must be at least 1")]
-    ZeroSize,
+    /// `chunk_size` is below [`MIN_CHUNK_SIZE`].
+    #[error("chunk_size must be at least {MIN_CHUNK_SIZE}: one character can take 4 tokens")]
+    TooSmall,
     /// The overlap would leave no room for new text.
     #[error("chunk_overlap ({overlap}) must be smaller than chunk_size ({size})")]
     OverlapTooLarge {
@@ -64,6 +64,10 @@ pub struct Chunker {
     overlap: usize,
 }
 
+/// The smallest chunk size that never forces a character to be split: one character is at
+/// most 4 UTF-8 bytes, so at most 4 tokens.
+pub const MIN_CHUNK_SIZE: usize = 4;
+
 /// Minimum window handed to text-splitter at once, in bytes.
 const MIN_WINDOW_BYTES: usize = 64 * 1024;
 /// Window length in chunks: large enough that re-chunking the last chunk of each window costs
@@ -74,10 +78,10 @@ impl Chunker {
     /// A chunker for `size`-token chunks overlapping by up to `overlap` tokens.
     ///
     /// # Errors
-    /// When `size` is 0, `overlap >= size`, or the vocabulary cannot be loaded.
+    /// When `size` is below [`MIN_CHUNK_SIZE`], `overlap >= size`, or the vocabulary cannot be loaded.
     pub fn new(encoding: Encoding, size: usize, overlap: usize) -> Result<Self, ChunkError> {
-        if size == 0 {
-            return Err(ChunkError::ZeroSize);
+        if size < MIN_CHUNK_SIZE {
+            return Err(ChunkError::TooSmall);
         }
         if overlap >= size {
             return Err(ChunkError::OverlapTooLarge { size, overlap });
@@ -123,7 +127,7 @@ impl Chunker {
     /// that add a prefix of their own to every chunk. The overlap shrinks with the capacity.
     #[must_use]
     pub fn chunk_within(&self, text: &str, structure: Structure, capacity: usize) -> Vec<Chunk> {
-        let capacity = capacity.clamp(1, self.size);
+        let capacity = capacity.clamp(MIN_CHUNK_SIZE, self.size);
         let overlap = self.overlap.min(capacity - 1);
         let index = self.tokenizer.index(text);
         let sizer = IndexSizer {
@@ -157,6 +161,14 @@ impl Chunker {
                 }
                 // One chunk filled the whole window: try a wider one.
                 end = window_end(text, start, (end - start) * 2);
+            }
+        }
+        // Markdown chunks keep their indentation, but indentation inside the overlap would add
+        // tokens text-splitter did not count as overlap: start such chunks at their text.
+        for i in 1..chunks.len() {
+            if chunks[i].start < chunks[i - 1].end {
+                let piece = &text[chunks[i].clone()];
+                chunks[i].start += piece.len() - piece.trim_start().len();
             }
         }
         chunks

@@ -11,6 +11,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::chunk::MIN_CHUNK_SIZE;
+
 pub use event::{Event, EventKind, FileRef, ProcessedCounts};
 pub use record::{ChunkRecord, ChunkingInfo, FileInfo};
 
@@ -409,10 +411,10 @@ impl SyncOptions {
     /// [`JobError::Invalid`] naming the field.
     pub fn validate(&self, max_chunk_size: usize) -> Result<(), JobError> {
         if let Some(size) = self.chunk_size
-            && (size == 0 || size > max_chunk_size)
+            && !(MIN_CHUNK_SIZE..=max_chunk_size).contains(&size)
         {
             return Err(JobError::Invalid(format!(
-                "`chunk_size` {size} is outside 1..={max_chunk_size}"
+                "`chunk_size` {size} is outside {MIN_CHUNK_SIZE}..={max_chunk_size}"
             )));
         }
         if let (Some(size), Some(overlap)) = (self.chunk_size, self.chunk_overlap)
