@@ -10,4 +10,5 @@ if ! command -v cargo >/dev/null; then
     exit 1
 fi
 
-cargo test --locked --all-targets
+# Benchmarks are run on purpose (cargo bench), not as tests.
+cargo test --locked --lib --bins --tests
