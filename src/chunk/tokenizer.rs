@@ -8,7 +8,7 @@
 //! edges whose tokenization can differ when the slice is tokenized alone (see
 //! [`DocumentIndex::count`]).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
@@ -172,9 +172,11 @@ impl Tokenizer {
     fn for_each_piece(&self, text: &str, mut f: impl FnMut(usize, &str) -> bool) {
         REGEXES.with(|cell| {
             let mut map = cell.borrow_mut();
-            let regex = map
-                .entry(self.encoding)
-                .or_insert_with(|| self.regex.clone());
+            // Compiled afresh per thread: clones share the regex engine's scratch pool, which
+            // makes threads contend.
+            let regex = map.entry(self.encoding).or_insert_with(|| {
+                Regex::new(self.encoding.pattern()).unwrap_or_else(|_| self.regex.clone())
+            });
             for found in regex.find_iter(text) {
                 // The patterns are simple enough that fancy-regex's backtrack limit is never hit;
                 // if it ever were, the piece is counted as bytes, the worst case for BPE.
@@ -227,6 +229,7 @@ impl Tokenizer {
             text,
             ends,
             cumulative,
+            last_head: Cell::new((usize::MAX, 0, 0)),
         }
     }
 }
@@ -243,6 +246,8 @@ pub struct DocumentIndex<'a> {
     ends: Vec<u32>,
     /// `cumulative[i]` is the number of tokens in pieces `0..=i`.
     cumulative: Vec<u32>,
+    /// The last head re-count: (slice start, where it synced, tokens before that).
+    last_head: Cell<(usize, usize, usize)>,
 }
 
 impl DocumentIndex<'_> {
@@ -289,9 +294,13 @@ impl DocumentIndex<'_> {
             return self.tokenizer.count(slice);
         }
         // Head: tokenize the slice from its start until a match ends on a document boundary.
-        let mut head_tokens = 0;
-        let mut synced_at = start;
-        if !self.is_boundary(start) {
+        // text-splitter probes many ends for one start, so the last head is remembered; it does
+        // not depend on the end as long as it syncs before it (same argument as the middle).
+        let (mut synced_at, mut head_tokens) = (start, 0);
+        let (cached_start, cached_sync, cached_tokens) = self.last_head.get();
+        if cached_start == start && cached_sync < end {
+            (synced_at, head_tokens) = (cached_sync, cached_tokens);
+        } else if !self.is_boundary(start) {
             synced_at = end;
             self.tokenizer.for_each_piece(slice, |offset, piece| {
                 head_tokens += self.tokenizer.piece_tokens(piece);
@@ -302,6 +311,9 @@ impl DocumentIndex<'_> {
                 }
                 true
             });
+            if synced_at < end {
+                self.last_head.set((start, synced_at, head_tokens));
+            }
         }
         if synced_at >= end {
             return head_tokens;

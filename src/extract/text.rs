@@ -34,11 +34,17 @@ fn corrupt(format: &str, err: impl std::fmt::Display) -> FileError {
     FileError::permanent(ErrorCode::CorruptFile, format!("{format} parser: {err}"))
 }
 
+/// Where the HTML renderer wraps long lines (prose is rarely longer; wrapping is harmless).
+const HTML_WRAP_COLUMNS: usize = 10_000;
+
 /// Readable text of an HTML page: no scripts, styles or markup; blocks on their own lines.
 fn html(text: &str) -> Result<String, FileError> {
+    // Raw mode renders each table cell as its own line: no column padding, whose width would
+    // otherwise grow with the widest cell. Lines wrap only past HTML_WRAP_COLUMNS.
     let rendered = html2text::config::plain_no_decorate()
+        .raw_mode(true)
         .allow_width_overflow()
-        .string_from_read(text.as_bytes(), usize::MAX / 4)
+        .string_from_read(text.as_bytes(), HTML_WRAP_COLUMNS)
         .map_err(|err| corrupt("html", err))?;
     // Right-trim lines: the renderer pads some blocks.
     let mut out = String::with_capacity(rendered.len());
@@ -241,6 +247,22 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains('<'), "{text}");
+    }
+
+    #[test]
+    fn html_tables_do_not_grow_with_cell_width() {
+        let wide = "w".repeat(5_000);
+        let page = format!(
+            "<table><tr><td>{wide}</td><td>b</td></tr><tr><td>a</td><td>c</td></tr></table>"
+        );
+        let (text, _) = extract(Format::Html, &page).unwrap();
+        assert!(
+            text.len() < page.len(),
+            "{} bytes from {}",
+            text.len(),
+            page.len()
+        );
+        assert!(text.contains(&wide) && text.contains('c'));
     }
 
     #[test]
