@@ -2,6 +2,7 @@
 //! runtime, and never trusts the input: every failure is a classified [`Rejection`].
 
 mod charset;
+mod html;
 mod text;
 
 use crate::chunk::Structure;

@@ -19,7 +19,7 @@ pub fn extract(format: Format, text: &str) -> Result<(String, Structure), FileEr
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     Ok(match format {
         Format::Markdown => (text.to_owned(), Structure::Markdown),
-        Format::Html => (html(text)?, Structure::Plain),
+        Format::Html => (super::html::text(text), Structure::Plain),
         Format::Xml => (xml(text)?, Structure::Plain),
         Format::Csv => (table(text, b',')?, Structure::Plain),
         Format::Tsv => (table(text, b'\t')?, Structure::Plain),
@@ -32,27 +32,6 @@ pub fn extract(format: Format, text: &str) -> Result<(String, Structure), FileEr
 
 fn corrupt(format: &str, err: impl std::fmt::Display) -> FileError {
     FileError::permanent(ErrorCode::CorruptFile, format!("{format} parser: {err}"))
-}
-
-/// Where the HTML renderer wraps long lines (prose is rarely longer; wrapping is harmless).
-const HTML_WRAP_COLUMNS: usize = 10_000;
-
-/// Readable text of an HTML page: no scripts, styles or markup; blocks on their own lines.
-fn html(text: &str) -> Result<String, FileError> {
-    // Raw mode renders each table cell as its own line: no column padding, whose width would
-    // otherwise grow with the widest cell. Lines wrap only past HTML_WRAP_COLUMNS.
-    let rendered = html2text::config::plain_no_decorate()
-        .raw_mode(true)
-        .allow_width_overflow()
-        .string_from_read(text.as_bytes(), HTML_WRAP_COLUMNS)
-        .map_err(|err| corrupt("html", err))?;
-    // Right-trim lines: the renderer pads some blocks.
-    let mut out = String::with_capacity(rendered.len());
-    for line in rendered.lines() {
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    Ok(out.trim().to_owned())
 }
 
 /// Character data of an XML document, one element's text per line.
@@ -263,6 +242,33 @@ mod tests {
             page.len()
         );
         assert!(text.contains(&wide) && text.contains('c'));
+    }
+
+    #[test]
+    fn hostile_html_nesting_is_linear() {
+        let depth = 200_000;
+        let page = format!(
+            "{}deep text{}",
+            "<div>".repeat(depth),
+            "</div>".repeat(depth)
+        );
+        let started = std::time::Instant::now();
+        let (text, _) = extract(Format::Html, &page).unwrap();
+        assert_eq!(text, "deep text");
+        // A tree-building parser takes minutes here; linear work takes milliseconds.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn html_keeps_structure_and_preformatted_text() {
+        let page =
+            "<ul><li>one</li><li>two</li></ul><pre>a  b\n  c</pre><p>x<br>y &eacute;&#233;</p>";
+        let (text, _) = extract(Format::Html, page).unwrap();
+        assert_eq!(text, "one\ntwo\n\na  b\n  c\n\nx\ny éé");
     }
 
     #[test]
