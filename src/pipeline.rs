@@ -69,11 +69,15 @@ pub async fn process<S: Source>(
         format: None,
     };
     let started = request.event(EventKind::FileSyncing {}, file_ref.clone());
-    let finish = |file_ref: FileRef, records, kind, bytes_read| FileOutput {
-        started: started.clone(),
-        records,
-        outcome: request.event(kind, file_ref),
-        bytes_read,
+    let finish = |file_ref: FileRef, records: Vec<ChunkRecord>, kind, bytes_read| {
+        let outcome = request.event(kind, file_ref);
+        tracing::debug!(key = %outcome.file.as_ref().map_or("", |f| f.key.as_str()), outcome = outcome.name(), chunks = records.len(), bytes_read, "file processed");
+        FileOutput {
+            started: started.clone(),
+            records,
+            outcome,
+            bytes_read,
+        }
     };
     if object.size == 0 {
         let kind = skipped(SkipReason::Empty, "the object has no bytes".to_owned());

@@ -141,6 +141,15 @@ pub async fn run<S: Source>(
     sink.write_event(&done)?;
     sink.flush()?;
     summary.elapsed = started.elapsed();
+    let c = &summary.counts;
+    tracing::info!(
+        ready = c.files_ready,
+        skipped = c.files_skipped,
+        failed = c.files_failed,
+        chunks = c.chunk_count,
+        elapsed_ms = summary.elapsed.as_millis(),
+        "sync finished"
+    );
     Ok(summary)
 }
 
