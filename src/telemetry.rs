@@ -1,5 +1,6 @@
 //! Diagnostics: tracing set-up, and the progress bar of one-shot runs.
 
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ pub fn init_tracing(config: &LogConfig) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // A second initialisation (tests) keeps the first subscriber.
     let _ = match config.format {
