@@ -61,6 +61,9 @@ pub struct Config {
     /// `[sync]`: the one-shot `ingestd sync` command.
     #[serde(default)]
     pub sync: SyncConfig,
+    /// `[s3]`: S3 and Spaces endpoints and client behaviour.
+    #[serde(default)]
+    pub s3: S3Config,
     /// `[log]`: diagnostics.
     #[serde(default)]
     pub log: LogConfig,
@@ -188,6 +191,71 @@ impl SyncConfig {
     }
 }
 
+/// `[s3]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// The endpoint used when a command or job gives none.
+    #[serde(default = "default_s3_endpoint")]
+    pub default_endpoint: String,
+    /// Hosts that may be contacted: exact names or `*.domain`.
+    #[serde(default = "default_allowed_hosts")]
+    pub allowed_hosts: Vec<String>,
+    /// Allow http and private or loopback addresses (local test servers only).
+    #[serde(default)]
+    pub allow_private_endpoints: bool,
+    /// Attempts per request including the first; throttling and 5xx are retried with backoff.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Seconds to establish a connection.
+    #[serde(default = "default_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+    /// Seconds one operation (a listing page, an object read) may take, retries included.
+    #[serde(default = "default_operation_timeout_secs")]
+    pub operation_timeout_secs: u64,
+}
+
+/// AWS's global S3 endpoint.
+fn default_s3_endpoint() -> String {
+    "https://s3.amazonaws.com".to_owned()
+}
+
+/// The public S3 and Spaces domains.
+fn default_allowed_hosts() -> Vec<String> {
+    crate::source::endpoint::DEFAULT_ALLOWED_HOSTS
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// The SDK's standard retry mode default.
+fn default_max_attempts() -> u32 {
+    3
+}
+
+/// Long enough for a slow TLS handshake, short enough to fail over quickly.
+fn default_connect_timeout_secs() -> u64 {
+    5
+}
+
+/// Five minutes: a large text object read over a slow link.
+fn default_operation_timeout_secs() -> u64 {
+    300
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            default_endpoint: default_s3_endpoint(),
+            allowed_hosts: default_allowed_hosts(),
+            allow_private_endpoints: false,
+            max_attempts: default_max_attempts(),
+            connect_timeout_secs: default_connect_timeout_secs(),
+            operation_timeout_secs: default_operation_timeout_secs(),
+        }
+    }
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -301,6 +369,21 @@ impl Config {
             return Err(invalid(
                 "limits.max_text_bytes",
                 "must be between 1 and 4294967295",
+            ));
+        }
+        if crate::source::endpoint::Endpoint::parse(&self.s3.default_endpoint).is_err() {
+            return Err(invalid(
+                "s3.default_endpoint",
+                format!("`{}` is not an endpoint", self.s3.default_endpoint),
+            ));
+        }
+        if self.s3.max_attempts == 0
+            || self.s3.connect_timeout_secs == 0
+            || self.s3.operation_timeout_secs == 0
+        {
+            return Err(invalid(
+                "s3",
+                "max_attempts and timeouts must be at least 1",
             ));
         }
         if self.sync.concurrency > 1024 {

@@ -7,15 +7,18 @@ use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand, ValueEnum};
 use ingestd::chunk::{Chunker, Encoding};
 use ingestd::config::Config;
+use ingestd::job::Secret;
 use ingestd::job::{SchemaKind, schema};
 use ingestd::pipeline::Request;
 use ingestd::sink::JsonlSink;
-use ingestd::source::LocalSource;
+use ingestd::source::endpoint::{Endpoint, EndpointPolicy};
+use ingestd::source::{AnySource, LocalSource, S3ClientSettings, S3Credentials, S3Source};
 use ingestd::telemetry::{Progress, init_tracing};
 
 #[derive(Parser)]
@@ -52,8 +55,16 @@ enum SchemaArg {
 
 #[derive(clap::Args)]
 struct SyncArgs {
-    /// A file or folder (walked recursively).
+    /// A file or folder (walked recursively), or s3://bucket[/prefix-or-key].
     target: String,
+    /// S3-compatible endpoint, e.g. nyc3.digitaloceanspaces.com (https implied)
+    /// [default: the config's s3.default_endpoint]. Credentials come from AWS_ACCESS_KEY_ID
+    /// and AWS_SECRET_ACCESS_KEY.
+    #[arg(long, value_name = "URL")]
+    endpoint_url: Option<String>,
+    /// Allow http and private or loopback endpoints (local test servers only).
+    #[arg(long)]
+    allow_private_endpoint: bool,
     /// Write chunk records here instead of stdout.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -163,14 +174,10 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
         )));
     }
     let chunker = Chunker::new(encoding, size, overlap).map_err(usage)?;
-    if args.target.starts_with("s3://") {
-        return Err(usage(anyhow!(
-            "s3:// targets are not supported by this build yet"
-        )));
-    }
-    let source = LocalSource::new(&args.target, config.sync.follow_symlinks)
-        .with_context(|| format!("cannot read {}", args.target))
-        .map_err(usage)?;
+    let runtime = tokio::runtime::Runtime::new()
+        .context("starting the async runtime")
+        .map_err(fatal)?;
+    let source = runtime.block_on(open_source(&args, &config))?;
     let chunks: Box<dyn Write + Send> = match &args.out {
         Some(path) => Box::new(BufWriter::new(create(path)?)),
         None => Box::new(BufWriter::new(std::io::stdout())),
@@ -202,9 +209,6 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
     let concurrency = args
         .concurrency
         .unwrap_or_else(|| config.sync.effective_concurrency());
-    let runtime = tokio::runtime::Runtime::new()
-        .context("starting the async runtime")
-        .map_err(fatal)?;
     let summary = runtime
         .block_on(ingestd::sync::run(
             &source,
@@ -219,6 +223,62 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
         eprint!("{}", summary.render());
     }
     Ok(summary.exit_code())
+}
+
+/// The source named by the target: a local path, or an S3 bucket/prefix/key whose endpoint has
+/// passed the endpoint policy.
+async fn open_source(args: &SyncArgs, config: &Config) -> Result<AnySource, Failure> {
+    let Some(location) = args.target.strip_prefix("s3://") else {
+        let local = LocalSource::new(&args.target, config.sync.follow_symlinks)
+            .with_context(|| format!("cannot read {}", args.target))
+            .map_err(usage)?;
+        return Ok(AnySource::Local(local));
+    };
+    let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+    if bucket.is_empty() {
+        return Err(usage(anyhow!(
+            "{}: name a bucket, as s3://bucket[/prefix]",
+            args.target
+        )));
+    }
+    let raw_endpoint = args
+        .endpoint_url
+        .as_deref()
+        .unwrap_or(&config.s3.default_endpoint);
+    let endpoint = Endpoint::parse(raw_endpoint).map_err(|e| usage(anyhow!(e)))?;
+    let policy = EndpointPolicy {
+        allowed_hosts: config.s3.allowed_hosts.clone(),
+        allow_private: args.allow_private_endpoint || config.s3.allow_private_endpoints,
+    };
+    policy
+        .check(&endpoint)
+        .await
+        .map_err(|err| usage(anyhow!("{}: {}", err.code, err.message)))?;
+    let (Ok(access_key), Ok(secret)) = (
+        std::env::var("AWS_ACCESS_KEY_ID"),
+        std::env::var("AWS_SECRET_ACCESS_KEY"),
+    ) else {
+        return Err(usage(anyhow!(
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY to read {}",
+            args.target
+        )));
+    };
+    let credentials = S3Credentials {
+        access_key,
+        secret_key: Secret::new(secret),
+    };
+    let settings = S3ClientSettings {
+        max_attempts: config.s3.max_attempts,
+        connect_timeout: Duration::from_secs(config.s3.connect_timeout_secs),
+        operation_timeout: Duration::from_secs(config.s3.operation_timeout_secs),
+    };
+    let source = S3Source::new(&endpoint, &credentials, settings, bucket, prefix);
+    // A key names one object, anything else a prefix. Wrong credentials or a missing bucket
+    // then surface from the listing as classified FILE_ERROR events.
+    match source.clone().narrow_to_exact_object().await {
+        Ok(narrowed) => Ok(AnySource::S3(narrowed)),
+        Err(_) => Ok(AnySource::S3(source)),
+    }
 }
 
 fn create(path: &Path) -> Result<std::fs::File, Failure> {

@@ -2,7 +2,9 @@
 //! memory) and reads one object's bytes with a size cap. The local filesystem is here; S3 and
 //! DigitalOcean Spaces plug in behind the same trait.
 
+pub mod endpoint;
 mod local;
+mod s3;
 
 use std::future::Future;
 use std::time::SystemTime;
@@ -12,6 +14,7 @@ use futures::Stream;
 use crate::error::FileError;
 
 pub use local::LocalSource;
+pub use s3::{S3ClientSettings, S3Credentials, S3Source};
 
 /// One object as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +78,38 @@ impl SourceKind {
             SourceKind::Local => "Local File",
             SourceKind::S3 => "S3 File",
             SourceKind::Spaces => "DigitalOcean Space File",
+        }
+    }
+}
+
+/// The source of a one-shot run: a closed set, dispatched with `match`.
+#[derive(Debug, Clone)]
+pub enum AnySource {
+    /// A local file or folder.
+    Local(LocalSource),
+    /// An S3 or Spaces bucket or prefix.
+    S3(S3Source),
+}
+
+impl Source for AnySource {
+    fn kind(&self) -> SourceKind {
+        match self {
+            AnySource::Local(s) => s.kind(),
+            AnySource::S3(s) => s.kind(),
+        }
+    }
+
+    fn list(&self) -> impl Stream<Item = Listed> + Send + 'static {
+        match self {
+            AnySource::Local(s) => futures::future::Either::Left(s.list()),
+            AnySource::S3(s) => futures::future::Either::Right(s.list()),
+        }
+    }
+
+    async fn read(&self, object: &ObjectMeta, max_bytes: u64) -> Result<Vec<u8>, FileError> {
+        match self {
+            AnySource::Local(s) => s.read(object, max_bytes).await,
+            AnySource::S3(s) => s.read(object, max_bytes).await,
         }
     }
 }

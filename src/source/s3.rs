@@ -1,0 +1,347 @@
+//! S3 and DigitalOcean Spaces (aws-sdk-s3): listing page by page, bodies streamed with a cap,
+//! every vendor error classified where it is converted.
+
+use std::collections::VecDeque;
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    StalledStreamProtectionConfig,
+};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use futures::Stream;
+
+use super::endpoint::Endpoint;
+use super::{Listed, ObjectMeta, Source, SourceKind};
+use crate::error::{ErrorCode, FileError};
+use crate::job::Secret;
+
+/// Access key credentials.
+#[derive(Debug, Clone)]
+pub struct S3Credentials {
+    /// Access key id.
+    pub access_key: String,
+    /// Secret access key (redacted in `Debug`).
+    pub secret_key: Secret,
+}
+
+/// Client settings from `[s3]`.
+#[derive(Debug, Clone, Copy)]
+pub struct S3ClientSettings {
+    /// Attempts per request, including the first (throttling and 5xx are retried).
+    pub max_attempts: u32,
+    /// Time to establish a connection.
+    pub connect_timeout: Duration,
+    /// Time for one whole operation, retries included (bodies are bounded by stall detection).
+    pub operation_timeout: Duration,
+}
+
+/// Objects under `s3://bucket/prefix`, or the one object `s3://bucket/key`.
+#[derive(Debug, Clone)]
+pub struct S3Source {
+    /// The configured client.
+    client: Client,
+    /// The bucket.
+    bucket: String,
+    /// Key prefix listed ("" for the whole bucket).
+    prefix: String,
+    /// S3 or Spaces, for record metadata.
+    kind: SourceKind,
+    /// Set when the target names one object: only it is listed.
+    single: Option<ObjectMeta>,
+}
+
+impl S3Source {
+    /// A source for `bucket`/`prefix` at `endpoint`. The endpoint must already have passed the
+    /// [`super::endpoint::EndpointPolicy`].
+    #[must_use]
+    pub fn new(
+        endpoint: &Endpoint,
+        credentials: &S3Credentials,
+        settings: S3ClientSettings,
+        bucket: &str,
+        prefix: &str,
+    ) -> Self {
+        let credentials = Credentials::new(
+            &credentials.access_key,
+            credentials.secret_key.expose(),
+            None,
+            None,
+            "ingestd",
+        );
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(endpoint.region.clone()))
+            .credentials_provider(credentials)
+            .endpoint_url(&endpoint.url)
+            // Path style works on every S3-compatible store and with dotted bucket names.
+            .force_path_style(true)
+            // S3-compatible providers reject the checksum headers the SDK now sends by default.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(settings.connect_timeout)
+                    .operation_timeout(settings.operation_timeout)
+                    .build(),
+            )
+            .stalled_stream_protection(StalledStreamProtectionConfig::enabled().build())
+            .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts))
+            .build();
+        S3Source {
+            client: Client::from_conf(config),
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+            kind: endpoint.kind,
+            single: None,
+        }
+    }
+
+    /// Narrows the source to the object its prefix names, when there is one (`s3://b/key`).
+    ///
+    /// # Errors
+    /// Classified errors other than "not found" (wrong credentials, missing bucket).
+    pub async fn narrow_to_exact_object(mut self) -> Result<Self, FileError> {
+        self.single = self.exact_object().await?;
+        Ok(self)
+    }
+
+    /// The object `prefix` names, if it exists.
+    async fn exact_object(&self) -> Result<Option<ObjectMeta>, FileError> {
+        if self.prefix.is_empty() || self.prefix.ends_with('/') {
+            return Ok(None);
+        }
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&self.prefix)
+            .send()
+            .await
+        {
+            Ok(head) => Ok(Some(ObjectMeta {
+                bucket: Some(self.bucket.clone()),
+                key: self.prefix.clone(),
+                size: head
+                    .content_length()
+                    .and_then(|n| u64::try_from(n).ok())
+                    .unwrap_or(0),
+                etag: head.e_tag().map(str::to_owned),
+                last_modified: head
+                    .last_modified()
+                    .and_then(|t| SystemTime::try_from(*t).ok()),
+                content_type: head.content_type().map(str::to_owned),
+            })),
+            Err(err)
+                if err.as_service_error().is_some_and(
+                    aws_sdk_s3::operation::head_object::HeadObjectError::is_not_found,
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(classify(&err, "checking", &self.bucket, &self.prefix)),
+        }
+    }
+}
+
+/// Turns an SDK error into a classified file error. Messages carry the operation, the object
+/// and the provider's code — never credentials.
+fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
+    err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    doing: &str,
+    bucket: &str,
+    key: &str,
+) -> FileError {
+    let what = if key.is_empty() {
+        format!("{doing} s3://{bucket}")
+    } else {
+        format!("{doing} s3://{bucket}/{key}")
+    };
+    match err {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let code = service.err().code().unwrap_or("");
+            let detail = service.err().message().unwrap_or("");
+            let message = format!("{what}: {status} {code} {detail}")
+                .trim_end()
+                .to_owned();
+            match (code, status) {
+                ("NoSuchKey", _) => FileError::permanent(ErrorCode::NoSuchKey, message),
+                ("NoSuchBucket", _) => FileError::permanent(ErrorCode::NoSuchBucket, message),
+                (
+                    "AccessDenied"
+                    | "InvalidAccessKeyId"
+                    | "SignatureDoesNotMatch"
+                    | "NotSignedUp"
+                    | "InvalidToken"
+                    | "ExpiredToken"
+                    | "AllAccessDisabled",
+                    _,
+                )
+                | (_, 401 | 403) => FileError::permanent(ErrorCode::AccessDenied, message),
+                (_, 404) => FileError::permanent(ErrorCode::NoSuchKey, message),
+                ("SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout", _)
+                | (_, 429 | 500..=599) => {
+                    FileError::transient(ErrorCode::SourceUnavailable, message)
+                }
+                _ => FileError::permanent(ErrorCode::ReadFailed, message),
+            }
+        }
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            FileError::transient(
+                ErrorCode::SourceUnavailable,
+                format!("{what}: the endpoint did not answer ({})", kind_of(err)),
+            )
+        }
+        _ => FileError::permanent(ErrorCode::ReadFailed, format!("{what}: {}", kind_of(err))),
+    }
+}
+
+fn kind_of<E, R>(err: &SdkError<E, R>) -> &'static str {
+    match err {
+        SdkError::ConstructionFailure(_) => "request could not be built",
+        SdkError::TimeoutError(_) => "timed out",
+        SdkError::DispatchFailure(_) => "connection failed",
+        SdkError::ResponseError(_) => "malformed response",
+        SdkError::ServiceError(_) => "service error",
+        _ => "unknown error",
+    }
+}
+
+/// Paging state of a listing.
+struct Pages {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    /// Objects of the current page not yet handed out.
+    buffered: VecDeque<Listed>,
+    /// Where the next page starts; `None` before the first page.
+    token: Option<String>,
+    /// No more pages.
+    done: bool,
+}
+
+impl Source for S3Source {
+    fn kind(&self) -> SourceKind {
+        self.kind
+    }
+
+    fn list(&self) -> impl Stream<Item = Listed> + Send + 'static {
+        let pages = Pages {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            prefix: self.prefix.clone(),
+            buffered: self
+                .single
+                .clone()
+                .map(Listed::Object)
+                .into_iter()
+                .collect(),
+            token: None,
+            done: self.single.is_some(),
+        };
+        futures::stream::unfold(pages, |mut pages| async move {
+            loop {
+                if let Some(item) = pages.buffered.pop_front() {
+                    return Some((item, pages));
+                }
+                if pages.done {
+                    return None;
+                }
+                let mut request = pages
+                    .client
+                    .list_objects_v2()
+                    .bucket(&pages.bucket)
+                    .prefix(&pages.prefix);
+                if let Some(token) = pages.token.take() {
+                    request = request.continuation_token(token);
+                }
+                match request.send().await {
+                    Ok(page) => {
+                        pages.token = page.next_continuation_token().map(str::to_owned);
+                        pages.done = pages.token.is_none() || page.is_truncated() != Some(true);
+                        let bucket = pages.bucket.clone();
+                        pages
+                            .buffered
+                            .extend(page.contents().iter().filter_map(|object| {
+                                let key = object.key()?;
+                                // Folder markers ("photos/", 0 bytes) are not files.
+                                if key.ends_with('/') && object.size().unwrap_or(0) == 0 {
+                                    return None;
+                                }
+                                Some(Listed::Object(ObjectMeta {
+                                    bucket: Some(bucket.clone()),
+                                    key: key.to_owned(),
+                                    size: object
+                                        .size()
+                                        .and_then(|n| u64::try_from(n).ok())
+                                        .unwrap_or(0),
+                                    etag: object.e_tag().map(str::to_owned),
+                                    last_modified: object
+                                        .last_modified()
+                                        .and_then(|t| SystemTime::try_from(*t).ok()),
+                                    content_type: None,
+                                }))
+                            }));
+                    }
+                    Err(err) => {
+                        pages.done = true;
+                        let error = classify(&err, "listing", &pages.bucket, &pages.prefix);
+                        let key = pages.prefix.clone();
+                        return Some((
+                            Listed::Problem {
+                                key,
+                                error,
+                                skip: false,
+                            },
+                            pages,
+                        ));
+                    }
+                }
+            }
+        })
+    }
+
+    async fn read(&self, object: &ObjectMeta, max_bytes: u64) -> Result<Vec<u8>, FileError> {
+        let mut request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&object.key);
+        // Pin the version that was listed: a replaced object fails instead of mixing versions.
+        if let Some(etag) = &object.etag {
+            request = request.if_match(etag);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|err| classify(&err, "reading", &self.bucket, &object.key))?;
+        let mut body = response.body;
+        let mut bytes =
+            Vec::with_capacity(usize::try_from(object.size.min(max_bytes)).unwrap_or(0));
+        while let Some(chunk) = body.try_next().await.map_err(|err| {
+            FileError::transient(
+                ErrorCode::SourceUnavailable,
+                format!(
+                    "reading s3://{}/{}: body broke off: {err}",
+                    self.bucket, object.key
+                ),
+            )
+        })? {
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() as u64 > max_bytes {
+                return Err(FileError::permanent(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "s3://{}/{} is larger than {max_bytes} bytes",
+                        self.bucket, object.key
+                    ),
+                ));
+            }
+        }
+        Ok(bytes)
+    }
+}

@@ -1,0 +1,243 @@
+//! `ingestd sync s3://…` against a real S3-compatible server (s3s-fs, with SigV4
+//! authentication) listening on loopback, started by the test itself.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{fixture, ingestd, lines, outcome};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+
+const ACCESS_KEY: &str = "AKIDINGESTDTEST";
+const SECRET_KEY: &str = "ingestd-test-secret-never-printed";
+
+/// A running server; buckets are folders of `root`.
+struct Server {
+    addr: SocketAddr,
+    root: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let root = tempfile::tempdir().unwrap();
+        let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let mut builder = S3ServiceBuilder::new(fs);
+                builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+                let service = builder.build();
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                let http = ConnBuilder::new(TokioExecutor::new());
+                loop {
+                    let Ok((socket, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let connection = http
+                        .serve_connection(TokioIo::new(socket), service.clone())
+                        .into_owned();
+                    tokio::spawn(connection);
+                }
+            });
+        });
+        let addr = rx.recv().unwrap();
+        Server { addr, root }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Creates `bucket` holding a copy of the local folder `from`.
+    fn bucket_from(&self, bucket: &str, from: &Path) {
+        copy_dir(from, &self.root.path().join(bucket));
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn sync_s3(server: &Server, target: &str, secret: &str, extra: &[&str]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = server.endpoint();
+    let mut args = vec!["sync", target, "--endpoint-url", &endpoint];
+    args.extend_from_slice(extra);
+    Command::new(env!("CARGO_BIN_EXE_ingestd"))
+        .args(&args)
+        .current_dir(dir.path())
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_bucket_syncs_like_the_same_local_folder() {
+    let server = Server::start();
+    server.bucket_from("docs", &fixture("text"));
+    let remote = sync_s3(
+        &server,
+        "s3://docs",
+        SECRET_KEY,
+        &["--allow-private-endpoint", "--chunk-size", "40"],
+    );
+    assert_eq!(
+        remote.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&remote.stderr)
+    );
+    let local = ingestd(
+        tempfile::tempdir().unwrap().path(),
+        &[
+            "sync",
+            fixture("text").to_str().unwrap(),
+            "--chunk-size",
+            "40",
+        ],
+    );
+    let (remote, local) = (lines(&remote.stdout), lines(&local.stdout));
+    assert_eq!(remote.len(), local.len());
+    for (r, l) in remote.iter().zip(&local) {
+        assert_eq!(
+            (&r["file"]["key"], &r["text"], &r["range"]),
+            (&l["file"]["key"], &l["text"], &l["range"])
+        );
+        assert_eq!(r["file"]["bucket"], "docs");
+        assert_eq!(r["file"]["data_source_metadata"], "S3");
+        assert_eq!(r["file"]["file_metadata"], "S3 File");
+        assert!(r["file"]["etag"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+}
+
+#[test]
+fn prefixes_and_single_keys_narrow_the_sync() {
+    let server = Server::start();
+    server.bucket_from("docs", &fixture("text"));
+    let prefix = sync_s3(
+        &server,
+        "s3://docs/formats/",
+        SECRET_KEY,
+        &["--allow-private-endpoint"],
+    );
+    assert_eq!(prefix.status.code(), Some(0));
+    let keys: Vec<String> = lines(&prefix.stdout)
+        .iter()
+        .map(|r| r["file"]["key"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        !keys.is_empty() && keys.iter().all(|k| k.starts_with("formats/")),
+        "{keys:?}"
+    );
+    let single = sync_s3(
+        &server,
+        "s3://docs/formats/guide.md",
+        SECRET_KEY,
+        &["--allow-private-endpoint"],
+    );
+    let records = lines(&single.stdout);
+    assert!(
+        !records.is_empty()
+            && records
+                .iter()
+                .all(|r| r["file"]["key"] == "formats/guide.md")
+    );
+}
+
+#[test]
+fn wrong_secret_is_access_denied_and_never_echoed() {
+    let server = Server::start();
+    server.bucket_from("docs", &fixture("text"));
+    let wrong = "wrong-secret-value-xyz";
+    let out = sync_s3(&server, "s3://docs", wrong, &["--allow-private-endpoint"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains(wrong) && !stderr.contains(SECRET_KEY),
+        "secret leaked: {stderr}"
+    );
+    let events = lines(&out.stderr);
+    let failed = events
+        .iter()
+        .find(|e| e["event"] == "FILE_ERROR")
+        .expect("a FILE_ERROR");
+    assert_eq!(failed["error_code"], "ACCESS_DENIED", "{failed}");
+    assert_eq!(failed["retryable"], false);
+}
+
+#[test]
+fn missing_bucket_is_no_such_bucket() {
+    let server = Server::start();
+    let out = sync_s3(
+        &server,
+        "s3://nope",
+        SECRET_KEY,
+        &["--allow-private-endpoint"],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let events = lines(&out.stderr);
+    assert_eq!(outcome(&events, "")["error_code"], "NO_SUCH_BUCKET");
+}
+
+#[test]
+fn endpoints_outside_the_policy_are_refused_before_any_request() {
+    let server = Server::start();
+    for (endpoint, allow, needle) in [
+        (server.endpoint(), false, "ENDPOINT_NOT_ALLOWED"),
+        (
+            "https://169.254.169.254".to_owned(),
+            false,
+            "ENDPOINT_NOT_ALLOWED",
+        ),
+        (
+            "https://evil.example.com".to_owned(),
+            false,
+            "ENDPOINT_NOT_ALLOWED",
+        ),
+        ("ftp://x".to_owned(), true, "scheme"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["sync", "s3://docs", "--endpoint-url", endpoint.as_str()];
+        if allow {
+            args.push("--allow-private-endpoint");
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_ingestd"))
+            .args(&args)
+            .current_dir(dir.path())
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{endpoint}: {stderr}");
+        assert!(stderr.contains(needle), "{endpoint}: {stderr}");
+        assert!(out.stdout.is_empty());
+    }
+}
