@@ -58,7 +58,7 @@ impl FileOutput {
 /// Processes one object end to end. Never fails: every problem becomes the outcome event.
 pub async fn process<S: Source>(
     source: &S,
-    object: ObjectMeta,
+    mut object: ObjectMeta,
     request: Arc<Request>,
 ) -> FileOutput {
     let mut file_ref = FileRef {
@@ -96,7 +96,12 @@ pub async fn process<S: Source>(
         );
     }
     let bytes = match source.read(&object, request.max_text_object_bytes).await {
-        Ok(bytes) => bytes,
+        Ok(fetched) => {
+            // Describe the version that was read, not the one that was listed.
+            object.etag = fetched.etag.or(object.etag);
+            object.content_type = fetched.content_type.or(object.content_type);
+            fetched.bytes
+        }
         Err(err) if err.code == ErrorCode::TooLarge => {
             return finish(
                 file_ref,

@@ -3,9 +3,13 @@
 
 mod common;
 
+use std::fmt::Write as _;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{fixture, ingestd, lines, outcome};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -240,4 +244,136 @@ fn endpoints_outside_the_policy_are_refused_before_any_request() {
         assert!(stderr.contains(needle), "{endpoint}: {stderr}");
         assert!(out.stdout.is_empty());
     }
+}
+
+/// A TCP proxy in front of `upstream` that cuts connections once their response passes
+/// `cut_after` bytes: the first one only (`once`), or every one.
+fn cutting_proxy(
+    upstream: SocketAddr,
+    cut_after: usize,
+    once: bool,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cuts = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&cuts);
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let Ok(mut server) = std::net::TcpStream::connect(upstream) else {
+                continue;
+            };
+            let (mut client_in, mut server_out) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut client_in, &mut server_out);
+            });
+            let counter = Arc::clone(&counter);
+            std::thread::spawn(move || {
+                let mut sent = 0;
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = server.read(&mut buf) {
+                    if n == 0 || client.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    sent += n;
+                    if sent > cut_after && (!once || counter.load(Ordering::SeqCst) == 0) {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let _ = client.shutdown(std::net::Shutdown::Both);
+                        let _ = server.shutdown(std::net::Shutdown::Both);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, cuts)
+}
+
+/// A bucket with one ~400 KB text object, and the same file locally.
+fn big_object(server: &Server) -> tempfile::TempDir {
+    let local = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    for i in 0..6000 {
+        let _ = writeln!(
+            text,
+            "Line {i}: the quick brown fox jumps over the lazy dog."
+        );
+    }
+    std::fs::write(local.path().join("big.txt"), &text).unwrap();
+    server.bucket_from("big", local.path());
+    local
+}
+
+#[test]
+fn a_body_that_breaks_off_resumes_where_it_stopped() {
+    let server = Server::start();
+    let local = big_object(&server);
+    let (proxy, cuts) = cutting_proxy(server.addr, 100_000, true);
+    let endpoint = format!("http://{proxy}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ingestd"))
+        .args([
+            "sync",
+            "s3://big",
+            "--endpoint-url",
+            &endpoint,
+            "--allow-private-endpoint",
+            "--chunk-size",
+            "300",
+        ])
+        .current_dir(local.path())
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        cuts.load(Ordering::SeqCst),
+        1,
+        "the proxy should have cut the body once"
+    );
+    let expected = ingestd(local.path(), &["sync", "big.txt", "--chunk-size", "300"]);
+    let texts = |out: &[u8]| {
+        lines(out)
+            .iter()
+            .map(|r| r["text"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(texts(&out.stdout), texts(&expected.stdout));
+}
+
+#[test]
+fn a_body_that_keeps_breaking_is_a_retryable_source_error() {
+    let server = Server::start();
+    let local = big_object(&server);
+    let (proxy, _) = cutting_proxy(server.addr, 20_000, false);
+    let endpoint = format!("http://{proxy}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ingestd"))
+        .args([
+            "sync",
+            "s3://big",
+            "--endpoint-url",
+            &endpoint,
+            "--allow-private-endpoint",
+        ])
+        .current_dir(local.path())
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = lines(&out.stderr);
+    let failed = outcome(&events, "big.txt");
+    assert_eq!(failed["error_code"], "SOURCE_UNAVAILABLE", "{failed}");
+    assert_eq!(failed["retryable"], true);
 }

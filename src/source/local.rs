@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use futures::Stream;
 use tokio::io::AsyncReadExt;
 
-use super::{Listed, ObjectMeta, Source, SourceKind};
+use super::{Fetched, Listed, ObjectMeta, Source, SourceKind};
 use crate::error::{ErrorCode, FileError};
 
 /// Reads a file or a folder tree.
@@ -57,7 +57,7 @@ impl Source for LocalSource {
         })
     }
 
-    async fn read(&self, object: &ObjectMeta, max_bytes: u64) -> Result<Vec<u8>, FileError> {
+    async fn read(&self, object: &ObjectMeta, max_bytes: u64) -> Result<Fetched, FileError> {
         let path = self.path_of(&object.key);
         let failed = |err: std::io::Error| {
             FileError::permanent(
@@ -81,7 +81,11 @@ impl Source for LocalSource {
                 ),
             ));
         }
-        Ok(bytes)
+        Ok(Fetched {
+            bytes,
+            etag: None,
+            content_type: None,
+        })
     }
 }
 

@@ -33,6 +33,17 @@ pub struct ObjectMeta {
     pub content_type: Option<String>,
 }
 
+/// An object's bytes and the version they are of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The whole object.
+    pub bytes: Vec<u8>,
+    /// The version actually read (it can differ from the listing if the object was replaced).
+    pub etag: Option<String>,
+    /// The content type the source declares, with any `charset=`.
+    pub content_type: Option<String>,
+}
+
 /// One entry of a listing: an object, or a problem with one entry that does not stop the rest.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Listed {
@@ -106,7 +117,7 @@ impl Source for AnySource {
         }
     }
 
-    async fn read(&self, object: &ObjectMeta, max_bytes: u64) -> Result<Vec<u8>, FileError> {
+    async fn read(&self, object: &ObjectMeta, max_bytes: u64) -> Result<Fetched, FileError> {
         match self {
             AnySource::Local(s) => s.read(object, max_bytes).await,
             AnySource::S3(s) => s.read(object, max_bytes).await,
@@ -131,5 +142,5 @@ pub trait Source: Send + Sync {
         &self,
         object: &ObjectMeta,
         max_bytes: u64,
-    ) -> impl Future<Output = Result<Vec<u8>, FileError>> + Send;
+    ) -> impl Future<Output = Result<Fetched, FileError>> + Send;
 }

@@ -15,7 +15,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use futures::Stream;
 
 use super::endpoint::Endpoint;
-use super::{Listed, ObjectMeta, Source, SourceKind};
+use super::{Fetched, Listed, ObjectMeta, Source, SourceKind};
 use crate::error::{ErrorCode, FileError};
 use crate::job::Secret;
 
@@ -305,43 +305,95 @@ impl Source for S3Source {
         })
     }
 
-    async fn read(&self, object: &ObjectMeta, max_bytes: u64) -> Result<Vec<u8>, FileError> {
-        let mut request = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&object.key);
-        // Pin the version that was listed: a replaced object fails instead of mixing versions.
-        if let Some(etag) = &object.etag {
-            request = request.if_match(etag);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|err| classify(&err, "reading", &self.bucket, &object.key))?;
-        let mut body = response.body;
+    async fn read(&self, object: &ObjectMeta, max_bytes: u64) -> Result<Fetched, FileError> {
+        let where_ = format!("s3://{}/{}", self.bucket, object.key);
         let mut bytes =
             Vec::with_capacity(usize::try_from(object.size.min(max_bytes)).unwrap_or(0));
-        while let Some(chunk) = body.try_next().await.map_err(|err| {
-            FileError::transient(
-                ErrorCode::SourceUnavailable,
-                format!(
-                    "reading s3://{}/{}: body broke off: {err}",
-                    self.bucket, object.key
-                ),
-            )
-        })? {
-            bytes.extend_from_slice(&chunk);
-            if bytes.len() as u64 > max_bytes {
-                return Err(FileError::permanent(
-                    ErrorCode::TooLarge,
-                    format!(
-                        "s3://{}/{} is larger than {max_bytes} bytes",
-                        self.bucket, object.key
-                    ),
-                ));
+        // The version being read: the listed one, then whatever the first response says.
+        let mut pinned = object.etag.clone();
+        let mut content_type = None;
+        let mut interruptions = 0;
+        loop {
+            let mut request = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(&object.key);
+            if let Some(etag) = &pinned {
+                request = request.if_match(etag);
+            }
+            if !bytes.is_empty() {
+                request = request.range(format!("bytes={}-", bytes.len()));
+            }
+            let response = match request.send().await {
+                Ok(response) => response,
+                Err(err) if is_precondition_failed(&err) && interruptions < MAX_INTERRUPTIONS => {
+                    // Replaced since it was listed or since the read began: start over on the
+                    // new version, never mixing the two.
+                    interruptions += 1;
+                    tracing::debug!(object = %where_, "object replaced while being read; restarting");
+                    bytes.clear();
+                    pinned = None;
+                    continue;
+                }
+                Err(err) => return Err(classify(&err, "reading", &self.bucket, &object.key)),
+            };
+            if pinned.is_none() {
+                pinned = response.e_tag().map(str::to_owned);
+            }
+            if content_type.is_none() {
+                content_type = response.content_type().map(str::to_owned);
+            }
+            let mut body = response.body;
+            loop {
+                match body.try_next().await {
+                    Ok(Some(chunk)) => {
+                        bytes.extend_from_slice(&chunk);
+                        if bytes.len() as u64 > max_bytes {
+                            return Err(FileError::permanent(
+                                ErrorCode::TooLarge,
+                                format!("{where_} is larger than {max_bytes} bytes"),
+                            ));
+                        }
+                    }
+                    Ok(None) => {
+                        return Ok(Fetched {
+                            bytes,
+                            etag: pinned,
+                            content_type,
+                        });
+                    }
+                    Err(err) if interruptions < MAX_INTERRUPTIONS && pinned.is_some() => {
+                        // Resume where the body broke off, pinned to the same version.
+                        interruptions += 1;
+                        tracing::debug!(object = %where_, at = bytes.len(), error = %err, "body broke off; resuming");
+                        break;
+                    }
+                    Err(err) => {
+                        return Err(FileError::transient(
+                            ErrorCode::SourceUnavailable,
+                            format!(
+                                "reading {where_}: the body broke off {interruptions} times, last: {err}"
+                            ),
+                        ));
+                    }
+                }
             }
         }
-        Ok(bytes)
+    }
+}
+
+/// Resumes and restarts allowed while reading one object.
+const MAX_INTERRUPTIONS: u32 = 5;
+
+fn is_precondition_failed<E: ProvideErrorMetadata>(
+    err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> bool {
+    match err {
+        SdkError::ServiceError(service) => {
+            service.raw().status().as_u16() == 412
+                || service.err().code() == Some("PreconditionFailed")
+        }
+        _ => false,
     }
 }
