@@ -213,6 +213,14 @@ pub struct S3Config {
     /// Seconds one operation (a listing page, an object read) may take, retries included.
     #[serde(default = "default_operation_timeout_secs")]
     pub operation_timeout_secs: u64,
+    /// Requests per second this process sends at most, over all buckets; 0 = no cap.
+    #[serde(default = "default_max_requests_per_second")]
+    pub max_requests_per_second: u32,
+}
+
+/// Below DigitalOcean Spaces' limit of about 1500 requests per second per IP address.
+fn default_max_requests_per_second() -> u32 {
+    1000
 }
 
 /// AWS's global S3 endpoint.
@@ -252,6 +260,7 @@ impl Default for S3Config {
             max_attempts: default_max_attempts(),
             connect_timeout_secs: default_connect_timeout_secs(),
             operation_timeout_secs: default_operation_timeout_secs(),
+            max_requests_per_second: default_max_requests_per_second(),
         }
     }
 }

@@ -18,6 +18,7 @@ use ingestd::job::{SchemaKind, schema};
 use ingestd::pipeline::Request;
 use ingestd::sink::JsonlSink;
 use ingestd::source::endpoint::{Endpoint, EndpointPolicy};
+use ingestd::source::rate::RateLimiter;
 use ingestd::source::{AnySource, LocalSource, S3ClientSettings, S3Credentials, S3Source};
 use ingestd::telemetry::{Progress, init_tracing};
 
@@ -272,7 +273,8 @@ async fn open_source(args: &SyncArgs, config: &Config) -> Result<AnySource, Fail
         connect_timeout: Duration::from_secs(config.s3.connect_timeout_secs),
         operation_timeout: Duration::from_secs(config.s3.operation_timeout_secs),
     };
-    let source = S3Source::new(&endpoint, &credentials, settings, bucket, prefix);
+    let limiter = Arc::new(RateLimiter::new(config.s3.max_requests_per_second));
+    let source = S3Source::new(&endpoint, &credentials, settings, bucket, prefix, limiter);
     // A key names one object, anything else a prefix. Wrong credentials or a missing bucket
     // then surface from the listing as classified FILE_ERROR events.
     match source.clone().narrow_to_exact_object().await {

@@ -4,6 +4,7 @@
 
 pub mod endpoint;
 mod local;
+pub mod rate;
 mod s3;
 
 use std::future::Future;

@@ -2,6 +2,7 @@
 //! every vendor error classified where it is converted.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::Client;
@@ -15,6 +16,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use futures::Stream;
 
 use super::endpoint::Endpoint;
+use super::rate::RateLimiter;
 use super::{Fetched, Listed, ObjectMeta, Source, SourceKind};
 use crate::error::{ErrorCode, FileError};
 use crate::job::Secret;
@@ -52,6 +54,8 @@ pub struct S3Source {
     kind: SourceKind,
     /// Set when the target names one object: only it is listed.
     single: Option<ObjectMeta>,
+    /// The process-wide request rate cap, shared by every source.
+    limiter: Arc<RateLimiter>,
 }
 
 impl S3Source {
@@ -64,6 +68,7 @@ impl S3Source {
         settings: S3ClientSettings,
         bucket: &str,
         prefix: &str,
+        limiter: Arc<RateLimiter>,
     ) -> Self {
         let credentials = Credentials::new(
             &credentials.access_key,
@@ -97,6 +102,7 @@ impl S3Source {
             prefix: prefix.to_owned(),
             kind: endpoint.kind,
             single: None,
+            limiter,
         }
     }
 
@@ -114,6 +120,7 @@ impl S3Source {
         if self.prefix.is_empty() || self.prefix.ends_with('/') {
             return Ok(None);
         }
+        self.limiter.acquire().await;
         match self
             .client
             .head_object()
@@ -214,6 +221,7 @@ fn kind_of<E, R>(err: &SdkError<E, R>) -> &'static str {
 /// Paging state of a listing.
 struct Pages {
     client: Client,
+    limiter: Arc<RateLimiter>,
     bucket: String,
     prefix: String,
     /// Objects of the current page not yet handed out.
@@ -232,6 +240,7 @@ impl Source for S3Source {
     fn list(&self) -> impl Stream<Item = Listed> + Send + 'static {
         let pages = Pages {
             client: self.client.clone(),
+            limiter: Arc::clone(&self.limiter),
             bucket: self.bucket.clone(),
             prefix: self.prefix.clone(),
             buffered: self
@@ -259,6 +268,7 @@ impl Source for S3Source {
                 if let Some(token) = pages.token.take() {
                     request = request.continuation_token(token);
                 }
+                pages.limiter.acquire().await;
                 match request.send().await {
                     Ok(page) => {
                         pages.token = page.next_continuation_token().map(str::to_owned);
@@ -325,6 +335,7 @@ impl Source for S3Source {
             if !bytes.is_empty() {
                 request = request.range(format!("bytes={}-", bytes.len()));
             }
+            self.limiter.acquire().await;
             let response = match request.send().await {
                 Ok(response) => response,
                 Err(err) if is_precondition_failed(&err) && interruptions < MAX_INTERRUPTIONS => {
