@@ -377,3 +377,101 @@ fn a_body_that_keeps_breaking_is_a_retryable_source_error() {
     assert_eq!(failed["error_code"], "SOURCE_UNAVAILABLE", "{failed}");
     assert_eq!(failed["retryable"], true);
 }
+
+/// A proxy that answers the first `refusals` connections with `503 SlowDown`, as S3 and Spaces
+/// do when throttling, and forwards the rest to `upstream`.
+fn throttling_proxy(upstream: SocketAddr, refusals: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refused = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&refused);
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            if counter.load(Ordering::SeqCst) < refusals {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && client.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                let _ = write!(
+                    client,
+                    "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                continue;
+            }
+            let Ok(mut server) = std::net::TcpStream::connect(upstream) else {
+                continue;
+            };
+            let (mut client_in, mut server_out) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut client_in, &mut server_out);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut server, &mut client);
+            });
+        }
+    });
+    (addr, refused)
+}
+
+fn sync_through(proxy: SocketAddr, dir: &Path) -> Output {
+    let endpoint = format!("http://{proxy}");
+    Command::new(env!("CARGO_BIN_EXE_ingestd"))
+        .args([
+            "sync",
+            "s3://docs/formats/",
+            "--endpoint-url",
+            &endpoint,
+            "--allow-private-endpoint",
+        ])
+        .current_dir(dir)
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn throttling_is_retried_then_reported_as_retryable() {
+    let server = Server::start();
+    server.bucket_from("docs", &fixture("text"));
+    let dir = tempfile::tempdir().unwrap();
+
+    // Two refusals: the client's standard retries (3 attempts) get through.
+    let (proxy, refused) = throttling_proxy(server.addr, 2);
+    let out = sync_through(proxy, dir.path());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(refused.load(Ordering::SeqCst), 2);
+    assert!(!lines(&out.stdout).is_empty());
+
+    // Throttled for good: the listing fails as SOURCE_UNAVAILABLE, retryable.
+    let (proxy, _) = throttling_proxy(server.addr, usize::MAX);
+    let out = sync_through(proxy, dir.path());
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = lines(&out.stderr);
+    let failed = events
+        .iter()
+        .find(|e| e["event"] == "FILE_ERROR")
+        .expect("a FILE_ERROR");
+    assert_eq!(failed["error_code"], "SOURCE_UNAVAILABLE", "{failed}");
+    assert_eq!(failed["retryable"], true);
+    assert!(
+        failed["message"].as_str().unwrap().contains("SlowDown"),
+        "{failed}"
+    );
+}
