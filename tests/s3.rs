@@ -475,3 +475,38 @@ fn throttling_is_retried_then_reported_as_retryable() {
         "{failed}"
     );
 }
+
+#[test]
+fn listings_span_pages() {
+    let server = Server::start();
+    let local = tempfile::tempdir().unwrap();
+    // More keys than one ListObjectsV2 page (1000) holds.
+    for i in 0..1001 {
+        std::fs::write(
+            local.path().join(format!("note-{i:04}.txt")),
+            format!("note number {i}"),
+        )
+        .unwrap();
+    }
+    server.bucket_from("many", local.path());
+    let out = sync_s3(
+        &server,
+        "s3://many",
+        SECRET_KEY,
+        &["--allow-private-endpoint"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = lines(&out.stdout);
+    assert_eq!(records.len(), 1001);
+    let mut keys: Vec<&str> = records
+        .iter()
+        .map(|r| r["file"]["key"].as_str().unwrap())
+        .collect();
+    keys.dedup();
+    assert_eq!(keys.len(), 1001, "every object exactly once");
+}
