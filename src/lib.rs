@@ -3,7 +3,7 @@
 //!
 //! * [`config`]    — `pipeline.toml` → validated [`config::Config`], environment overrides.
 //! * [`job`]       — the message contract: jobs in, chunk records and events out, JSON Schemas.
-//! * [`source`]    — where objects come from ([`source::Source`]): the local filesystem, S3 next.
+//! * [`source`]    — where objects come from ([`source::Source`]): local files, S3 and Spaces.
 //! * [`detect`]    — bytes + content type + name → format and media type.
 //! * [`extract`]   — text out of each format family, with limits, off the async runtime.
 //! * [`chunk`]     — token-exact chunking with overlap on semantic boundaries.

@@ -36,8 +36,8 @@ struct Cli {
 #[derive(Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once per process
 enum Command {
-    /// Chunk a local file or folder once, without a broker: chunk records as JSON Lines on
-    /// stdout, events on stderr.
+    /// Chunk a local file or folder, or an S3/Spaces bucket, prefix or key, once and without a
+    /// broker: chunk records as JSON Lines on stdout, events on stderr.
     Sync(SyncArgs),
     /// Print the JSON Schema of a message.
     Schema {
@@ -56,7 +56,7 @@ enum SchemaArg {
 
 #[derive(clap::Args)]
 struct SyncArgs {
-    /// A file or folder (walked recursively), or s3://bucket[/prefix-or-key].
+    /// A file or folder (walked recursively), or s3://bucket[/prefix/ or /key].
     target: String,
     /// S3-compatible endpoint, e.g. nyc3.digitaloceanspaces.com (https implied)
     /// [default: the config's s3.default_endpoint]. Credentials come from AWS_ACCESS_KEY_ID
@@ -251,10 +251,10 @@ async fn open_source(args: &SyncArgs, config: &Config) -> Result<AnySource, Fail
         allowed_hosts: config.s3.allowed_hosts.clone(),
         allow_private: args.allow_private_endpoint || config.s3.allow_private_endpoints,
     };
-    policy
-        .check(&endpoint)
-        .await
-        .map_err(|err| usage(anyhow!("{}: {}", err.code, err.message)))?;
+    policy.check(&endpoint).await.map_err(|err| {
+        let failure = if err.retryable() { fatal } else { usage };
+        failure(anyhow!("{}: {}", err.code, err.message))
+    })?;
     let (Ok(access_key), Ok(secret)) = (
         std::env::var("AWS_ACCESS_KEY_ID"),
         std::env::var("AWS_SECRET_ACCESS_KEY"),
@@ -279,6 +279,8 @@ async fn open_source(args: &SyncArgs, config: &Config) -> Result<AnySource, Fail
     // then surface from the listing as classified FILE_ERROR events.
     match source.clone().narrow_to_exact_object().await {
         Ok(narrowed) => Ok(AnySource::S3(narrowed)),
+        // A passing fault must not silently turn a key into a prefix.
+        Err(err) if err.retryable() => Err(fatal(anyhow!("{}: {}", err.code, err.message))),
         Err(_) => Ok(AnySource::S3(source)),
     }
 }

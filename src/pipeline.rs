@@ -100,6 +100,7 @@ pub async fn process<S: Source>(
             // Describe the version that was read, not the one that was listed.
             object.etag = fetched.etag.or(object.etag);
             object.content_type = fetched.content_type.or(object.content_type);
+            object.size = fetched.bytes.len() as u64;
             fetched.bytes
         }
         Err(err) if err.code == ErrorCode::TooLarge => {

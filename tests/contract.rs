@@ -42,7 +42,8 @@ fn documented_examples_match_the_schemas() {
         if example.get("type").is_some() {
             assert_valid(&job, example);
             let bytes = serde_json::to_vec(example).unwrap();
-            ingestd::job::Job::from_json(&bytes, 8191).unwrap_or_else(|e| panic!("{e}: {example}"));
+            ingestd::job::Job::from_json(&bytes, &ingestd::config::ChunkingConfig::default())
+                .unwrap_or_else(|e| panic!("{e}: {example}"));
         } else if example.get("chunk_id").is_some() {
             assert_valid(&chunk, example);
         } else {

@@ -135,7 +135,7 @@ impl Chunker {
             base: text.as_ptr() as usize,
         };
         let mut chunks = Vec::new();
-        let window = MIN_WINDOW_BYTES.max(capacity * 4 * WINDOW_CHUNKS);
+        let window = MIN_WINDOW_BYTES.max(capacity.saturating_mul(4 * WINDOW_CHUNKS));
         let mut start = 0;
         while start < text.len() {
             let mut end = window_end(text, start, window);
@@ -160,7 +160,7 @@ impl Chunker {
                     break;
                 }
                 // One chunk filled the whole window: try a wider one.
-                end = window_end(text, start, (end - start) * 2);
+                end = window_end(text, start, (end - start).saturating_mul(2));
             }
         }
         // Markdown chunks keep their indentation, but indentation inside the overlap would add

@@ -15,6 +15,10 @@ const HIDDEN: &[&str] = &[
     "script", "style", "noscript", "template", "iframe", "noembed", "noframes", "object", "svg",
     "math", "head",
 ];
+/// Elements that belong in `<head>`; any other start tag there begins the body.
+const HEAD_CONTENT: &[&str] = &[
+    "head", "title", "meta", "link", "style", "script", "base", "noscript", "template",
+];
 /// Elements whose content the tokenizer must read as raw text.
 const RAW: &[&str] = &[
     "script", "style", "noscript", "iframe", "noembed", "noframes", "xmp",
@@ -135,6 +139,15 @@ impl TextSink {
         };
         {
             let mut hidden = self.hidden.borrow_mut();
+            // Pages often leave `</head>` out: any body content ends the head.
+            if kind == TagKind::StartTag
+                && !HEAD_CONTENT.contains(&name)
+                && hidden
+                    .as_ref()
+                    .is_some_and(|(skipped, _)| skipped == "head")
+            {
+                *hidden = None;
+            }
             if let Some((skipped, depth)) = hidden.as_mut() {
                 if name == skipped {
                     match kind {

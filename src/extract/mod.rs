@@ -76,7 +76,7 @@ pub fn extract(
     }
     let hint = detected.text_hint.unwrap_or(crate::detect::TextHint::Bytes);
     let decoded = charset::decode(bytes, hint, declared_charset)?;
-    let (text, structure) = text::extract(format, &decoded)?;
+    let (text, structure) = text::extract(format, &decoded, max_text_bytes)?;
     if text.len() > max_text_bytes {
         return Err(Rejection::Error(FileError::permanent(
             ErrorCode::LimitExceeded,

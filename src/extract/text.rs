@@ -13,18 +13,22 @@ use crate::error::{ErrorCode, FileError};
 
 /// Turns the decoded `text` of a file of text `format` into chunkable text.
 ///
+/// Formats that name a column or path on every line can grow past their input; `limit` (bytes)
+/// stops them as soon as they pass it.
+///
 /// # Errors
-/// `CORRUPT_FILE` when the content does not parse as its format.
-pub fn extract(format: Format, text: &str) -> Result<(String, Structure), FileError> {
+/// `CORRUPT_FILE` when the content does not parse as its format, `LIMIT_EXCEEDED` when the
+/// text outgrows `limit`.
+pub fn extract(format: Format, text: &str, limit: usize) -> Result<(String, Structure), FileError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     Ok(match format {
         Format::Markdown => (text.to_owned(), Structure::Markdown),
         Format::Html => (super::html::text(text), Structure::Plain),
         Format::Xml => (xml(text)?, Structure::Plain),
-        Format::Csv => (table(text, b',')?, Structure::Plain),
-        Format::Tsv => (table(text, b'\t')?, Structure::Plain),
-        Format::Json => (json(text)?, Structure::Plain),
-        Format::JsonLines => (json_lines(text)?, Structure::Plain),
+        Format::Csv => (table(text, b',', limit)?, Structure::Plain),
+        Format::Tsv => (table(text, b'\t', limit)?, Structure::Plain),
+        Format::Json => (json(text, limit)?, Structure::Plain),
+        Format::JsonLines => (json_lines(text, limit)?, Structure::Plain),
         Format::Srt | Format::WebVtt => (subtitles(text), Structure::Plain),
         _ => (text.to_owned(), Structure::Plain),
     })
@@ -71,7 +75,7 @@ fn xml(text: &str) -> Result<String, FileError> {
 
 /// One line per record, each field named by its column: `name: Ada; year: 1815`. Chunks from
 /// the middle of a table keep the meaning of their columns.
-fn table(text: &str, delimiter: u8) -> Result<String, FileError> {
+fn table(text: &str, delimiter: u8, limit: usize) -> Result<String, FileError> {
     let name = if delimiter == b'\t' { "tsv" } else { "csv" };
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
@@ -106,20 +110,21 @@ fn table(text: &str, delimiter: u8) -> Result<String, FileError> {
         if !first {
             out.push('\n');
         }
+        within(&out, limit)?;
     }
     Ok(out)
 }
 
 /// A JSON document as `path: value` lines (`users[0].name: Ada`).
-fn json(text: &str) -> Result<String, FileError> {
+fn json(text: &str, limit: usize) -> Result<String, FileError> {
     let value: Value = serde_json::from_str(text).map_err(|err| corrupt("json", err))?;
     let mut out = String::new();
-    flatten(&value, &mut String::new(), &mut out);
+    flatten(&value, &mut String::new(), &mut out, limit)?;
     Ok(out)
 }
 
 /// Each line's document flattened, records separated by blank lines.
-fn json_lines(text: &str) -> Result<String, FileError> {
+fn json_lines(text: &str, limit: usize) -> Result<String, FileError> {
     let mut out = String::new();
     for (number, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -130,12 +135,17 @@ fn json_lines(text: &str) -> Result<String, FileError> {
         if !out.is_empty() {
             out.push('\n');
         }
-        flatten(&value, &mut String::new(), &mut out);
+        flatten(&value, &mut String::new(), &mut out, limit)?;
     }
     Ok(out)
 }
 
-fn flatten(value: &Value, path: &mut String, out: &mut String) {
+fn flatten(
+    value: &Value,
+    path: &mut String,
+    out: &mut String,
+    limit: usize,
+) -> Result<(), FileError> {
     let len = path.len();
     match value {
         Value::Object(map) => {
@@ -144,14 +154,14 @@ fn flatten(value: &Value, path: &mut String, out: &mut String) {
                     path.push('.');
                 }
                 path.push_str(key);
-                flatten(item, path, out);
+                flatten(item, path, out, limit)?;
                 path.truncate(len);
             }
         }
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
                 let _ = write!(path, "[{i}]");
-                flatten(item, path, out);
+                flatten(item, path, out, limit)?;
                 path.truncate(len);
             }
         }
@@ -168,8 +178,21 @@ fn flatten(value: &Value, path: &mut String, out: &mut String) {
                 }
             }
             out.push('\n');
+            within(out, limit)?;
         }
     }
+    Ok(())
+}
+
+/// Fails once `out` has outgrown `limit`.
+fn within(out: &str, limit: usize) -> Result<(), FileError> {
+    if out.len() > limit {
+        return Err(FileError::permanent(
+            ErrorCode::LimitExceeded,
+            format!("extracted text passed the limit of {limit} bytes (limits.max_text_bytes)"),
+        ));
+    }
+    Ok(())
 }
 
 /// The spoken text of SRT or WebVTT cues, without numbers, timings, notes or styling tags.
@@ -216,7 +239,7 @@ mod tests {
         let page = "<html><head><title>T</title><style>p{color:red}</style>\
                     <script>var secret = 1;</script></head>\
                     <body><h1>Heading</h1><p>First &amp; second.</p><p>Next</p></body></html>";
-        let (text, _) = extract(Format::Html, page).unwrap();
+        let (text, _) = extract(Format::Html, page, usize::MAX).unwrap();
         assert!(
             text.contains("Heading") && text.contains("First & second."),
             "{text}"
@@ -234,7 +257,7 @@ mod tests {
         let page = format!(
             "<table><tr><td>{wide}</td><td>b</td></tr><tr><td>a</td><td>c</td></tr></table>"
         );
-        let (text, _) = extract(Format::Html, &page).unwrap();
+        let (text, _) = extract(Format::Html, &page, usize::MAX).unwrap();
         assert!(
             text.len() < page.len(),
             "{} bytes from {}",
@@ -253,7 +276,7 @@ mod tests {
             "</div>".repeat(depth)
         );
         let started = std::time::Instant::now();
-        let (text, _) = extract(Format::Html, &page).unwrap();
+        let (text, _) = extract(Format::Html, &page, usize::MAX).unwrap();
         assert_eq!(text, "deep text");
         // A tree-building parser takes minutes here; linear work takes milliseconds.
         assert!(
@@ -267,8 +290,32 @@ mod tests {
     fn html_keeps_structure_and_preformatted_text() {
         let page =
             "<ul><li>one</li><li>two</li></ul><pre>a  b\n  c</pre><p>x<br>y &eacute;&#233;</p>";
-        let (text, _) = extract(Format::Html, page).unwrap();
+        let (text, _) = extract(Format::Html, page, usize::MAX).unwrap();
         assert_eq!(text, "one\ntwo\n\na  b\n  c\n\nx\ny éé");
+    }
+
+    #[test]
+    fn html_without_a_closing_head_keeps_its_body() {
+        let (text, _) = extract(
+            Format::Html,
+            "<head><title>T</title><body><p>body text</p>",
+            usize::MAX,
+        )
+        .unwrap();
+        assert_eq!(text, "T\n\nbody text");
+    }
+
+    #[test]
+    fn expanding_formats_stop_at_the_limit() {
+        let header = "h".repeat(1000);
+        let csv = format!("{header}\n{}", "a\n".repeat(1000));
+        let err = extract(Format::Csv, &csv, 100_000).unwrap_err();
+        assert_eq!(err.code, ErrorCode::LimitExceeded);
+        let json = format!("{{\"{header}\": [{}1]}}", "1,".repeat(1000));
+        assert_eq!(
+            extract(Format::Json, &json, 100_000).unwrap_err().code,
+            ErrorCode::LimitExceeded
+        );
     }
 
     #[test]
@@ -276,20 +323,28 @@ mod tests {
         let (text, _) = extract(
             Format::Xml,
             "<?xml version=\"1.0\"?><a><b>x &lt; y</b><c><![CDATA[z]]></c></a>",
+            usize::MAX,
         )
         .unwrap();
         assert_eq!(text, "x < y\nz");
         assert_eq!(
-            extract(Format::Xml, "<a><b></a>").unwrap_err().code,
+            extract(Format::Xml, "<a><b></a>", usize::MAX)
+                .unwrap_err()
+                .code,
             ErrorCode::CorruptFile
         );
     }
 
     #[test]
     fn tables_name_their_columns() {
-        let (text, _) = extract(Format::Csv, "name,year\nAda,1815\n\"Lovelace, A\",\n").unwrap();
+        let (text, _) = extract(
+            Format::Csv,
+            "name,year\nAda,1815\n\"Lovelace, A\",\n",
+            usize::MAX,
+        )
+        .unwrap();
         assert_eq!(text, "name: Ada; year: 1815\nname: Lovelace, A\n");
-        let (text, _) = extract(Format::Tsv, "a\tb\n1\t2\n").unwrap();
+        let (text, _) = extract(Format::Tsv, "a\tb\n1\t2\n", usize::MAX).unwrap();
         assert_eq!(text, "a: 1; b: 2\n");
     }
 
@@ -298,10 +353,11 @@ mod tests {
         let (text, _) = extract(
             Format::Json,
             r#"{"users":[{"name":"Ada","age":36}],"ok":true}"#,
+            usize::MAX,
         )
         .unwrap();
         assert_eq!(text, "users[0].name: Ada\nusers[0].age: 36\nok: true\n");
-        let err = extract(Format::JsonLines, "{\"a\":1}\n{oops\n").unwrap_err();
+        let err = extract(Format::JsonLines, "{\"a\":1}\n{oops\n", usize::MAX).unwrap_err();
         assert!(err.message.contains("line 2"), "{}", err.message);
     }
 
@@ -309,10 +365,13 @@ mod tests {
     fn subtitles_keep_cue_text() {
         let srt = "1\n00:00:01,000 --> 00:00:02,000\n<i>Hello</i> there\n\n2\n00:00:03,000 --> 00:00:04,000\nGeneral Kenobi\n";
         assert_eq!(
-            extract(Format::Srt, srt).unwrap().0,
+            extract(Format::Srt, srt, usize::MAX).unwrap().0,
             "Hello there\nGeneral Kenobi\n"
         );
         let vtt = "WEBVTT\n\nNOTE a comment\n\nintro\n00:01.000 --> 00:02.000\nWelcome\n";
-        assert_eq!(extract(Format::WebVtt, vtt).unwrap().0, "Welcome\n");
+        assert_eq!(
+            extract(Format::WebVtt, vtt, usize::MAX).unwrap().0,
+            "Welcome\n"
+        );
     }
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::chunk::MIN_CHUNK_SIZE;
+use crate::config::ChunkingConfig;
 
 pub use event::{Event, EventKind, FileRef, ProcessedCounts};
 pub use record::{ChunkRecord, ChunkingInfo, FileInfo};
@@ -310,7 +311,7 @@ impl Job {
     ///
     /// # Errors
     /// A [`JobError`] saying what is wrong, without echoing secrets.
-    pub fn from_json(bytes: &[u8], max_chunk_size: usize) -> Result<Job, JobError> {
+    pub fn from_json(bytes: &[u8], chunking: &ChunkingConfig) -> Result<Job, JobError> {
         let value: Value =
             serde_json::from_slice(bytes).map_err(|err| JobError::NotJson(err.to_string()))?;
         let Value::Object(object) = &value else {
@@ -332,7 +333,7 @@ impl Job {
         if let Some(path) = first_unknown_field(&value, &known, "") {
             return Err(JobError::Invalid(format!("unknown field `{path}`")));
         }
-        job.validate(max_chunk_size)?;
+        job.validate(chunking)?;
         Ok(job)
     }
 
@@ -340,7 +341,7 @@ impl Job {
     ///
     /// # Errors
     /// [`JobError::Invalid`] naming the field.
-    pub fn validate(&self, max_chunk_size: usize) -> Result<(), JobError> {
+    pub fn validate(&self, chunking: &ChunkingConfig) -> Result<(), JobError> {
         let invalid = |message: String| Err(JobError::Invalid(message));
         match &self.kind {
             JobKind::SyncFiles(job) => {
@@ -357,7 +358,7 @@ impl Job {
                         return invalid(format!("`ids[{i}]` has both `id` and `prefix`"));
                     }
                 }
-                job.options.validate(max_chunk_size)
+                job.options.validate(chunking)
             }
             JobKind::SyncObject(SyncObject {
                 bucket,
@@ -374,7 +375,7 @@ impl Job {
                 if bucket.trim().is_empty() || key.is_empty() {
                     return invalid("`bucket` and `key` must not be empty".to_owned());
                 }
-                options.validate(max_chunk_size)
+                options.validate(chunking)
             }
             JobKind::DeleteFiles(job) => {
                 if job.ids.is_empty() {
@@ -405,21 +406,21 @@ impl Job {
 }
 
 impl SyncOptions {
-    /// Checks chunk size and overlap against each other and the configured maximum.
+    /// Checks the effective chunk size and overlap (the job's, else the configured defaults)
+    /// against each other and the configured maximum.
     ///
     /// # Errors
     /// [`JobError::Invalid`] naming the field.
-    pub fn validate(&self, max_chunk_size: usize) -> Result<(), JobError> {
-        if let Some(size) = self.chunk_size
-            && !(MIN_CHUNK_SIZE..=max_chunk_size).contains(&size)
-        {
+    pub fn validate(&self, chunking: &ChunkingConfig) -> Result<(), JobError> {
+        let size = self.chunk_size.unwrap_or(chunking.chunk_size);
+        let overlap = self.chunk_overlap.unwrap_or(chunking.chunk_overlap);
+        let max = chunking.max_chunk_size;
+        if !(MIN_CHUNK_SIZE..=max).contains(&size) {
             return Err(JobError::Invalid(format!(
-                "`chunk_size` {size} is outside {MIN_CHUNK_SIZE}..={max_chunk_size}"
+                "`chunk_size` {size} is outside {MIN_CHUNK_SIZE}..={max}"
             )));
         }
-        if let (Some(size), Some(overlap)) = (self.chunk_size, self.chunk_overlap)
-            && overlap >= size
-        {
+        if overlap >= size {
             return Err(JobError::Invalid(format!(
                 "`chunk_overlap` {overlap} must be smaller than `chunk_size` {size}"
             )));

@@ -2,10 +2,8 @@
 
 use super::*;
 
-const MAX: usize = 8191;
-
 fn parse(json: &str) -> Result<Job, JobError> {
-    Job::from_json(json.as_bytes(), MAX)
+    Job::from_json(json.as_bytes(), &crate::config::ChunkingConfig::default())
 }
 
 const SYNC_FILES: &str = r#"{"schema_version": 1, "type": "sync_files", "job_id": "j1", "request_id": "req-42",
@@ -64,6 +62,17 @@ fn bad_messages_are_classified() {
     );
     let huge = SYNC_FILES.replace("\"chunk_size\": 1500", "\"chunk_size\": 100000");
     assert!(parse(&huge).unwrap_err().to_string().contains("chunk_size"));
+    // Checked against the default size too: overlap 1600 with the default chunk_size 1500.
+    let default_size = SYNC_FILES.replace(
+        "\"chunk_size\": 1500, \"chunk_overlap\": 20",
+        "\"chunk_overlap\": 1600",
+    );
+    assert!(
+        parse(&default_size)
+            .unwrap_err()
+            .to_string()
+            .contains("chunk_overlap")
+    );
     let no_ids = SYNC_FILES.replace(
         r#"[{"bucket": "docs", "id": "handbook/intro.md"}, {"bucket": "media", "prefix": "2024/"}]"#,
         "[]",

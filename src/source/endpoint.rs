@@ -27,7 +27,12 @@ pub struct Endpoint {
 }
 
 /// Hosts contacted when configuration does not say otherwise.
-pub const DEFAULT_ALLOWED_HOSTS: &[&str] = &["*.amazonaws.com", "*.digitaloceanspaces.com"];
+/// (S3's own hosts only: `*.amazonaws.com` would also admit EC2 machines' public names.)
+pub const DEFAULT_ALLOWED_HOSTS: &[&str] = &[
+    "s3.amazonaws.com",
+    "s3.*.amazonaws.com",
+    "*.digitaloceanspaces.com",
+];
 
 impl Endpoint {
     /// Parses `raw`; https is implied without a scheme.
@@ -36,6 +41,10 @@ impl Endpoint {
     /// A sentence saying what is malformed (usage error).
     pub fn parse(raw: &str) -> Result<Endpoint, String> {
         let raw = raw.trim();
+        if raw.contains('@') {
+            // user:password@host: refuse without echoing it.
+            return Err("endpoint must not contain credentials (user@host)".to_owned());
+        }
         let (scheme, rest) = raw.split_once("://").unwrap_or(("https", raw));
         let https = match scheme.to_ascii_lowercase().as_str() {
             "https" => true,
@@ -153,39 +162,60 @@ impl EndpointPolicy {
     }
 }
 
+/// `pattern` is a host name in which a `*` label stands for exactly one label.
 fn host_matches(pattern: &str, host: &str) -> bool {
-    match pattern.strip_prefix("*.") {
-        Some(domain) => {
-            host.len() > domain.len()
-                && host.ends_with(domain)
-                && host[..host.len() - domain.len()].ends_with('.')
-        }
-        None => pattern.eq_ignore_ascii_case(host),
-    }
+    let (pattern, host): (Vec<&str>, Vec<&str>) =
+        (pattern.split('.').collect(), host.split('.').collect());
+    pattern.len() == host.len()
+        && pattern
+            .iter()
+            .zip(&host)
+            .all(|(p, h)| *p == "*" && !h.is_empty() || p.eq_ignore_ascii_case(h))
 }
 
 /// Loopback, private, link-local (cloud metadata), shared, unspecified and similar addresses.
 fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.is_broadcast()
-                || (a == 100 && (64..128).contains(&b))
+                || v4.is_multicast()
                 || a == 0
+                || a >= 240
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (b == 18 || b == 19))
+                || (a == 192 && b == 0 && c == 0)
         }
         IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
+            let segments = v6.segments();
+            let first = segments[0];
+            // IPv4 carried inside IPv6: mapped, compatible, NAT64 and 6to4.
+            let [_, _, _, _, _, _, hi, lo] = segments;
+            let embedded =
+                std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+            let [x0, x1, ..] = segments;
+            let sixtofour = std::net::Ipv4Addr::new(
+                (x1 >> 8) as u8,
+                x1 as u8,
+                (segments[2] >> 8) as u8,
+                segments[2] as u8,
+            );
             v6.is_loopback()
                 || v6.is_unspecified()
+                || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00
                 || (first & 0xffc0) == 0xfe80
                 || v6
                     .to_ipv4_mapped()
                     .is_some_and(|v4| is_internal(IpAddr::V4(v4)))
+                || (segments[..6].iter().all(|s| *s == 0) && is_internal(IpAddr::V4(embedded)))
+                || (segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                    && is_internal(IpAddr::V4(embedded)))
+                || (x0 == 0x2002 && is_internal(IpAddr::V4(sixtofour)))
         }
     }
 }

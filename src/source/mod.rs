@@ -1,6 +1,6 @@
 //! Where objects come from. A [`Source`] lists objects as a stream (never the whole listing in
-//! memory) and reads one object's bytes with a size cap. The local filesystem is here; S3 and
-//! DigitalOcean Spaces plug in behind the same trait.
+//! memory) and reads one object's bytes with a size cap: the local filesystem, and S3 or
+//! DigitalOcean Spaces (with the endpoint policy and the request rate cap beside it).
 
 pub mod endpoint;
 mod local;

@@ -345,10 +345,21 @@ impl Source for S3Source {
                     tracing::debug!(object = %where_, "object replaced while being read; restarting");
                     bytes.clear();
                     pinned = None;
+                    content_type = None;
                     continue;
                 }
                 Err(err) => return Err(classify(&err, "reading", &self.bucket, &object.key)),
             };
+            if !bytes.is_empty() {
+                let expected = format!("bytes {}-", bytes.len());
+                if !response
+                    .content_range()
+                    .is_some_and(|r| r.starts_with(&expected))
+                {
+                    // The server ignored the range and sent the whole object: start over.
+                    bytes.clear();
+                }
+            }
             if pinned.is_none() {
                 pinned = response.e_tag().map(str::to_owned);
             }
