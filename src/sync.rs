@@ -119,9 +119,12 @@ pub async fn run<S: Source>(
             async move {
                 match listed {
                     Listed::Object(object) => pipeline::process(source, object, request).await,
-                    Listed::Problem { key, error, skip } => {
-                        problem_output(&request, key, &error, skip)
-                    }
+                    Listed::Problem {
+                        bucket,
+                        key,
+                        error,
+                        skip,
+                    } => problem_output(&request, bucket, key, &error, skip),
                 }
             }
         })
@@ -155,12 +158,13 @@ pub async fn run<S: Source>(
 
 fn problem_output(
     request: &Request,
+    bucket: Option<String>,
     key: String,
     error: &crate::error::FileError,
     skip: bool,
 ) -> FileOutput {
     let file = FileRef {
-        bucket: None,
+        bucket,
         key,
         etag: None,
         media_type: None,

@@ -207,7 +207,9 @@ fn missing_bucket_is_no_such_bucket() {
     );
     assert_eq!(out.status.code(), Some(3));
     let events = lines(&out.stderr);
-    assert_eq!(outcome(&events, "")["error_code"], "NO_SUCH_BUCKET");
+    let failed = outcome(&events, "");
+    assert_eq!(failed["error_code"], "NO_SUCH_BUCKET");
+    assert_eq!(failed["file"]["bucket"], "nope");
 }
 
 #[test]

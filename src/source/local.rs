@@ -153,7 +153,12 @@ fn problem(key: String, message: &str, skip: bool) -> Listed {
         ErrorCode::ReadFailed
     };
     let error = FileError::permanent(code, format!("{key}: {message}"));
-    Listed::Problem { key, error, skip }
+    Listed::Problem {
+        bucket: None,
+        key,
+        error,
+        skip,
+    }
 }
 
 /// The key of `path`: relative to the folder synced, `/`-separated; a single file's own name.

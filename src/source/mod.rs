@@ -52,7 +52,9 @@ pub enum Listed {
     Object(ObjectMeta),
     /// An entry that cannot be processed (unreadable, a symlink loop, not a regular file).
     Problem {
-        /// The key or relative path of the entry.
+        /// The bucket, for object stores.
+        bucket: Option<String>,
+        /// The key or relative path of the entry (the prefix, when a whole listing failed).
         key: String,
         /// What is wrong, classified.
         error: FileError,

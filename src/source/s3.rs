@@ -303,6 +303,7 @@ impl Source for S3Source {
                         let key = pages.prefix.clone();
                         return Some((
                             Listed::Problem {
+                                bucket: Some(pages.bucket.clone()),
                                 key,
                                 error,
                                 skip: false,
