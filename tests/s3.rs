@@ -5,7 +5,7 @@ mod common;
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -82,19 +82,24 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn sync_s3(server: &Server, target: &str, secret: &str, extra: &[&str]) -> Output {
-    let dir = tempfile::tempdir().unwrap();
-    let endpoint = server.endpoint();
-    let mut args = vec!["sync", target, "--endpoint-url", &endpoint];
-    args.extend_from_slice(extra);
+/// Runs `ingestd ARGS --endpoint-url ENDPOINT` in `dir` with the test credentials (and `secret`).
+fn ingestd_s3(dir: &Path, endpoint: &str, args: &[&str], secret: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ingestd"))
-        .args(&args)
-        .current_dir(dir.path())
+        .args(args)
+        .args(["--endpoint-url", endpoint])
+        .current_dir(dir)
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", secret)
         .env_remove("RUST_LOG")
         .output()
         .unwrap()
+}
+
+fn sync_s3(server: &Server, target: &str, secret: &str, extra: &[&str]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["sync", target];
+    args.extend_from_slice(extra);
+    ingestd_s3(dir.path(), &server.endpoint(), &args, secret)
 }
 
 #[test]
@@ -230,22 +235,35 @@ fn endpoints_outside_the_policy_are_refused_before_any_request() {
         ("ftp://x".to_owned(), true, "scheme"),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let mut args = vec!["sync", "s3://docs", "--endpoint-url", endpoint.as_str()];
+        let mut args = vec!["sync", "s3://docs"];
         if allow {
             args.push("--allow-private-endpoint");
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_ingestd"))
-            .args(&args)
-            .current_dir(dir.path())
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-            .output()
-            .unwrap();
+        let out = ingestd_s3(dir.path(), &endpoint, &args, SECRET_KEY);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{endpoint}: {stderr}");
         assert!(stderr.contains(needle), "{endpoint}: {stderr}");
         assert!(out.stdout.is_empty());
     }
+}
+
+/// Accepts connections on a loopback port and hands each to `serve`.
+fn listen(mut serve: impl FnMut(TcpStream) + Send + 'static) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || listener.incoming().flatten().for_each(&mut serve));
+    addr
+}
+
+/// Connects to `upstream` and forwards the client's requests to it; the caller forwards the
+/// responses (and may cut them).
+fn open_upstream(client: &TcpStream, upstream: SocketAddr) -> Option<TcpStream> {
+    let server = TcpStream::connect(upstream).ok()?;
+    let (mut client_in, mut server_out) = (client.try_clone().ok()?, server.try_clone().ok()?);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut client_in, &mut server_out);
+    });
+    Some(server)
 }
 
 /// A TCP proxy in front of `upstream` that cuts connections once their response passes
@@ -255,39 +273,29 @@ fn cutting_proxy(
     cut_after: usize,
     once: bool,
 ) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
     let cuts = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&cuts);
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(mut client) = client else { continue };
-            let Ok(mut server) = std::net::TcpStream::connect(upstream) else {
-                continue;
-            };
-            let (mut client_in, mut server_out) =
-                (client.try_clone().unwrap(), server.try_clone().unwrap());
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut client_in, &mut server_out);
-            });
-            let counter = Arc::clone(&counter);
-            std::thread::spawn(move || {
-                let mut sent = 0;
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = server.read(&mut buf) {
-                    if n == 0 || client.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                    sent += n;
-                    if sent > cut_after && (!once || counter.load(Ordering::SeqCst) == 0) {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        let _ = client.shutdown(std::net::Shutdown::Both);
-                        let _ = server.shutdown(std::net::Shutdown::Both);
-                        break;
-                    }
+    let addr = listen(move |mut client| {
+        let Some(mut server) = open_upstream(&client, upstream) else {
+            return;
+        };
+        let counter = Arc::clone(&counter);
+        std::thread::spawn(move || {
+            let mut sent = 0;
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = server.read(&mut buf) {
+                if n == 0 || client.write_all(&buf[..n]).is_err() {
+                    break;
                 }
-            });
-        }
+                sent += n;
+                if sent > cut_after && (!once || counter.load(Ordering::SeqCst) == 0) {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    let _ = server.shutdown(std::net::Shutdown::Both);
+                    break;
+                }
+            }
+        });
     });
     (addr, cuts)
 }
@@ -312,22 +320,14 @@ fn a_body_that_breaks_off_resumes_where_it_stopped() {
     let server = Server::start();
     let local = big_object(&server);
     let (proxy, cuts) = cutting_proxy(server.addr, 100_000, true);
-    let endpoint = format!("http://{proxy}");
-    let out = Command::new(env!("CARGO_BIN_EXE_ingestd"))
-        .args([
-            "sync",
-            "s3://big",
-            "--endpoint-url",
-            &endpoint,
-            "--allow-private-endpoint",
-            "--chunk-size",
-            "300",
-        ])
-        .current_dir(local.path())
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .output()
-        .unwrap();
+    let args = [
+        "sync",
+        "s3://big",
+        "--allow-private-endpoint",
+        "--chunk-size",
+        "300",
+    ];
+    let out = ingestd_s3(local.path(), &format!("http://{proxy}"), &args, SECRET_KEY);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -354,20 +354,8 @@ fn a_body_that_keeps_breaking_is_a_retryable_source_error() {
     let server = Server::start();
     let local = big_object(&server);
     let (proxy, _) = cutting_proxy(server.addr, 20_000, false);
-    let endpoint = format!("http://{proxy}");
-    let out = Command::new(env!("CARGO_BIN_EXE_ingestd"))
-        .args([
-            "sync",
-            "s3://big",
-            "--endpoint-url",
-            &endpoint,
-            "--allow-private-endpoint",
-        ])
-        .current_dir(local.path())
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .output()
-        .unwrap();
+    let args = ["sync", "s3://big", "--allow-private-endpoint"];
+    let out = ingestd_s3(local.path(), &format!("http://{proxy}"), &args, SECRET_KEY);
     assert_eq!(
         out.status.code(),
         Some(3),
@@ -383,59 +371,37 @@ fn a_body_that_keeps_breaking_is_a_retryable_source_error() {
 /// A proxy that answers the first `refusals` connections with `503 SlowDown`, as S3 and Spaces
 /// do when throttling, and forwards the rest to `upstream`.
 fn throttling_proxy(upstream: SocketAddr, refusals: usize) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
     let refused = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&refused);
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(mut client) = client else { continue };
-            if counter.load(Ordering::SeqCst) < refusals {
-                counter.fetch_add(1, Ordering::SeqCst);
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && client.read(&mut byte).unwrap_or(0) == 1 {
-                    head.push(byte[0]);
-                }
-                let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
-                let _ = write!(
-                    client,
-                    "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                continue;
+    let addr = listen(move |mut client| {
+        if counter.load(Ordering::SeqCst) < refusals {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && client.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
             }
-            let Ok(mut server) = std::net::TcpStream::connect(upstream) else {
-                continue;
-            };
-            let (mut client_in, mut server_out) =
-                (client.try_clone().unwrap(), server.try_clone().unwrap());
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut client_in, &mut server_out);
-            });
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut server, &mut client);
-            });
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+            let _ = write!(
+                client,
+                "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            return;
         }
+        let Some(mut server) = open_upstream(&client, upstream) else {
+            return;
+        };
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut server, &mut client);
+        });
     });
     (addr, refused)
 }
 
 fn sync_through(proxy: SocketAddr, dir: &Path) -> Output {
-    let endpoint = format!("http://{proxy}");
-    Command::new(env!("CARGO_BIN_EXE_ingestd"))
-        .args([
-            "sync",
-            "s3://docs/formats/",
-            "--endpoint-url",
-            &endpoint,
-            "--allow-private-endpoint",
-        ])
-        .current_dir(dir)
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .output()
-        .unwrap()
+    let args = ["sync", "s3://docs/formats/", "--allow-private-endpoint"];
+    ingestd_s3(dir, &format!("http://{proxy}"), &args, SECRET_KEY)
 }
 
 #[test]
