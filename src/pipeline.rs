@@ -68,9 +68,9 @@ pub async fn process<S: Source>(
         media_type: None,
         format: None,
     };
-    let started = request.event(EventKind::FileSyncing {}, file_ref.clone());
+    let started = request.event(EventKind::FileSyncing {}, Some(file_ref.clone()));
     let finish = |file_ref: FileRef, records: Vec<ChunkRecord>, kind, bytes_read| {
-        let outcome = request.event(kind, file_ref);
+        let outcome = request.event(kind, Some(file_ref));
         tracing::debug!(key = %outcome.file.as_ref().map_or("", |f| f.key.as_str()), outcome = outcome.name(), chunks = records.len(), bytes_read, "file processed");
         FileOutput {
             started: started.clone(),
@@ -312,10 +312,10 @@ fn split_content_type(content_type: Option<&str>) -> (Option<String>, Option<Str
 }
 
 impl Request {
-    /// An event of this request about `file`.
+    /// An event of this request, about `file` when it concerns one.
     #[must_use]
-    pub fn event(&self, kind: EventKind, file: FileRef) -> Event {
-        let mut event = Event::new(kind, Some(file));
+    pub fn event(&self, kind: EventKind, file: Option<FileRef>) -> Event {
+        let mut event = Event::new(kind, file);
         event.request_id.clone_from(&self.request_id);
         event.customer_id.clone_from(&self.customer_id);
         event.data_source_id.clone_from(&self.data_source_id);

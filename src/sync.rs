@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use crate::job::{Event, EventKind, FileRef, ProcessedCounts};
+use crate::job::{EventKind, FileRef, ProcessedCounts};
 use crate::pipeline::{self, FileOutput, Request};
 use crate::sink::{JsonlSink, SinkError};
 use crate::source::{Listed, Source};
@@ -137,11 +137,7 @@ pub async fn run<S: Source>(
         summary.add(&output);
         progress.file_done(output.bytes_read, output.records.len());
     }
-    let mut done = Event::new(EventKind::AllFilesProcessed(summary.counts), None);
-    done.request_id.clone_from(&request.request_id);
-    done.customer_id.clone_from(&request.customer_id);
-    done.data_source_id.clone_from(&request.data_source_id);
-    sink.write_event(&done)?;
+    sink.write_event(&request.event(EventKind::AllFilesProcessed(summary.counts), None))?;
     sink.flush()?;
     summary.elapsed = started.elapsed();
     let c = &summary.counts;
@@ -183,9 +179,9 @@ fn problem_output(
         }
     };
     FileOutput {
-        started: request.event(EventKind::FileSyncing {}, file.clone()),
+        started: request.event(EventKind::FileSyncing {}, Some(file.clone())),
         records: Vec::new(),
-        outcome: request.event(kind, file),
+        outcome: request.event(kind, Some(file)),
         bytes_read: 0,
     }
 }
