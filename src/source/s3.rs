@@ -130,17 +130,14 @@ impl S3Source {
             .await
         {
             Ok(head) => Ok(Some(ObjectMeta {
-                bucket: Some(self.bucket.clone()),
-                key: self.prefix.clone(),
-                size: head
-                    .content_length()
-                    .and_then(|n| u64::try_from(n).ok())
-                    .unwrap_or(0),
-                etag: head.e_tag().map(str::to_owned),
-                last_modified: head
-                    .last_modified()
-                    .and_then(|t| SystemTime::try_from(*t).ok()),
                 content_type: head.content_type().map(str::to_owned),
+                ..object_meta(
+                    &self.bucket,
+                    &self.prefix,
+                    head.content_length(),
+                    head.e_tag(),
+                    head.last_modified(),
+                )
             })),
             Err(err)
                 if err.as_service_error().is_some_and(
@@ -151,6 +148,24 @@ impl S3Source {
             }
             Err(err) => Err(classify(&err, "checking", &self.bucket, &self.prefix)),
         }
+    }
+}
+
+/// An object as S3 describes it in listings and HEAD responses (no content type in listings).
+fn object_meta(
+    bucket: &str,
+    key: &str,
+    size: Option<i64>,
+    etag: Option<&str>,
+    last_modified: Option<&aws_sdk_s3::primitives::DateTime>,
+) -> ObjectMeta {
+    ObjectMeta {
+        bucket: Some(bucket.to_owned()),
+        key: key.to_owned(),
+        size: size.and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+        etag: etag.map(str::to_owned),
+        last_modified: last_modified.and_then(|t| SystemTime::try_from(*t).ok()),
+        content_type: None,
     }
 }
 
@@ -282,19 +297,13 @@ impl Source for S3Source {
                                 if key.ends_with('/') && object.size().unwrap_or(0) == 0 {
                                     return None;
                                 }
-                                Some(Listed::Object(ObjectMeta {
-                                    bucket: Some(bucket.clone()),
-                                    key: key.to_owned(),
-                                    size: object
-                                        .size()
-                                        .and_then(|n| u64::try_from(n).ok())
-                                        .unwrap_or(0),
-                                    etag: object.e_tag().map(str::to_owned),
-                                    last_modified: object
-                                        .last_modified()
-                                        .and_then(|t| SystemTime::try_from(*t).ok()),
-                                    content_type: None,
-                                }))
+                                Some(Listed::Object(object_meta(
+                                    &bucket,
+                                    key,
+                                    object.size(),
+                                    object.e_tag(),
+                                    object.last_modified(),
+                                )))
                             }));
                     }
                     Err(err) => {
