@@ -339,3 +339,17 @@ fn shipped_config_is_picked_up_from_the_working_directory() {
     );
     assert_eq!(lines(&out.stdout)[0]["chunking"]["chunk_size"], 1500);
 }
+
+#[test]
+fn output_that_cannot_be_written_is_fatal_exit_1() {
+    // /dev/full accepts the open and fails every write: a full disk.
+    let dir = tempfile::tempdir().unwrap();
+    let text = fixture("text");
+    let out = ingestd(
+        dir.path(),
+        &["sync", text.to_str().unwrap(), "--out", "/dev/full"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("error: writing chunks"), "{stderr}");
+}
