@@ -126,12 +126,22 @@ impl Default for ChunkingConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Text objects larger than this are skipped with `TOO_LARGE` before being read.
+    /// Objects larger than this are skipped with `TOO_LARGE` before being read.
+    #[serde(default = "default_max_object_bytes")]
+    pub max_object_bytes: u64,
+    /// Text formats parsed whole (HTML, XML, JSON, CSV, subtitles) larger than this are skipped
+    /// with `TOO_LARGE` after reading only their head; plain text, markdown and code are
+    /// streamed whatever their size.
     #[serde(default = "default_max_text_object_bytes")]
     pub max_text_object_bytes: u64,
     /// Extracted text larger than this is a `LIMIT_EXCEEDED` error.
     #[serde(default = "default_max_text_bytes")]
     pub max_text_bytes: usize,
+}
+
+/// 10 GiB: beyond this an object is an archive or a dump, not a document.
+fn default_max_object_bytes() -> u64 {
+    10 * 1024 * 1024 * 1024
 }
 
 /// 64 MiB: text files beyond this are rarely meant to be searched as prose.
@@ -147,6 +157,7 @@ fn default_max_text_bytes() -> usize {
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
+            max_object_bytes: default_max_object_bytes(),
             max_text_object_bytes: default_max_text_object_bytes(),
             max_text_bytes: default_max_text_bytes(),
         }
@@ -367,6 +378,9 @@ impl Config {
                     c.chunk_overlap, c.chunk_size
                 ),
             ));
+        }
+        if self.limits.max_object_bytes == 0 {
+            return Err(invalid("limits.max_object_bytes", "must be at least 1"));
         }
         if self.limits.max_text_object_bytes == 0 {
             return Err(invalid(

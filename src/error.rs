@@ -41,6 +41,9 @@ pub enum ErrorCode {
     EndpointNotAllowed,
     /// The source could not be reached or kept failing; retryable.
     SourceUnavailable,
+    /// The object was replaced while it was being streamed and records of the old version had
+    /// already left; retryable (the retry reads the new version).
+    ObjectChanged,
     /// Output could not be delivered downstream.
     SinkFailed,
     /// A bug in ingestd (a decoder panicked); the file is reported, the worker goes on.
@@ -63,6 +66,7 @@ impl ErrorCode {
             ErrorCode::AccessDenied => "ACCESS_DENIED",
             ErrorCode::EndpointNotAllowed => "ENDPOINT_NOT_ALLOWED",
             ErrorCode::SourceUnavailable => "SOURCE_UNAVAILABLE",
+            ErrorCode::ObjectChanged => "OBJECT_CHANGED",
             ErrorCode::SinkFailed => "SINK_FAILED",
             ErrorCode::Internal => "INTERNAL",
         }

@@ -204,6 +204,7 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
         request_id: args.request_id,
         customer_id: None,
         data_source_id: None,
+        max_object_bytes: config.limits.max_object_bytes,
         max_text_object_bytes: config.limits.max_text_object_bytes,
         max_text_bytes: config.limits.max_text_bytes,
     });
@@ -212,7 +213,7 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
         .unwrap_or_else(|| config.sync.effective_concurrency());
     let summary = runtime
         .block_on(ingestd::sync::run(
-            &source,
+            source,
             request,
             concurrency,
             &mut sink,

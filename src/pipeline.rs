@@ -1,15 +1,19 @@
-//! One object through the stages: fetch → detect → extract → chunk → records. Shared by the
+//! One object through the stages: open → detect → extract → chunk → records, streamed. Shared by the
 //! one-shot `sync` command and the worker; knows nothing about where the output goes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use serde_json::Value;
+use tokio::sync::mpsc;
 
 use crate::chunk::Chunker;
-use crate::detect::{self, Detected};
+use crate::detect::{self, Detected, Family, TextHint};
 use crate::error::{ErrorCode, FileError, SkipReason};
-use crate::extract::{self, Rejection};
+use crate::extract::{self, Rejection, StreamDecoder};
 use crate::job::{ChunkRecord, ChunkingInfo, Event, EventKind, FileInfo, FileRef, SCHEMA_VERSION};
 use crate::source::{ObjectMeta, Source, SourceKind};
 
@@ -28,186 +32,394 @@ pub struct Request {
     pub customer_id: Option<String>,
     /// The data source.
     pub data_source_id: Option<String>,
-    /// Text objects larger than this are skipped before download.
+    /// Objects larger than this are skipped before download.
+    pub max_object_bytes: u64,
+    /// Text formats parsed whole larger than this are skipped after reading their head.
     pub max_text_object_bytes: u64,
     /// Extracted text larger than this fails the file.
     pub max_text_bytes: usize,
 }
 
-/// What processing one file produced: its records and the events that frame them.
+/// What leaves the pipeline for one file, in order: `FILE_SYNCING`, the chunk records, then the
+/// outcome event (`FILE_READY`, `FILE_ERROR` or `FILES_SKIPPED`).
 #[derive(Debug, Clone)]
-pub struct FileOutput {
-    /// `FILE_SYNCING`, stamped when processing started.
-    pub started: Event,
-    /// The chunk records, in order.
-    pub records: Vec<ChunkRecord>,
-    /// `FILE_READY`, `FILE_ERROR` or `FILES_SKIPPED`.
+pub enum Emitted {
+    /// A status event.
+    Event(Box<Event>),
+    /// A chunk record.
+    Record(Box<ChunkRecord>),
+}
+
+/// Where a file's output goes. Bounded: a slow consumer slows the file down instead of letting
+/// records pile up in memory.
+pub type Emitter = mpsc::Sender<Emitted>;
+
+/// The tally of one processed file (its outcome event has been emitted too).
+#[derive(Debug, Clone)]
+pub struct FileReport {
+    /// The outcome event.
     pub outcome: Event,
     /// Bytes read from the source.
     pub bytes_read: u64,
 }
 
-impl FileOutput {
-    /// The file's outcome event's kind.
-    #[must_use]
-    pub fn outcome_kind(&self) -> &EventKind {
-        &self.outcome.kind
+/// Text is streamed through the chunker in segments of about this many bytes; objects up to
+/// this size are read whole.
+pub const SEGMENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// Opens of one object when it is replaced before any of its records left.
+const MAX_OPENS: u32 = 3;
+
+/// How a file ended.
+enum Outcome {
+    Ready { chunks: usize, tokens: usize },
+    Skipped(SkipReason, String),
+    Failed(FileError),
+}
+
+impl From<FileError> for Outcome {
+    fn from(err: FileError) -> Self {
+        Outcome::Failed(err)
     }
 }
 
-/// Processes one object end to end. Never fails: every problem becomes the outcome event.
+impl From<Rejection> for Outcome {
+    fn from(rejection: Rejection) -> Self {
+        match rejection {
+            Rejection::Skip { reason, message } => Outcome::Skipped(reason, message),
+            Rejection::Error(err) => Outcome::Failed(err),
+        }
+    }
+}
+
+/// The receiving end went away: stop working on the file.
+fn closed() -> FileError {
+    FileError::permanent(ErrorCode::SinkFailed, "the output was closed")
+}
+
+/// Processes one object end to end, emitting its events and records to `out`. Never fails:
+/// every problem becomes the outcome event.
 pub async fn process<S: Source>(
     source: &S,
-    mut object: ObjectMeta,
+    object: ObjectMeta,
     request: Arc<Request>,
-) -> FileOutput {
-    let mut file_ref = FileRef {
-        bucket: object.bucket.clone(),
-        key: object.key.clone(),
-        etag: object.etag.clone(),
-        media_type: None,
-        format: None,
+    out: &Emitter,
+) -> FileReport {
+    let mut file = Processing {
+        file_ref: FileRef {
+            bucket: object.bucket.clone(),
+            key: object.key.clone(),
+            etag: object.etag.clone(),
+            media_type: None,
+            format: None,
+        },
+        object,
+        request,
+        kind: source.kind(),
+        bytes_read: 0,
     };
-    let started = request.event(EventKind::FileSyncing {}, Some(file_ref.clone()));
-    let finish = |file_ref: FileRef, records: Vec<ChunkRecord>, kind, bytes_read| {
-        let outcome = request.event(kind, Some(file_ref));
-        tracing::debug!(key = %outcome.file.as_ref().map_or("", |f| f.key.as_str()), outcome = outcome.name(), chunks = records.len(), bytes_read, "file processed");
-        FileOutput {
-            started: started.clone(),
-            records,
-            outcome,
-            bytes_read,
-        }
+    let started = file
+        .request
+        .event(EventKind::FileSyncing {}, Some(file.file_ref.clone()));
+    let outcome = if out.send(Emitted::Event(Box::new(started))).await.is_err() {
+        Outcome::Failed(closed())
+    } else {
+        file.run(source, out).await
     };
-    if object.size == 0 {
-        let kind = skipped(SkipReason::Empty, "the object has no bytes".to_owned());
-        return finish(file_ref, Vec::new(), kind, 0);
+    let kind = match outcome {
+        Outcome::Ready { chunks, tokens } => EventKind::FileReady {
+            chunk_count: chunks,
+            token_count: tokens,
+        },
+        Outcome::Skipped(reason, message) => EventKind::FilesSkipped { reason, message },
+        Outcome::Failed(err) => EventKind::FileError {
+            error_code: err.code,
+            retryable: err.retryable(),
+            message: err.message,
+        },
+    };
+    let outcome = file.request.event(kind, Some(file.file_ref));
+    tracing::debug!(key = %file.object.key, outcome = outcome.name(), bytes_read = file.bytes_read, "file processed");
+    // A closed output has nobody left to tell.
+    let _ = out.send(Emitted::Event(Box::new(outcome.clone()))).await;
+    FileReport {
+        outcome,
+        bytes_read: file.bytes_read,
     }
-    if object.size > request.max_text_object_bytes {
-        let message = format!(
-            "the object is {} bytes, over limits.max_text_object_bytes ({})",
-            object.size, request.max_text_object_bytes
+}
+
+/// One file on its way through the stages.
+struct Processing {
+    object: ObjectMeta,
+    file_ref: FileRef,
+    request: Arc<Request>,
+    kind: SourceKind,
+    bytes_read: u64,
+}
+
+impl Processing {
+    async fn run<S: Source>(&mut self, source: &S, out: &Emitter) -> Outcome {
+        let limits = (
+            self.request.max_object_bytes,
+            self.request.max_text_object_bytes,
         );
-        return finish(
-            file_ref,
-            Vec::new(),
-            skipped(SkipReason::TooLarge, message),
-            0,
-        );
-    }
-    let bytes = match source.read(&object, request.max_text_object_bytes).await {
-        Ok(fetched) => {
-            // Describe the version that was read, not the one that was listed.
-            object.etag = fetched.etag.or(object.etag);
-            object.content_type = fetched.content_type.or(object.content_type);
-            object.size = fetched.bytes.len() as u64;
-            fetched.bytes
+        if self.object.size == 0 {
+            return Outcome::Skipped(SkipReason::Empty, "the object has no bytes".to_owned());
         }
-        Err(err) if err.code == ErrorCode::TooLarge => {
-            return finish(
-                file_ref,
-                Vec::new(),
-                skipped(SkipReason::TooLarge, err.message),
-                0,
+        if self.object.size > limits.0 {
+            return Outcome::Skipped(
+                SkipReason::TooLarge,
+                format!(
+                    "the object is {} bytes, over limits.max_object_bytes ({})",
+                    self.object.size, limits.0
+                ),
             );
         }
-        Err(err) => return finish(file_ref, Vec::new(), failed(&err), 0),
-    };
-    let bytes_read = bytes.len() as u64;
-    let kind = source.kind();
-    let work_request = Arc::clone(&request);
-    let work = tokio::task::spawn_blocking(move || convert(&bytes, &object, kind, &work_request));
-    match work.await {
-        Ok(Converted { detected, result }) => {
-            file_ref.media_type = detected.format.media_type();
-            file_ref.format = Some(detected.format.name().to_owned());
-            match result {
-                Ok((records, etag)) => {
-                    file_ref.etag = Some(etag);
-                    let kind = EventKind::FileReady {
-                        chunk_count: records.len(),
-                        token_count: records.iter().map(|r| r.token_count).sum(),
-                    };
-                    finish(file_ref, records, kind, bytes_read)
-                }
-                Err(Rejection::Skip { reason, message }) => {
-                    finish(file_ref, Vec::new(), skipped(reason, message), bytes_read)
-                }
-                Err(Rejection::Error(err)) => {
-                    finish(file_ref, Vec::new(), failed(&err), bytes_read)
-                }
+        let mut opens = 0;
+        loop {
+            opens += 1;
+            match self.read_head(source).await {
+                Ok((head, body, ended)) => return self.convert(head, body, ended, out).await,
+                // Nothing has left yet: read the new version from the start.
+                Err(err) if err.code == ErrorCode::ObjectChanged && opens < MAX_OPENS => {}
+                Err(err) => return Outcome::Failed(err),
             }
         }
-        Err(join) => {
-            // A panic in a decoder is a bug to fix, but it costs one file, not the worker.
+    }
+
+    /// Opens the object and reads its first segment (all of it when it is small).
+    async fn read_head<S: Source>(
+        &mut self,
+        source: &S,
+    ) -> Result<(Vec<u8>, BoxStream<'static, Result<Bytes, FileError>>, bool), FileError> {
+        let opened = source.open(&self.object).await?;
+        // Describe the version that is read, not the one that was listed.
+        if opened.etag.is_some() {
+            self.object.etag = opened.etag;
+            self.file_ref.etag.clone_from(&self.object.etag);
+        }
+        if opened.content_type.is_some() {
+            self.object.content_type = opened.content_type;
+        }
+        let mut body = opened.body;
+        let mut head = Vec::with_capacity(
+            usize::try_from(self.object.size).map_or(SEGMENT_BYTES, |n| n.min(SEGMENT_BYTES)),
+        );
+        let ended = self.fill(&mut body, &mut head, SEGMENT_BYTES).await?;
+        Ok((head, body, ended))
+    }
+
+    /// Appends to `bytes` until it holds `up_to` bytes or the body ends (then `true`).
+    async fn fill(
+        &mut self,
+        body: &mut BoxStream<'static, Result<Bytes, FileError>>,
+        bytes: &mut Vec<u8>,
+        up_to: usize,
+    ) -> Result<bool, FileError> {
+        while bytes.len() < up_to {
+            match body.next().await {
+                Some(piece) => {
+                    let piece = piece?;
+                    self.bytes_read += piece.len() as u64;
+                    bytes.extend_from_slice(&piece);
+                }
+                None => return Ok(true),
+            }
+        }
+        Ok(false)
+    }
+
+    async fn convert(
+        &mut self,
+        mut head: Vec<u8>,
+        mut body: BoxStream<'static, Result<Bytes, FileError>>,
+        ended: bool,
+        out: &Emitter,
+    ) -> Outcome {
+        let (mime, charset) = split_content_type(self.object.content_type.as_deref());
+        let detected = detect::detect(&head, mime.as_deref(), &self.object.key);
+        self.file_ref.media_type = detected.format.media_type();
+        self.file_ref.format = Some(detected.format.name().to_owned());
+        let hint = detected.text_hint.unwrap_or(TextHint::Bytes);
+        let text = detected.format.family() == Family::Text;
+        let streamable = extract::streamable(detected.format);
+        let limit = self.request.max_text_object_bytes;
+        if text && streamable.is_none() && self.object.size.max(head.len() as u64) > limit {
+            return Outcome::Skipped(
+                SkipReason::TooLarge,
+                format!(
+                    "the object is {} bytes of {}, which is parsed whole, over limits.max_text_object_bytes ({limit})",
+                    self.object.size,
+                    detected.format.name()
+                ),
+            );
+        }
+        if !ended && text {
+            if let Some(structure) = streamable
+                && let Some(decoder) = StreamDecoder::for_head(&head, hint, charset.as_deref())
+            {
+                return self
+                    .stream(head, body, decoder, structure, detected, out)
+                    .await
+                    .unwrap_or_else(Outcome::Failed);
+            }
+            let cap = usize::try_from(limit)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1);
+            match self.fill(&mut body, &mut head, cap).await {
+                Ok(true) if head.len() as u64 <= limit => {}
+                Ok(_) => {
+                    return Outcome::Skipped(
+                        SkipReason::TooLarge,
+                        format!(
+                            "the object grew past limits.max_text_object_bytes ({limit}) while being read"
+                        ),
+                    );
+                }
+                Err(err) => return Outcome::Failed(err),
+            }
+        }
+        drop(body);
+        self.object.size = head.len() as u64;
+        let (object, kind, request) = (self.object.clone(), self.kind, Arc::clone(&self.request));
+        let sender = out.clone();
+        let work = tokio::task::spawn_blocking(move || -> Result<Outcome, FileError> {
+            let extracted =
+                match extract::extract(&head, detected, charset.as_deref(), request.max_text_bytes)
+                {
+                    Ok(extracted) => extracted,
+                    Err(rejection) => return Ok(rejection.into()),
+                };
+            let mut object = object;
+            if object.etag.is_none() {
+                object.etag = Some(content_etag(&head));
+            }
+            let file = file_info(&object, detected, kind);
+            let mut at = Cursor::default();
+            cut(
+                &extracted.text,
+                extracted.structure,
+                &file,
+                &request,
+                &mut at,
+                true,
+                &sender,
+            )?;
+            Ok(Outcome::Ready {
+                chunks: at.index,
+                tokens: at.tokens,
+            })
+        });
+        match self.blocking(work).await {
+            Ok(outcome) => outcome,
+            Err(err) => Outcome::Failed(err),
+        }
+    }
+
+    /// Streams text through the chunker segment by segment: memory is bounded by
+    /// [`SEGMENT_BYTES`], not by the object's size.
+    async fn stream(
+        &mut self,
+        head: Vec<u8>,
+        mut body: BoxStream<'static, Result<Bytes, FileError>>,
+        mut decoder: StreamDecoder,
+        structure: crate::chunk::Structure,
+        detected: Detected,
+        out: &Emitter,
+    ) -> Result<Outcome, FileError> {
+        let file = Arc::new(file_info(&self.object, detected, self.kind));
+        let mut text = String::with_capacity(SEGMENT_BYTES + SEGMENT_BYTES / 4);
+        decoder.push(&head, false, &mut text)?;
+        drop(head);
+        let mut at = Cursor::default();
+        loop {
+            let mut ended = false;
+            while text.len() < SEGMENT_BYTES {
+                let Some(piece) = body.next().await else {
+                    decoder.push(&[], true, &mut text)?;
+                    ended = true;
+                    break;
+                };
+                let piece = piece?;
+                self.bytes_read += piece.len() as u64;
+                decoder.push(&piece, false, &mut text)?;
+            }
+            let (request, file, sender) =
+                (Arc::clone(&self.request), Arc::clone(&file), out.clone());
+            let work = tokio::task::spawn_blocking(move || {
+                let done = cut(&text, structure, &file, &request, &mut at, ended, &sender)?;
+                text.drain(..done);
+                Ok((text, at))
+            });
+            (text, at) = self.blocking(work).await?;
+            if ended {
+                return Ok(Outcome::Ready {
+                    chunks: at.index,
+                    tokens: at.tokens,
+                });
+            }
+        }
+    }
+
+    /// Waits for work on a blocking thread; a panic there costs this file, not the worker.
+    async fn blocking<T>(
+        &self,
+        work: tokio::task::JoinHandle<Result<T, FileError>>,
+    ) -> Result<T, FileError> {
+        work.await.unwrap_or_else(|join| {
             let message = if join.is_panic() {
                 format!(
                     "processing {} crashed inside a decoder; the file was not processed",
-                    file_ref.key
+                    self.object.key
                 )
             } else {
-                format!("processing {} was cancelled", file_ref.key)
+                format!("processing {} was cancelled", self.object.key)
             };
-            let err = FileError::permanent(ErrorCode::Internal, message);
-            finish(file_ref, Vec::new(), failed(&err), bytes_read)
-        }
+            Err(FileError::permanent(ErrorCode::Internal, message))
+        })
     }
 }
 
-fn skipped(reason: SkipReason, message: String) -> EventKind {
-    EventKind::FilesSkipped { reason, message }
+/// How far into a file's text the records have got.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cursor {
+    /// Index of the next chunk.
+    index: usize,
+    /// Byte offset in the file's text of the text being cut.
+    offset: usize,
+    /// Tokens emitted so far.
+    tokens: usize,
 }
 
-fn failed(err: &FileError) -> EventKind {
-    EventKind::FileError {
-        error_code: err.code,
-        message: err.message.clone(),
-        retryable: err.retryable(),
+fn file_info(object: &ObjectMeta, detected: Detected, kind: SourceKind) -> FileInfo {
+    FileInfo {
+        bucket: object.bucket.clone(),
+        key: object.key.clone(),
+        etag: object.etag.clone(),
+        size: object.size,
+        last_modified: object
+            .last_modified
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+        content_type: object.content_type.clone(),
+        media_type: detected.format.media_type(),
+        format: detected.format.name().to_owned(),
+        data_source_metadata: kind.data_source_metadata().to_owned(),
+        file_metadata: kind.file_metadata().to_owned(),
     }
 }
 
-struct Converted {
-    detected: Detected,
-    result: Result<(Vec<ChunkRecord>, String), Rejection>,
-}
-
-/// The CPU-bound part, on a blocking thread.
-fn convert(bytes: &[u8], object: &ObjectMeta, kind: SourceKind, request: &Request) -> Converted {
-    let (mime, charset) = split_content_type(object.content_type.as_deref());
-    let detected = detect::detect(bytes, mime.as_deref(), &object.key);
-    let result = extract::extract(bytes, detected, charset.as_deref(), request.max_text_bytes).map(
-        |extracted| {
-            let etag = object.etag.clone().unwrap_or_else(|| content_etag(bytes));
-            let file = FileInfo {
-                bucket: object.bucket.clone(),
-                key: object.key.clone(),
-                etag: Some(etag.clone()),
-                size: object.size,
-                last_modified: object
-                    .last_modified
-                    .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
-                content_type: object.content_type.clone(),
-                media_type: detected.format.media_type(),
-                format: detected.format.name().to_owned(),
-                data_source_metadata: kind.data_source_metadata().to_owned(),
-                file_metadata: kind.file_metadata().to_owned(),
-            };
-            (
-                records(&extracted.text, extracted.structure, &file, request),
-                etag,
-            )
-        },
-    );
-    Converted { detected, result }
-}
-
-/// Cuts the text and builds one record per chunk.
-fn records(
+/// Cuts `text` (which starts at `at.offset` in the file's text) and sends one record per chunk
+/// from a blocking thread. Unless `last`, the final two chunks are held back: where they end
+/// depends on text not read yet. Returns how many bytes of `text` are done with.
+fn cut(
     text: &str,
     structure: crate::chunk::Structure,
     file: &FileInfo,
     request: &Request,
-) -> Vec<ChunkRecord> {
+    at: &mut Cursor,
+    last: bool,
+    out: &Emitter,
+) -> Result<usize, FileError> {
     let chunker = &request.chunker;
     let prefix = request.prepend_filename.then(|| {
         let name = file.key.rsplit('/').next().unwrap_or(&file.key);
@@ -223,44 +435,60 @@ fn records(
         chunk_overlap: chunker.overlap(),
         encoding: chunker.encoding(),
     };
-    chunker
-        .chunk_within(text, structure, capacity)
-        .into_iter()
-        .enumerate()
-        .map(|(index, chunk)| {
-            let body = &text[chunk.range.clone()];
-            let (text, token_count) = match &prefix {
-                Some(prefix) => {
-                    let joined = format!("{prefix}{body}");
-                    let count = chunker.count(&joined);
-                    if count <= chunker.size() {
-                        (joined, count)
-                    } else {
-                        (body.to_owned(), chunk.token_count)
-                    }
+    let chunks = chunker.chunk_within(text, structure, capacity);
+    let keep = if last {
+        chunks.len()
+    } else {
+        chunks.len().saturating_sub(2)
+    };
+    let Some(done) = (if last {
+        Some(text.len())
+    } else {
+        chunks.get(keep).map(|chunk| chunk.range.start)
+    }) else {
+        // Too little text to tell where its chunks end: wait for more.
+        return Ok(0);
+    };
+    for chunk in &chunks[..keep] {
+        let body = &text[chunk.range.clone()];
+        let (text, token_count) = match &prefix {
+            Some(prefix) => {
+                let joined = format!("{prefix}{body}");
+                let count = chunker.count(&joined);
+                if count <= chunker.size() {
+                    (joined, count)
+                } else {
+                    (body.to_owned(), chunk.token_count)
                 }
-                None => (body.to_owned(), chunk.token_count),
-            };
-            ChunkRecord {
-                schema_version: SCHEMA_VERSION,
-                chunk_id: chunk_id(file, &chunking, prefix.is_some(), index, &chunk.range),
-                request_id: request.request_id.clone(),
-                customer_id: request.customer_id.clone(),
-                data_source_id: request.data_source_id.clone(),
-                file: file.clone(),
-                chunk_index: index,
-                text,
-                token_count,
-                range: [chunk.range.start, chunk.range.end],
-                page: None,
-                time_range_ms: None,
-                tags: request.tags.clone(),
-                embedding: None,
-                embedding_model: None,
-                chunking,
             }
-        })
-        .collect()
+            None => (body.to_owned(), chunk.token_count),
+        };
+        let range = at.offset + chunk.range.start..at.offset + chunk.range.end;
+        let record = ChunkRecord {
+            schema_version: SCHEMA_VERSION,
+            chunk_id: chunk_id(file, &chunking, prefix.is_some(), at.index, &range),
+            request_id: request.request_id.clone(),
+            customer_id: request.customer_id.clone(),
+            data_source_id: request.data_source_id.clone(),
+            file: file.clone(),
+            chunk_index: at.index,
+            text,
+            token_count,
+            range: [range.start, range.end],
+            page: None,
+            time_range_ms: None,
+            tags: request.tags.clone(),
+            embedding: None,
+            embedding_model: None,
+            chunking,
+        };
+        out.blocking_send(Emitted::Record(Box::new(record)))
+            .map_err(|_| closed())?;
+        at.index += 1;
+        at.tokens += token_count;
+    }
+    at.offset += done;
+    Ok(done)
 }
 
 /// Same object version + same options + same place ⇒ same id.

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::job::{EventKind, FileRef, ProcessedCounts};
-use crate::pipeline::{self, FileOutput, Request};
+use crate::pipeline::{self, Emitted, Emitter, FileReport, Request};
 use crate::sink::{JsonlSink, SinkError};
 use crate::source::{Listed, Source};
 use crate::telemetry::Progress;
@@ -35,14 +36,14 @@ impl Summary {
         if self.counts.files_failed == 0 { 0 } else { 3 }
     }
 
-    fn add(&mut self, output: &FileOutput) {
-        let media = output
+    fn add(&mut self, report: &FileReport) {
+        let media = report
             .outcome
             .file
             .as_ref()
             .and_then(|f| f.media_type)
             .map_or_else(|| "OTHER".to_owned(), |m| format!("{m:?}").to_uppercase());
-        let outcome = match output.outcome_kind() {
+        let outcome = match &report.outcome.kind {
             EventKind::FileReady {
                 chunk_count,
                 token_count,
@@ -62,7 +63,7 @@ impl Summary {
             }
         };
         *self.by_kind.entry((outcome, media)).or_default() += 1;
-        self.bytes_read += output.bytes_read;
+        self.bytes_read += report.bytes_read;
     }
 
     /// A one-screen summary for people.
@@ -99,44 +100,77 @@ impl Summary {
     }
 }
 
+/// Records a file may have waiting for the writer before its processing pauses.
+const RECORDS_IN_FLIGHT: usize = 256;
+
+/// A file being processed, in listing order: its output as it comes, then its tally.
+struct InFlight {
+    key: String,
+    output: mpsc::Receiver<Emitted>,
+    task: tokio::task::JoinHandle<FileReport>,
+}
+
 /// Runs every object of `source` through the pipeline and writes the results to `sink`.
+///
+/// Up to `concurrency` files are processed at once and written in listing order; memory is
+/// bounded by the concurrency, not by the number or size of the files.
 ///
 /// # Errors
 /// Only when the output cannot be written; file problems are events, not errors.
-pub async fn run<S: Source>(
-    source: &S,
+pub async fn run<S: Source + Clone + 'static>(
+    source: S,
     request: Arc<Request>,
     concurrency: usize,
     sink: &mut JsonlSink,
     progress: &Progress,
 ) -> Result<Summary, SinkError> {
     let started = Instant::now();
+    let concurrency = concurrency.max(1);
     let mut summary = Summary::default();
-    let outputs = source
-        .list()
-        .map(|listed| {
-            let request = Arc::clone(&request);
-            async move {
-                match listed {
-                    Listed::Object(object) => pipeline::process(source, object, request).await,
-                    Listed::Problem {
-                        bucket,
-                        key,
-                        error,
-                        skip,
-                    } => problem_output(&request, bucket, key, &error, skip),
+    let (queue, mut files) = mpsc::channel::<InFlight>(concurrency);
+    let producer = tokio::spawn(start_files(
+        source,
+        Arc::clone(&request),
+        concurrency,
+        queue,
+    ));
+    while let Some(InFlight {
+        key,
+        mut output,
+        task,
+    }) = files.recv().await
+    {
+        let mut records = 0;
+        while let Some(item) = output.recv().await {
+            match item {
+                Emitted::Event(event) => sink.write_event(&event)?,
+                Emitted::Record(record) => {
+                    records += 1;
+                    sink.write_record(&record)?;
                 }
             }
-        })
-        .buffered(concurrency.max(1));
-    let mut outputs = std::pin::pin!(outputs);
-    while let Some(output) = outputs.next().await {
-        sink.write_event(&output.started)?;
-        sink.write_records(&output.records)?;
-        sink.write_event(&output.outcome)?;
-        summary.add(&output);
-        progress.file_done(output.bytes_read, output.records.len());
+        }
+        let report = match task.await {
+            Ok(report) => report,
+            Err(join) => {
+                // `process` reports every problem itself; this is a bug, and costs one file.
+                let err = crate::error::FileError::permanent(
+                    crate::error::ErrorCode::Internal,
+                    format!("processing {key} stopped unexpectedly: {join}"),
+                );
+                let report = FileReport {
+                    outcome: request.event(failed(&err), Some(file_ref(None, key))),
+                    bytes_read: 0,
+                };
+                sink.write_event(&report.outcome)?;
+                report
+            }
+        };
+        summary.add(&report);
+        progress.file_done(report.bytes_read, records);
     }
+    // The listing ended (or failed and said so in an event).
+    let _ = producer.await;
     sink.write_event(&request.event(EventKind::AllFilesProcessed(summary.counts), None))?;
     sink.flush()?;
     summary.elapsed = started.elapsed();
@@ -152,36 +186,88 @@ pub async fn run<S: Source>(
     Ok(summary)
 }
 
-fn problem_output(
-    request: &Request,
-    bucket: Option<String>,
-    key: String,
-    error: &crate::error::FileError,
-    skip: bool,
-) -> FileOutput {
-    let file = FileRef {
+/// Lists `source` and starts each file once one of `concurrency` slots is free, queueing them
+/// for the writer in listing order. Stops when the writer goes away.
+async fn start_files<S: Source + Clone + 'static>(
+    source: S,
+    request: Arc<Request>,
+    concurrency: usize,
+    queue: mpsc::Sender<InFlight>,
+) {
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let mut listing = std::pin::pin!(source.list());
+    while let Some(listed) = listing.next().await {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let (out, output) = mpsc::channel(RECORDS_IN_FLIGHT);
+        let (source, request) = (source.clone(), Arc::clone(&request));
+        let key = match &listed {
+            Listed::Object(object) => object.key.clone(),
+            Listed::Problem { key, .. } => key.clone(),
+        };
+        let task = tokio::spawn(async move {
+            let report = match listed {
+                Listed::Object(object) => pipeline::process(&source, object, request, &out).await,
+                Listed::Problem {
+                    bucket,
+                    key,
+                    error,
+                    skip,
+                } => problem(&request, bucket, key, &error, skip, &out).await,
+            };
+            drop(slot);
+            report
+        });
+        if queue.send(InFlight { key, output, task }).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn file_ref(bucket: Option<String>, key: String) -> FileRef {
+    FileRef {
         bucket,
         key,
         etag: None,
         media_type: None,
         format: None,
-    };
+    }
+}
+
+fn failed(error: &crate::error::FileError) -> EventKind {
+    EventKind::FileError {
+        error_code: error.code,
+        message: error.message.clone(),
+        retryable: error.retryable(),
+    }
+}
+
+/// A listing entry that cannot be processed: its two events.
+async fn problem(
+    request: &Request,
+    bucket: Option<String>,
+    key: String,
+    error: &crate::error::FileError,
+    skip: bool,
+    out: &Emitter,
+) -> FileReport {
+    let file = file_ref(bucket, key);
     let kind = if skip {
         EventKind::FilesSkipped {
             reason: crate::error::SkipReason::UnsupportedFormat,
             message: error.message.clone(),
         }
     } else {
-        EventKind::FileError {
-            error_code: error.code,
-            message: error.message.clone(),
-            retryable: error.retryable(),
-        }
+        failed(error)
     };
-    FileOutput {
-        started: request.event(EventKind::FileSyncing {}, Some(file.clone())),
-        records: Vec::new(),
-        outcome: request.event(kind, Some(file)),
+    let started = request.event(EventKind::FileSyncing {}, Some(file.clone()));
+    let outcome = request.event(kind, Some(file));
+    // A closed output has nobody left to tell.
+    let _ = out.send(Emitted::Event(Box::new(started))).await;
+    let _ = out.send(Emitted::Event(Box::new(outcome.clone()))).await;
+    FileReport {
+        outcome,
         bytes_read: 0,
     }
 }

@@ -180,7 +180,7 @@ fn oversized_files_are_skipped_before_reading() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("pipeline.toml"),
-        "[limits]\nmax_text_object_bytes = 40\n",
+        "[limits]\nmax_object_bytes = 40\n",
     )
     .unwrap();
     let data = dir.path().join("data");
@@ -193,6 +193,72 @@ fn oversized_files_are_skipped_before_reading() {
     assert_eq!(outcome(&events, "big.txt")["reason"], "TOO_LARGE");
     assert_eq!(outcome(&events, "small.txt")["event"], "FILE_READY");
     assert_eq!(lines(&out.stdout).len(), 1);
+}
+
+/// Formats parsed whole have their own cap; plain text past it is streamed instead.
+#[test]
+fn whole_parsed_formats_over_their_cap_are_skipped_but_text_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    // The cap is below one streaming segment (4 MiB), so both files are read in segments.
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        "[limits]\nmax_text_object_bytes = 1000000\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let rows: Vec<String> = (0..200_000).map(|i| format!("{{\"n\": {i}}}")).collect();
+    std::fs::write(data.join("big.json"), format!("[{}]", rows.join(",\n"))).unwrap();
+    let prose: String = (0..120_000)
+        .map(|i| format!("Sentence number {i} of a long streamed text file."))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(prose.len() > 5 * 1024 * 1024);
+    std::fs::write(data.join("long.txt"), &prose).unwrap();
+    let out = ingestd(
+        dir.path(),
+        &[
+            "sync",
+            "data",
+            "--chunk-size",
+            "2000",
+            "--chunk-overlap",
+            "0",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = lines(&out.stderr);
+    assert_eq!(outcome(&events, "big.json")["reason"], "TOO_LARGE");
+    let ready = outcome(&events, "long.txt");
+    assert_eq!(ready["event"], "FILE_READY");
+    // The streamed records tile the text in order, each within chunk_size.
+    let records = lines(&out.stdout);
+    assert_eq!(records.len() as u64, ready["chunk_count"].as_u64().unwrap());
+    let mut rebuilt = String::new();
+    for (i, record) in records.iter().enumerate() {
+        assert_eq!(record["chunk_index"].as_u64(), Some(i as u64));
+        assert!(record["token_count"].as_u64().unwrap() <= 2000);
+        let [start, end] = [
+            record["range"][0].as_u64().unwrap() as usize,
+            record["range"][1].as_u64().unwrap() as usize,
+        ];
+        assert_eq!(&prose[start..end], record["text"].as_str().unwrap());
+        assert!(
+            start >= rebuilt.len(),
+            "chunk {i} overlaps the previous one"
+        );
+        assert!(
+            prose[rebuilt.len()..start].trim().is_empty(),
+            "text lost before chunk {i}"
+        );
+        rebuilt.push_str(&prose[rebuilt.len()..end]);
+    }
+    assert_eq!(rebuilt.trim_end(), prose.trim_end());
 }
 
 #[test]

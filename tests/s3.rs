@@ -38,7 +38,7 @@ impl Server {
                 .build()
                 .unwrap();
             runtime.block_on(async move {
-                let mut builder = S3ServiceBuilder::new(fs);
+                let mut builder = S3ServiceBuilder::new(Conditional(fs));
                 builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
                 let service = builder.build();
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -66,6 +66,61 @@ impl Server {
     /// Creates `bucket` holding a copy of the local folder `from`.
     fn bucket_from(&self, bucket: &str, from: &Path) {
         copy_dir(from, &self.root.path().join(bucket));
+    }
+}
+
+/// s3s-fs, plus `If-Match` on GET as S3 answers it (`412 PreconditionFailed` once the object
+/// has been replaced), which s3s-fs leaves out.
+struct Conditional(s3s_fs::FileSystem);
+
+#[async_trait::async_trait]
+impl s3s::S3 for Conditional {
+    async fn get_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::GetObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::GetObjectOutput>> {
+        if let Some(s3s::dto::ETagCondition::ETag(expected)) = req.input.if_match.clone() {
+            let head = req.clone().map_input(|input| {
+                s3s::dto::HeadObjectInput::builder()
+                    .bucket(input.bucket)
+                    .key(input.key)
+                    .build()
+                    .unwrap()
+            });
+            let current = self.0.head_object(head).await?.output.e_tag;
+            if !current.is_some_and(|etag| etag.strong_cmp(&expected)) {
+                return Err(s3s::s3_error!(PreconditionFailed, "ETag does not match"));
+            }
+        }
+        self.0.get_object(req).await
+    }
+
+    async fn head_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::HeadObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::HeadObjectOutput>> {
+        self.0.head_object(req).await
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: s3s::S3Request<s3s::dto::ListObjectsV2Input>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsV2Output>> {
+        self.0.list_objects_v2(req).await
+    }
+
+    async fn list_buckets(
+        &self,
+        req: s3s::S3Request<s3s::dto::ListBucketsInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListBucketsOutput>> {
+        self.0.list_buckets(req).await
+    }
+
+    async fn put_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::PutObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::PutObjectOutput>> {
+        self.0.put_object(req).await
     }
 }
 
@@ -273,13 +328,24 @@ fn cutting_proxy(
     cut_after: usize,
     once: bool,
 ) -> (SocketAddr, Arc<AtomicUsize>) {
+    cutting_proxy_then(upstream, cut_after, once, || {})
+}
+
+/// [`cutting_proxy`] that calls `on_cut` as it cuts, before the client can come back.
+fn cutting_proxy_then(
+    upstream: SocketAddr,
+    cut_after: usize,
+    once: bool,
+    on_cut: impl Fn() + Send + Sync + 'static,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let on_cut = Arc::new(on_cut);
     let cuts = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&cuts);
     let addr = listen(move |mut client| {
         let Some(mut server) = open_upstream(&client, upstream) else {
             return;
         };
-        let counter = Arc::clone(&counter);
+        let (counter, on_cut) = (Arc::clone(&counter), Arc::clone(&on_cut));
         std::thread::spawn(move || {
             let mut sent = 0;
             let mut buf = [0u8; 8192];
@@ -290,6 +356,7 @@ fn cutting_proxy(
                 sent += n;
                 if sent > cut_after && (!once || counter.load(Ordering::SeqCst) == 0) {
                     counter.fetch_add(1, Ordering::SeqCst);
+                    on_cut();
                     let _ = client.shutdown(std::net::Shutdown::Both);
                     let _ = server.shutdown(std::net::Shutdown::Both);
                     break;
@@ -477,4 +544,126 @@ fn listings_span_pages() {
         .collect();
     keys.dedup();
     assert_eq!(keys.len(), 1001, "every object exactly once");
+}
+
+/// `lines` lines of `word`, numbered.
+fn numbered(word: &str, lines: usize) -> String {
+    let mut text = String::new();
+    for i in 0..lines {
+        let _ = writeln!(
+            text,
+            "{word} line {i}: the quick brown fox jumps over the lazy dog."
+        );
+    }
+    text
+}
+
+/// Syncs `s3://swap` through a proxy that cuts the body after `cut_after` bytes and, as it
+/// cuts, replaces the object with one of other content.
+fn sync_while_replacing(lines: usize, cut_after: usize) -> (Output, tempfile::TempDir) {
+    let server = Server::start();
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("doc.txt"), numbered("OLD", lines)).unwrap();
+    server.bucket_from("swap", local.path());
+    let stored = server.root.path().join("swap/doc.txt");
+    let (proxy, cuts) = cutting_proxy_then(server.addr, cut_after, true, move || {
+        std::fs::write(&stored, numbered("NEW", lines)).unwrap();
+    });
+    let args = [
+        "sync",
+        "s3://swap",
+        "--allow-private-endpoint",
+        "--chunk-size",
+        "300",
+    ];
+    let out = ingestd_s3(local.path(), &format!("http://{proxy}"), &args, SECRET_KEY);
+    assert_eq!(
+        cuts.load(Ordering::SeqCst),
+        1,
+        "the proxy should have cut once"
+    );
+    std::fs::write(local.path().join("doc.txt"), numbered("NEW", lines)).unwrap();
+    (out, local)
+}
+
+#[test]
+fn an_object_replaced_before_any_record_left_is_read_again_whole() {
+    // 400 KB: read whole before chunking, so nothing has left when the replacement shows.
+    let (out, local) = sync_while_replacing(6000, 100_000);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = lines(&out.stdout);
+    let expected =
+        lines(&ingestd(local.path(), &["sync", "doc.txt", "--chunk-size", "300"]).stdout);
+    let texts = |records: &[serde_json::Value]| {
+        records
+            .iter()
+            .map(|r| r["text"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        texts(&records),
+        texts(&expected),
+        "only the new version's text"
+    );
+    let etags: std::collections::BTreeSet<_> = records
+        .iter()
+        .map(|r| r["file"]["etag"].to_string())
+        .collect();
+    assert_eq!(etags.len(), 1, "one version: {etags:?}");
+    let events = lines(&out.stderr);
+    let ready = outcome(&events, "doc.txt");
+    assert_eq!(ready["file"]["etag"].to_string(), *etags.first().unwrap());
+}
+
+#[test]
+fn an_object_replaced_while_streamed_is_a_retryable_object_changed() {
+    // 6.4 MB: streamed in segments; the first segment's records have left when it is cut.
+    let (out, _local) = sync_while_replacing(100_000, 5_500_000);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = lines(&out.stderr);
+    let failed = outcome(&events, "doc.txt");
+    assert_eq!(failed["error_code"], "OBJECT_CHANGED", "{failed}");
+    assert_eq!(failed["retryable"], true);
+    // What left is all of the old version.
+    let records = lines(&out.stdout);
+    assert!(!records.is_empty());
+    assert!(
+        records
+            .iter()
+            .all(|r| r["text"].as_str().unwrap().contains("OLD")
+                && !r["text"].as_str().unwrap().contains("NEW"))
+    );
+}
+
+#[test]
+fn a_missing_key_is_no_such_key() {
+    let server = Server::start();
+    server.bucket_from("docs", &fixture("text"));
+    let out = sync_s3(
+        &server,
+        "s3://docs/no-such-report.txt",
+        SECRET_KEY,
+        &["--allow-private-endpoint"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = lines(&out.stderr);
+    let failed = outcome(&events, "no-such-report.txt");
+    assert_eq!(failed["error_code"], "NO_SUCH_KEY", "{failed}");
+    assert_eq!(failed["retryable"], false);
+    assert!(lines(&out.stdout).is_empty());
 }

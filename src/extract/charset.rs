@@ -98,6 +98,107 @@ fn decode_utf32_with_bom(bytes: &[u8]) -> Result<Option<String>, FileError> {
         .map(Some)
 }
 
+/// Decodes text that arrives in pieces, in the encoding its head decides by the same rules as
+/// [`decode`]. Undeclared text that is not UTF-8 in its head is guessed from the head alone.
+pub struct StreamDecoder {
+    decoder: encoding_rs::Decoder,
+    /// What promised the encoding, when text breaking it is an error.
+    promise: Option<&'static str>,
+    /// Bytes decoded so far, for error positions.
+    at: u64,
+}
+
+impl StreamDecoder {
+    /// A decoder for text starting with `head`; `None` for UTF-32, which is only decoded whole.
+    #[must_use]
+    pub fn for_head(head: &[u8], hint: TextHint, declared: Option<&str>) -> Option<Self> {
+        let make = |encoding: &'static Encoding, promise| StreamDecoder {
+            decoder: encoding.new_decoder_with_bom_removal(),
+            promise,
+            at: 0,
+        };
+        if head.starts_with(&[0xFF, 0xFE, 0, 0]) || head.starts_with(&[0, 0, 0xFE, 0xFF]) {
+            return None;
+        }
+        if let Some((encoding, _)) = Encoding::for_bom(head) {
+            return Some(make(encoding, Some("its byte order mark")));
+        }
+        match declared.and_then(|label| Encoding::for_label(label.trim().as_bytes())) {
+            Some(encoding) if encoding == UTF_8 => {
+                return Some(make(encoding, Some("its declared charset")));
+            }
+            Some(encoding) => return Some(make(encoding, None)),
+            None => {}
+        }
+        match hint {
+            TextHint::Utf16Le => return Some(make(UTF_16LE, None)),
+            TextHint::Utf16Be => return Some(make(UTF_16BE, None)),
+            TextHint::Bom | TextHint::Bytes => {}
+        }
+        // A head cut inside a character is still UTF-8.
+        let utf8 = match std::str::from_utf8(head) {
+            Ok(_) => true,
+            Err(err) => err.error_len().is_none(),
+        };
+        if utf8 {
+            return Some(make(UTF_8, None));
+        }
+        let mut detector = chardetng::EncodingDetector::new(chardetng::Iso2022JpDetection::Allow);
+        detector.feed(head, false);
+        Some(make(
+            detector.guess(None, chardetng::Utf8Detection::Allow),
+            None,
+        ))
+    }
+
+    /// Appends the text of `bytes` to `out`; `last` on the final piece.
+    ///
+    /// # Errors
+    /// `INVALID_ENCODING` when text breaks an encoding its BOM or charset promised.
+    pub fn push(
+        &mut self,
+        mut bytes: &[u8],
+        last: bool,
+        out: &mut String,
+    ) -> Result<(), FileError> {
+        loop {
+            let room = self
+                .decoder
+                .max_utf8_buffer_length(bytes.len())
+                .unwrap_or(bytes.len().saturating_mul(3))
+                .max(4);
+            out.reserve(room);
+            let (read, done) = if let Some(promise) = self.promise {
+                let (result, read) = self
+                    .decoder
+                    .decode_to_string_without_replacement(bytes, out, last);
+                match result {
+                    encoding_rs::DecoderResult::InputEmpty => (read, true),
+                    encoding_rs::DecoderResult::OutputFull => (read, false),
+                    encoding_rs::DecoderResult::Malformed(..) => {
+                        return Err(FileError::permanent(
+                            ErrorCode::InvalidEncoding,
+                            format!(
+                                "text is not valid {} as {promise} says, near byte {}",
+                                self.decoder.encoding().name(),
+                                self.at + read as u64
+                            ),
+                        ));
+                    }
+                }
+            } else {
+                let (result, read, _) = self.decoder.decode_to_string(bytes, out, last);
+                (read, result == encoding_rs::CoderResult::InputEmpty)
+            };
+            self.at += read as u64;
+            bytes = &bytes[read..];
+            if done {
+                return Ok(());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +239,54 @@ mod tests {
         let japanese = "日本語の文章を正しく読み取れるかどうかを確かめるための例文です。";
         let (sjis, _, _) = encoding_rs::SHIFT_JIS.encode(japanese);
         assert_eq!(decode(&sjis, TextHint::Bytes, None).unwrap(), japanese);
+    }
+
+    fn stream(bytes: &[u8], piece: usize, declared: Option<&str>) -> Result<String, FileError> {
+        let hint = crate::detect::detect(bytes, None, "x.txt")
+            .text_hint
+            .unwrap_or(TextHint::Bytes);
+        let mut decoder = StreamDecoder::for_head(&bytes[..bytes.len().min(64)], hint, declared)
+            .ok_or_else(|| FileError::permanent(ErrorCode::Internal, "not streamable"))?;
+        let mut out = String::new();
+        for part in bytes.chunks(piece) {
+            decoder.push(part, false, &mut out)?;
+        }
+        decoder.push(&[], true, &mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn streamed_text_decodes_like_whole_text_whatever_the_cuts() {
+        let mut utf16 = vec![0xFF, 0xFE];
+        utf16.extend(SAMPLE.encode_utf16().flat_map(u16::to_le_bytes));
+        let (latin1, _, _) = encoding_rs::WINDOWS_1252.encode(SAMPLE);
+        let samples: Vec<Vec<u8>> = vec![
+            SAMPLE.as_bytes().to_vec(),
+            [&[0xEF, 0xBB, 0xBF][..], SAMPLE.as_bytes()].concat(),
+            utf16,
+            latin1.repeat(3),
+        ];
+        for bytes in samples {
+            let hint = crate::detect::detect(&bytes, None, "x.txt")
+                .text_hint
+                .unwrap_or(TextHint::Bytes);
+            let whole = decode(&bytes, hint, None).unwrap();
+            for piece in [1, 2, 3, 7, 1000] {
+                assert_eq!(stream(&bytes, piece, None).unwrap(), whole, "piece {piece}");
+            }
+        }
+    }
+
+    #[test]
+    fn streamed_text_breaking_its_promise_is_an_error() {
+        let mut bytes = [&[0xEF, 0xBB, 0xBF][..], SAMPLE.as_bytes()].concat();
+        bytes.extend_from_slice(&[b'a', 0xFF, b'b']);
+        let err = stream(&bytes, 5, None).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidEncoding);
+        let err = stream(b"abc \xC3(", 2, Some("utf-8")).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidEncoding);
+        // Undeclared, the same bytes are guessed as a legacy encoding, as when decoded whole.
+        let whole = decode(b"abc \xC3(", TextHint::Bytes, None).unwrap();
+        assert_eq!(stream(b"abc \xC3(", 2, None).unwrap(), whole);
     }
 }

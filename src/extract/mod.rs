@@ -5,6 +5,8 @@ mod charset;
 mod html;
 mod text;
 
+pub use charset::StreamDecoder;
+
 use crate::chunk::Structure;
 use crate::detect::{Detected, Family};
 use crate::error::{ErrorCode, FileError, SkipReason};
@@ -35,6 +37,18 @@ pub enum Rejection {
 impl From<FileError> for Rejection {
     fn from(err: FileError) -> Self {
         Rejection::Error(err)
+    }
+}
+
+/// The structure text of `format` is chunked with when it can be streamed: formats whose text
+/// is their decoded characters as they are (plain text, markdown, code). Others are parsed whole.
+#[must_use]
+pub fn streamable(format: crate::detect::Format) -> Option<Structure> {
+    use crate::detect::Format;
+    match format {
+        Format::Plain | Format::Code(_) => Some(Structure::Plain),
+        Format::Markdown => Some(Structure::Markdown),
+        _ => None,
     }
 }
 

@@ -41,18 +41,15 @@ impl JsonlSink {
         self
     }
 
-    /// Writes chunk records, one line each.
+    /// Writes one chunk record line (buffered).
     ///
     /// # Errors
     /// When the output cannot be written (a closed pipe, a full disk).
-    pub fn write_records(&mut self, records: &[ChunkRecord]) -> Result<(), SinkError> {
-        for record in records {
-            write_line(&mut self.chunks, record).map_err(|source| SinkError {
-                what: "chunks",
-                source,
-            })?;
-        }
-        Ok(())
+    pub fn write_record(&mut self, record: &ChunkRecord) -> Result<(), SinkError> {
+        write_line(&mut self.chunks, record).map_err(|source| SinkError {
+            what: "chunks",
+            source,
+        })
     }
 
     /// Writes one event line and flushes it, so watchers see progress as it happens.

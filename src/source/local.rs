@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use futures::Stream;
 use tokio::io::AsyncReadExt;
 
-use super::{Fetched, Listed, ObjectMeta, Source, SourceKind};
+use bytes::BytesMut;
+
+use super::{Listed, ObjectMeta, Opened, Source, SourceKind};
 use crate::error::{ErrorCode, FileError};
 
 /// Reads a file or a folder tree.
@@ -57,36 +59,45 @@ impl Source for LocalSource {
         })
     }
 
-    async fn read(&self, object: &ObjectMeta, max_bytes: u64) -> Result<Fetched, FileError> {
+    async fn open(&self, object: &ObjectMeta) -> Result<Opened, FileError> {
         let path = self.path_of(&object.key);
-        let failed = |err: std::io::Error| {
-            FileError::permanent(
-                ErrorCode::ReadFailed,
-                format!("reading {}: {err}", object.key),
-            )
+        let key = object.key.clone();
+        let failed = move |err: std::io::Error| {
+            FileError::permanent(ErrorCode::ReadFailed, format!("reading {key}: {err}"))
         };
-        let file = tokio::fs::File::open(&path).await.map_err(failed)?;
-        let mut bytes =
-            Vec::with_capacity(usize::try_from(object.size.min(max_bytes)).unwrap_or(0));
-        file.take(max_bytes.saturating_add(1))
-            .read_to_end(&mut bytes)
+        // Local files have no version tag: a hash of the content is one, stable across copies
+        // and runs, and known before the first record leaves.
+        let hashed = path.clone();
+        let etag = tokio::task::spawn_blocking(move || content_etag(&hashed))
             .await
-            .map_err(failed)?;
-        if bytes.len() as u64 > max_bytes {
-            return Err(FileError::permanent(
-                ErrorCode::TooLarge,
-                format!(
-                    "{} grew past {max_bytes} bytes while being read",
-                    object.key
-                ),
-            ));
-        }
-        Ok(Fetched {
-            bytes,
-            etag: None,
+            .map_err(|err| std::io::Error::other(err.to_string()))
+            .and_then(|hash| hash)
+            .map_err(&failed)?;
+        let file = tokio::fs::File::open(&path).await.map_err(&failed)?;
+        let body = futures::stream::try_unfold((file, failed), |(mut file, failed)| async move {
+            let mut buffer = BytesMut::with_capacity(READ_BUFFER);
+            match file.read_buf(&mut buffer).await {
+                Ok(0) => Ok(None),
+                Ok(_) => Ok(Some((buffer.freeze(), (file, failed)))),
+                Err(err) => Err(failed(err)),
+            }
+        });
+        Ok(Opened {
+            etag: Some(etag),
             content_type: None,
+            body: Box::pin(body),
         })
     }
+}
+
+/// Bytes read from a local file at a time.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// `"<first 128 bits of the BLAKE3 hash>"`, quoted like an S3 ETag.
+fn content_etag(path: &Path) -> std::io::Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(std::fs::File::open(path)?)?;
+    Ok(format!("\"{}\"", &hasher.finalize().to_hex()[..32]))
 }
 
 /// Walks `root`, calling `emit` for each entry until it returns false.

@@ -1,5 +1,5 @@
 //! Where objects come from. A [`Source`] lists objects as a stream (never the whole listing in
-//! memory) and reads one object's bytes with a size cap: the local filesystem, and S3 or
+//! memory) and opens one object's bytes as a stream: the local filesystem, and S3 or
 //! DigitalOcean Spaces (with the endpoint policy and the request rate cap beside it).
 
 pub mod endpoint;
@@ -10,7 +10,9 @@ mod s3;
 use std::future::Future;
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use futures::Stream;
+use futures::stream::BoxStream;
 
 use crate::error::FileError;
 
@@ -34,15 +36,24 @@ pub struct ObjectMeta {
     pub content_type: Option<String>,
 }
 
-/// An object's bytes and the version they are of.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fetched {
-    /// The whole object.
-    pub bytes: Vec<u8>,
-    /// The version actually read (it can differ from the listing if the object was replaced).
+/// An object opened for reading: the version being read and its bytes, as a stream.
+pub struct Opened {
+    /// The version being read (it can differ from the listing if the object was replaced).
     pub etag: Option<String>,
     /// The content type the source declares, with any `charset=`.
     pub content_type: Option<String>,
+    /// The bytes in order. A source resumes broken transfers itself; an item that is an error
+    /// ends the stream.
+    pub body: BoxStream<'static, Result<Bytes, FileError>>,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("etag", &self.etag)
+            .field("content_type", &self.content_type)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One entry of a listing: an object, or a problem with one entry that does not stop the rest.
@@ -120,10 +131,10 @@ impl Source for AnySource {
         }
     }
 
-    async fn read(&self, object: &ObjectMeta, max_bytes: u64) -> Result<Fetched, FileError> {
+    async fn open(&self, object: &ObjectMeta) -> Result<Opened, FileError> {
         match self {
-            AnySource::Local(s) => s.read(object, max_bytes).await,
-            AnySource::S3(s) => s.read(object, max_bytes).await,
+            AnySource::Local(s) => s.open(object).await,
+            AnySource::S3(s) => s.open(object).await,
         }
     }
 }
@@ -136,14 +147,10 @@ pub trait Source: Send + Sync {
     /// Every object under the source's root, in a stable order, as a stream.
     fn list(&self) -> impl Stream<Item = Listed> + Send + 'static;
 
-    /// The bytes of `object`, at most `max_bytes` of them.
+    /// Opens `object` for reading. Memory stays bounded whatever the object's size: the caller
+    /// decides how much of the stream to keep.
     ///
     /// # Errors
-    /// `READ_FAILED` (or the source's own codes) when the object cannot be read, `TOO_LARGE`
-    /// when it has grown past `max_bytes` since it was listed.
-    fn read(
-        &self,
-        object: &ObjectMeta,
-        max_bytes: u64,
-    ) -> impl Future<Output = Result<Fetched, FileError>> + Send;
+    /// `READ_FAILED` (or the source's own codes) when the object cannot be opened.
+    fn open(&self, object: &ObjectMeta) -> impl Future<Output = Result<Opened, FileError>> + Send;
 }

@@ -13,11 +13,12 @@ use aws_sdk_s3::config::{
     StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
 use futures::Stream;
 
 use super::endpoint::Endpoint;
 use super::rate::RateLimiter;
-use super::{Fetched, Listed, ObjectMeta, Source, SourceKind};
+use super::{Listed, ObjectMeta, Opened, Source, SourceKind};
 use crate::error::{ErrorCode, FileError};
 use crate::job::Secret;
 
@@ -245,6 +246,11 @@ struct Pages {
     token: Option<String>,
     /// No more pages.
     done: bool,
+    /// Objects listed so far.
+    listed: u64,
+    /// The prefix looks like one key (`s3://bucket/report.txt`): when nothing matches, say
+    /// that the key does not exist rather than sync nothing.
+    named_key: bool,
 }
 
 impl Source for S3Source {
@@ -266,13 +272,33 @@ impl Source for S3Source {
                 .collect(),
             token: None,
             done: self.single.is_some(),
+            listed: 0,
+            named_key: !self.prefix.is_empty() && !self.prefix.ends_with('/'),
         };
         futures::stream::unfold(pages, |mut pages| async move {
             loop {
                 if let Some(item) = pages.buffered.pop_front() {
+                    pages.listed += 1;
                     return Some((item, pages));
                 }
                 if pages.done {
+                    if pages.listed == 0 && pages.named_key {
+                        pages.listed = 1;
+                        let error = FileError::permanent(
+                            ErrorCode::NoSuchKey,
+                            format!(
+                                "s3://{}/{} does not exist, and no key starts with it",
+                                pages.bucket, pages.prefix
+                            ),
+                        );
+                        let problem = Listed::Problem {
+                            bucket: Some(pages.bucket.clone()),
+                            key: pages.prefix.clone(),
+                            error,
+                            skip: false,
+                        };
+                        return Some((problem, pages));
+                    }
                     return None;
                 }
                 let mut request = pages
@@ -308,6 +334,7 @@ impl Source for S3Source {
                     }
                     Err(err) => {
                         pages.done = true;
+                        pages.listed += 1;
                         let error = classify(&err, "listing", &pages.bucket, &pages.prefix);
                         let key = pages.prefix.clone();
                         return Some((
@@ -325,93 +352,129 @@ impl Source for S3Source {
         })
     }
 
-    async fn read(&self, object: &ObjectMeta, max_bytes: u64) -> Result<Fetched, FileError> {
-        let where_ = format!("s3://{}/{}", self.bucket, object.key);
-        let mut bytes =
-            Vec::with_capacity(usize::try_from(object.size.min(max_bytes)).unwrap_or(0));
-        // The version being read: the listed one, then whatever the first response says.
-        let mut pinned = object.etag.clone();
-        let mut content_type = None;
-        let mut interruptions = 0;
-        loop {
-            let mut request = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(&object.key);
-            if let Some(etag) = &pinned {
-                request = request.if_match(etag);
+    async fn open(&self, object: &ObjectMeta) -> Result<Opened, FileError> {
+        let mut get = Get {
+            client: self.client.clone(),
+            limiter: Arc::clone(&self.limiter),
+            bucket: self.bucket.clone(),
+            key: object.key.clone(),
+            etag: object.etag.clone(),
+            at: 0,
+            interruptions: 0,
+        };
+        let response = match get.send().await {
+            Ok(response) => response,
+            Err(err) if is_precondition_failed(&err) => {
+                // Replaced since it was listed; nothing has been read yet, so read the new one.
+                tracing::debug!(bucket = %get.bucket, key = %get.key, "object replaced since listing; reading the new version");
+                get.etag = None;
+                get.send()
+                    .await
+                    .map_err(|err| classify(&err, "reading", &get.bucket, &get.key))?
             }
-            if !bytes.is_empty() {
-                request = request.range(format!("bytes={}-", bytes.len()));
-            }
-            self.limiter.acquire().await;
-            let response = match request.send().await {
-                Ok(response) => response,
-                Err(err) if is_precondition_failed(&err) && interruptions < MAX_INTERRUPTIONS => {
-                    // Replaced since it was listed or since the read began: start over on the
-                    // new version, never mixing the two.
-                    interruptions += 1;
-                    tracing::debug!(object = %where_, "object replaced while being read; restarting");
-                    bytes.clear();
-                    pinned = None;
-                    content_type = None;
-                    continue;
-                }
-                Err(err) => return Err(classify(&err, "reading", &self.bucket, &object.key)),
-            };
-            if !bytes.is_empty() {
-                let expected = format!("bytes {}-", bytes.len());
-                if !response
-                    .content_range()
-                    .is_some_and(|r| r.starts_with(&expected))
-                {
-                    // The server ignored the range and sent the whole object: start over.
-                    bytes.clear();
-                }
-            }
-            if pinned.is_none() {
-                pinned = response.e_tag().map(str::to_owned);
-            }
-            if content_type.is_none() {
-                content_type = response.content_type().map(str::to_owned);
-            }
-            let mut body = response.body;
-            loop {
-                match body.try_next().await {
-                    Ok(Some(chunk)) => {
-                        bytes.extend_from_slice(&chunk);
-                        if bytes.len() as u64 > max_bytes {
-                            return Err(FileError::permanent(
-                                ErrorCode::TooLarge,
-                                format!("{where_} is larger than {max_bytes} bytes"),
-                            ));
+            Err(err) => return Err(classify(&err, "reading", &get.bucket, &get.key)),
+        };
+        get.etag = response.e_tag().map(str::to_owned).or(get.etag);
+        let opened_etag = get.etag.clone();
+        let content_type = response.content_type().map(str::to_owned);
+        let body =
+            futures::stream::try_unfold((get, response.body), |(mut get, mut body)| async move {
+                loop {
+                    match body.try_next().await {
+                        Ok(Some(bytes)) => {
+                            get.at += bytes.len() as u64;
+                            return Ok(Some((bytes, (get, body))));
                         }
-                    }
-                    Ok(None) => {
-                        return Ok(Fetched {
-                            bytes,
-                            etag: pinned,
-                            content_type,
-                        });
-                    }
-                    Err(err) if interruptions < MAX_INTERRUPTIONS && pinned.is_some() => {
-                        // Resume where the body broke off, pinned to the same version.
-                        interruptions += 1;
-                        tracing::debug!(object = %where_, at = bytes.len(), error = %err, "body broke off; resuming");
-                        break;
-                    }
-                    Err(err) => {
-                        return Err(FileError::transient(
-                            ErrorCode::SourceUnavailable,
-                            format!(
-                                "reading {where_}: the body broke off {interruptions} times, last: {err}"
-                            ),
-                        ));
+                        Ok(None) => return Ok(None),
+                        Err(err) => body = get.resume(err.to_string()).await?,
                     }
                 }
-            }
+            });
+        Ok(Opened {
+            etag: opened_etag,
+            content_type,
+            body: Box::pin(body),
+        })
+    }
+}
+
+/// One object being read: enough to resume where its body broke off, pinned to its version.
+struct Get {
+    client: Client,
+    limiter: Arc<RateLimiter>,
+    bucket: String,
+    key: String,
+    /// The version being read; every request after the first is pinned to it (`If-Match`).
+    etag: Option<String>,
+    /// Bytes received so far.
+    at: u64,
+    /// Resumes so far.
+    interruptions: u32,
+}
+
+impl Get {
+    /// GET from `at` on, pinned to `etag` when known.
+    async fn send(
+        &self,
+    ) -> Result<
+        aws_sdk_s3::operation::get_object::GetObjectOutput,
+        SdkError<
+            aws_sdk_s3::operation::get_object::GetObjectError,
+            aws_sdk_s3::config::http::HttpResponse,
+        >,
+    > {
+        let mut request = self.client.get_object().bucket(&self.bucket).key(&self.key);
+        if let Some(etag) = &self.etag {
+            request = request.if_match(etag);
         }
+        if self.at > 0 {
+            request = request.range(format!("bytes={}-", self.at));
+        }
+        self.limiter.acquire().await;
+        request.send().await
+    }
+
+    /// A new body from where the last one broke off with `cause`.
+    async fn resume(&mut self, cause: String) -> Result<ByteStream, FileError> {
+        let where_ = format!("s3://{}/{}", self.bucket, self.key);
+        if self.interruptions >= MAX_INTERRUPTIONS || self.etag.is_none() {
+            return Err(FileError::transient(
+                ErrorCode::SourceUnavailable,
+                format!(
+                    "reading {where_}: the body broke off {} times, last: {cause}",
+                    self.interruptions + 1
+                ),
+            ));
+        }
+        self.interruptions += 1;
+        tracing::debug!(object = %where_, at = self.at, error = %cause, "body broke off; resuming");
+        let response = match self.send().await {
+            Ok(response) => response,
+            Err(err) if is_precondition_failed(&err) => {
+                return Err(FileError::transient(
+                    ErrorCode::ObjectChanged,
+                    format!(
+                        "{where_} was replaced after {} bytes of it had been read; read it again",
+                        self.at
+                    ),
+                ));
+            }
+            Err(err) => return Err(classify(&err, "reading", &self.bucket, &self.key)),
+        };
+        let expected = format!("bytes {}-", self.at);
+        if !response
+            .content_range()
+            .is_some_and(|range| range.starts_with(&expected))
+        {
+            return Err(FileError::transient(
+                ErrorCode::SourceUnavailable,
+                format!(
+                    "reading {where_}: the server ignored the range request to resume at byte {}",
+                    self.at
+                ),
+            ));
+        }
+        Ok(response.body)
     }
 }
 
