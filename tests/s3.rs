@@ -667,3 +667,71 @@ fn a_missing_key_is_no_such_key() {
     assert_eq!(failed["retryable"], false);
     assert!(lines(&out.stdout).is_empty());
 }
+
+/// A source on the test server through the library, as the worker will build it.
+fn library_source(server: &Server, bucket: &str) -> ingestd::source::S3Source {
+    use ingestd::source::{S3ClientSettings, S3Credentials, S3Source, endpoint::Endpoint};
+    let endpoint = Endpoint::parse(&server.endpoint()).unwrap();
+    let credentials = S3Credentials {
+        access_key: ACCESS_KEY.to_owned(),
+        secret_key: ingestd::job::Secret::new(SECRET_KEY),
+    };
+    let settings = S3ClientSettings {
+        max_attempts: 3,
+        connect_timeout: std::time::Duration::from_secs(5),
+        operation_timeout: std::time::Duration::from_secs(30),
+    };
+    let limiter = Arc::new(ingestd::source::rate::RateLimiter::new(0));
+    S3Source::new(&endpoint, &credentials, settings, bucket, "", limiter)
+}
+
+#[test]
+fn random_access_reads_only_the_ranges_it_needs() {
+    use futures::StreamExt as _;
+    use ingestd::source::{Listed, Source as _, ranged};
+    use std::io::{Read as _, Seek as _, SeekFrom};
+
+    let server = Server::start();
+    let local = tempfile::tempdir().unwrap();
+    // 24 MiB of bytes that differ everywhere, so a wrong offset cannot go unnoticed.
+    let content: Vec<u8> = (0..24u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(local.path().join("video.mp4"), &content).unwrap();
+    server.bucket_from("media", local.path());
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let source = library_source(&server, "media");
+    let listed: Vec<Listed> = runtime.block_on(source.list().collect());
+    let Some(Listed::Object(object)) = listed.into_iter().next() else {
+        panic!("the object should be listed");
+    };
+    let _inside = runtime.enter();
+    let mut reader = source.random_access(&object).unwrap();
+    let expected = content.clone();
+    let fetched = runtime
+        .block_on(tokio::task::spawn_blocking(move || {
+            // A probe as an MP4 demuxer does it: the head, then the index at the end.
+            let mut head = [0u8; 64];
+            reader.read_exact(&mut head).unwrap();
+            assert_eq!(head[..], expected[..64]);
+            let mut tail = vec![0u8; 3000];
+            reader.seek(SeekFrom::End(-3000)).unwrap();
+            reader.read_exact(&mut tail).unwrap();
+            assert_eq!(tail[..], expected[expected.len() - 3000..]);
+            // Across a block boundary, and back to a cached block.
+            let at = ranged::BLOCK_BYTES * 7 - 10;
+            let mut across = [0u8; 20];
+            reader.seek(SeekFrom::Start(at)).unwrap();
+            reader.read_exact(&mut across).unwrap();
+            assert_eq!(across[..], expected[at as usize..at as usize + 20]);
+            reader.seek(SeekFrom::Start(10)).unwrap();
+            reader.read_exact(&mut head).unwrap();
+            assert_eq!(head[..], expected[10..74]);
+            assert!(reader.seek(SeekFrom::Current(-100)).is_err());
+            reader.bytes_fetched()
+        }))
+        .unwrap();
+    // Four blocks (head, tail, both sides of the boundary), not 24 MiB.
+    assert_eq!(fetched, 4 * ranged::BLOCK_BYTES, "fetched {fetched} bytes");
+}

@@ -4,6 +4,7 @@
 
 pub mod endpoint;
 mod local;
+pub mod ranged;
 pub mod rate;
 mod s3;
 
@@ -17,6 +18,7 @@ use futures::stream::BoxStream;
 use crate::error::FileError;
 
 pub use local::LocalSource;
+pub use ranged::RangedReader;
 pub use s3::{S3ClientSettings, S3Credentials, S3Source};
 
 /// One object as listed.

@@ -17,6 +17,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use futures::Stream;
 
 use super::endpoint::Endpoint;
+use super::ranged::RangedReader;
 use super::rate::RateLimiter;
 use super::{Listed, ObjectMeta, Opened, Source, SourceKind};
 use crate::error::{ErrorCode, FileError};
@@ -116,6 +117,29 @@ impl S3Source {
         Ok(self)
     }
 
+    /// `object` as `Read + Seek` from ranged GETs, pinned to its listed version, for formats
+    /// that seek. Use it on a blocking thread: each missing block is fetched on this runtime.
+    ///
+    /// # Errors
+    /// When called outside a tokio runtime.
+    pub fn random_access(&self, object: &ObjectMeta) -> Result<RangedReader, FileError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|err| {
+            FileError::permanent(
+                ErrorCode::Internal,
+                format!("random access needs a runtime: {err}"),
+            )
+        })?;
+        Ok(RangedReader::new(
+            runtime,
+            self.client.clone(),
+            Arc::clone(&self.limiter),
+            self.bucket.clone(),
+            object.key.clone(),
+            object.etag.clone(),
+            object.size,
+        ))
+    }
+
     /// The object `prefix` names, if it exists.
     async fn exact_object(&self) -> Result<Option<ObjectMeta>, FileError> {
         if self.prefix.is_empty() || self.prefix.ends_with('/') {
@@ -172,7 +196,7 @@ fn object_meta(
 
 /// Turns an SDK error into a classified file error. Messages carry the operation, the object
 /// and the provider's code — never credentials.
-fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
+pub(super) fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
     err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
     doing: &str,
     bucket: &str,
@@ -481,7 +505,7 @@ impl Get {
 /// Resumes and restarts allowed while reading one object.
 const MAX_INTERRUPTIONS: u32 = 5;
 
-fn is_precondition_failed<E: ProvideErrorMetadata>(
+pub(super) fn is_precondition_failed<E: ProvideErrorMetadata>(
     err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> bool {
     match err {

@@ -1,0 +1,204 @@
+//! Random access to an S3 object for formats that seek (MP4 with its index at the end,
+//! ZIP-based documents): reads and seeks are served by ranged GETs through a small cache of
+//! blocks, so probing a 2 GB video reads a few MiB, and memory is bounded by the cache.
+//!
+//! The reader is blocking (`std::io::Read + Seek`, what decoders take) and runs on a blocking
+//! thread; each missing block is fetched on the async runtime whose handle it holds.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::sync::Arc;
+
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+
+use super::rate::RateLimiter;
+use super::s3::{classify, is_precondition_failed};
+use crate::error::{ErrorCode, FileError};
+
+/// Bytes fetched per request.
+pub const BLOCK_BYTES: u64 = 1024 * 1024;
+/// Blocks kept; the oldest is dropped first.
+pub const CACHED_BLOCKS: usize = 8;
+
+/// An S3 object as `Read + Seek`, pinned to one version.
+pub struct RangedReader {
+    runtime: tokio::runtime::Handle,
+    client: Client,
+    limiter: Arc<RateLimiter>,
+    bucket: String,
+    key: String,
+    /// Every range is read from this version (`If-Match`).
+    etag: Option<String>,
+    size: u64,
+    pos: u64,
+    /// (offset, bytes), most recently used last.
+    blocks: VecDeque<(u64, Bytes)>,
+    /// Bytes received so far, for tests and metrics.
+    fetched: u64,
+}
+
+impl std::fmt::Debug for RangedReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RangedReader")
+            .field("bucket", &self.bucket)
+            .field("key", &self.key)
+            .field("size", &self.size)
+            .field("pos", &self.pos)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RangedReader {
+    pub(super) fn new(
+        runtime: tokio::runtime::Handle,
+        client: Client,
+        limiter: Arc<RateLimiter>,
+        bucket: String,
+        key: String,
+        etag: Option<String>,
+        size: u64,
+    ) -> Self {
+        RangedReader {
+            runtime,
+            client,
+            limiter,
+            bucket,
+            key,
+            etag,
+            size,
+            pos: 0,
+            blocks: VecDeque::with_capacity(CACHED_BLOCKS),
+            fetched: 0,
+        }
+    }
+
+    /// The object's size.
+    #[must_use]
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Bytes received from the store so far.
+    #[must_use]
+    pub fn bytes_fetched(&self) -> u64 {
+        self.fetched
+    }
+
+    /// The block starting at `start`, from the cache or the store.
+    fn block(&mut self, start: u64) -> Result<Bytes, FileError> {
+        if let Some(at) = self.blocks.iter().position(|(offset, _)| *offset == start)
+            && let Some(entry) = self.blocks.remove(at)
+        {
+            let bytes = entry.1.clone();
+            self.blocks.push_back(entry);
+            return Ok(bytes);
+        }
+        let end = (start + BLOCK_BYTES).min(self.size);
+        let bytes = self.runtime.block_on(self.fetch(start, end))?;
+        self.fetched += bytes.len() as u64;
+        if self.blocks.len() == CACHED_BLOCKS {
+            self.blocks.pop_front();
+        }
+        self.blocks.push_back((start, bytes.clone()));
+        Ok(bytes)
+    }
+
+    async fn fetch(&self, start: u64, end: u64) -> Result<Bytes, FileError> {
+        let mut request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .range(format!("bytes={start}-{}", end - 1));
+        if let Some(etag) = &self.etag {
+            request = request.if_match(etag);
+        }
+        self.limiter.acquire().await;
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(err) if is_precondition_failed(&err) => {
+                return Err(FileError::transient(
+                    ErrorCode::ObjectChanged,
+                    format!(
+                        "s3://{}/{} was replaced while being read; read it again",
+                        self.bucket, self.key
+                    ),
+                ));
+            }
+            Err(err) => return Err(classify(&err, "reading", &self.bucket, &self.key)),
+        };
+        let expected = format!("bytes {start}-");
+        if !response
+            .content_range()
+            .is_some_and(|range| range.starts_with(&expected))
+        {
+            return Err(FileError::permanent(
+                ErrorCode::ReadFailed,
+                format!(
+                    "reading s3://{}/{}: the server ignored a range request",
+                    self.bucket, self.key
+                ),
+            ));
+        }
+        let bytes = response
+            .body
+            .collect()
+            .await
+            .map_err(|err| {
+                FileError::transient(
+                    ErrorCode::SourceUnavailable,
+                    format!("reading s3://{}/{}: {err}", self.bucket, self.key),
+                )
+            })?
+            .into_bytes();
+        if bytes.len() as u64 != end - start {
+            return Err(FileError::transient(
+                ErrorCode::SourceUnavailable,
+                format!(
+                    "reading s3://{}/{}: asked for {} bytes at {start}, got {}",
+                    self.bucket,
+                    self.key,
+                    end - start,
+                    bytes.len()
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
+impl Read for RangedReader {
+    /// Reads from the current position. Errors are [`FileError`]s inside `io::Error`
+    /// (`io::Error::get_ref` + `downcast_ref` gives the code back).
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let start = self.pos - self.pos % BLOCK_BYTES;
+        let block = self.block(start).map_err(io::Error::other)?;
+        let from = usize::try_from(self.pos - start).map_err(io::Error::other)?;
+        let n = buf.len().min(block.len().saturating_sub(from));
+        buf[..n].copy_from_slice(&block[from..from + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for RangedReader {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(at) => Some(at),
+            SeekFrom::End(delta) => self.size.checked_add_signed(delta),
+            SeekFrom::Current(delta) => self.pos.checked_add_signed(delta),
+        };
+        let Some(target) = target else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the object",
+            ));
+        };
+        self.pos = target;
+        Ok(target)
+    }
+}
