@@ -227,6 +227,14 @@ pub struct S3Config {
     /// Requests per second this process sends at most, over all buckets; 0 = no cap.
     #[serde(default = "default_max_requests_per_second")]
     pub max_requests_per_second: u32,
+    /// Access key id of one-shot runs when neither `--access-key-id` nor `AWS_ACCESS_KEY_ID`
+    /// gives one (jobs carry their own).
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// Its secret, when `AWS_SECRET_ACCESS_KEY` is not set; better given as the environment
+    /// variable `INGESTD__S3__SECRET_ACCESS_KEY` than written in a file.
+    #[serde(default)]
+    pub secret_access_key: Option<crate::job::Secret>,
 }
 
 /// Below DigitalOcean Spaces' limit of about 1500 requests per second per IP address.
@@ -272,6 +280,8 @@ impl Default for S3Config {
             connect_timeout_secs: default_connect_timeout_secs(),
             operation_timeout_secs: default_operation_timeout_secs(),
             max_requests_per_second: default_max_requests_per_second(),
+            access_key_id: None,
+            secret_access_key: None,
         }
     }
 }

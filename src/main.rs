@@ -19,7 +19,9 @@ use ingestd::pipeline::Request;
 use ingestd::sink::JsonlSink;
 use ingestd::source::endpoint::{Endpoint, EndpointPolicy};
 use ingestd::source::rate::RateLimiter;
-use ingestd::source::{AnySource, LocalSource, S3ClientSettings, S3Credentials, S3Source};
+use ingestd::source::{
+    AnySource, LocalSource, S3ClientSettings, S3Clients, S3Credentials, S3Source,
+};
 use ingestd::telemetry::{Progress, init_tracing};
 
 #[derive(Parser)]
@@ -59,10 +61,13 @@ struct SyncArgs {
     /// A file or folder (walked recursively), or s3://bucket[/prefix/ or /key].
     target: String,
     /// S3-compatible endpoint, e.g. nyc3.digitaloceanspaces.com (https implied)
-    /// [default: the config's s3.default_endpoint]. Credentials come from AWS_ACCESS_KEY_ID
-    /// and AWS_SECRET_ACCESS_KEY.
+    /// [default: the config's s3.default_endpoint].
     #[arg(long, value_name = "URL")]
     endpoint_url: Option<String>,
+    /// Access key id for s3:// targets [default: the config's s3.access_key_id]. The secret
+    /// comes from AWS_SECRET_ACCESS_KEY or the config, never from the command line.
+    #[arg(long, value_name = "ID", env = "AWS_ACCESS_KEY_ID")]
+    access_key_id: Option<String>,
     /// Allow http and private or loopback endpoints (local test servers only).
     #[arg(long)]
     allow_private_endpoint: bool,
@@ -256,18 +261,24 @@ async fn open_source(args: &SyncArgs, config: &Config) -> Result<AnySource, Fail
         let failure = if err.retryable() { fatal } else { usage };
         failure(anyhow!("{}: {}", err.code, err.message))
     })?;
-    let (Ok(access_key), Ok(secret)) = (
-        std::env::var("AWS_ACCESS_KEY_ID"),
-        std::env::var("AWS_SECRET_ACCESS_KEY"),
-    ) else {
+    let access_key = args
+        .access_key_id
+        .clone()
+        .or_else(|| config.s3.access_key_id.clone());
+    let secret = std::env::var("AWS_SECRET_ACCESS_KEY")
+        .ok()
+        .map(Secret::new)
+        .or_else(|| config.s3.secret_access_key.clone());
+    let (Some(access_key), Some(secret_key)) = (access_key, secret) else {
         return Err(usage(anyhow!(
-            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY to read {}",
+            "no credentials to read {}: set AWS_ACCESS_KEY_ID (or --access-key-id) and \
+             AWS_SECRET_ACCESS_KEY, or s3.access_key_id and s3.secret_access_key in the config",
             args.target
         )));
     };
     let credentials = S3Credentials {
         access_key,
-        secret_key: Secret::new(secret),
+        secret_key,
     };
     let settings = S3ClientSettings {
         max_attempts: config.s3.max_attempts,
@@ -275,7 +286,8 @@ async fn open_source(args: &SyncArgs, config: &Config) -> Result<AnySource, Fail
         operation_timeout: Duration::from_secs(config.s3.operation_timeout_secs),
     };
     let limiter = Arc::new(RateLimiter::new(config.s3.max_requests_per_second));
-    let source = S3Source::new(&endpoint, &credentials, settings, bucket, prefix, limiter);
+    let client = S3Clients::new(settings).client(&endpoint, &credentials);
+    let source = S3Source::new(client, endpoint.kind, bucket, prefix, limiter);
     // A key names one object, anything else a prefix. Wrong credentials or a missing bucket
     // then surface from the listing as classified FILE_ERROR events.
     match source.clone().narrow_to_exact_object().await {

@@ -670,7 +670,9 @@ fn a_missing_key_is_no_such_key() {
 
 /// A source on the test server through the library, as the worker will build it.
 fn library_source(server: &Server, bucket: &str) -> ingestd::source::S3Source {
-    use ingestd::source::{S3ClientSettings, S3Credentials, S3Source, endpoint::Endpoint};
+    use ingestd::source::{
+        S3ClientSettings, S3Clients, S3Credentials, S3Source, endpoint::Endpoint,
+    };
     let endpoint = Endpoint::parse(&server.endpoint()).unwrap();
     let credentials = S3Credentials {
         access_key: ACCESS_KEY.to_owned(),
@@ -682,7 +684,18 @@ fn library_source(server: &Server, bucket: &str) -> ingestd::source::S3Source {
         operation_timeout: std::time::Duration::from_secs(30),
     };
     let limiter = Arc::new(ingestd::source::rate::RateLimiter::new(0));
-    S3Source::new(&endpoint, &credentials, settings, bucket, "", limiter)
+    let clients = S3Clients::new(settings);
+    let client = clients.client(&endpoint, &credentials);
+    // The same endpoint and key share one client; another secret gets its own.
+    let _ = clients.client(&endpoint, &credentials);
+    assert_eq!(clients.len(), 1);
+    let rotated = S3Credentials {
+        secret_key: ingestd::job::Secret::new("another-secret"),
+        ..credentials
+    };
+    let _ = clients.client(&endpoint, &rotated);
+    assert_eq!(clients.len(), 2);
+    S3Source::new(client, endpoint.kind, bucket, "", limiter)
 }
 
 #[test]
@@ -734,4 +747,41 @@ fn random_access_reads_only_the_ranges_it_needs() {
         .unwrap();
     // Four blocks (head, tail, both sides of the boundary), not 24 MiB.
     assert_eq!(fetched, 4 * ranged::BLOCK_BYTES, "fetched {fetched} bytes");
+}
+
+#[test]
+fn credentials_come_from_the_config_when_the_environment_has_none() {
+    let server = Server::start();
+    server.bucket_from("docs", &fixture("text"));
+    let dir = tempfile::tempdir().unwrap();
+    let run = |config: &str, secret_env: Option<&str>| {
+        std::fs::write(dir.path().join("pipeline.toml"), config).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ingestd"));
+        command
+            .args(["sync", "s3://docs/formats/", "--allow-private-endpoint"])
+            .args(["--endpoint-url", &server.endpoint()])
+            .current_dir(dir.path())
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("RUST_LOG");
+        if let Some(secret) = secret_env {
+            command.env("INGESTD__S3__SECRET_ACCESS_KEY", secret);
+        }
+        command.output().unwrap()
+    };
+    let config = format!("[s3]\naccess_key_id = \"{ACCESS_KEY}\"\n");
+    let out = run(&config, Some(SECRET_KEY));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!lines(&out.stdout).is_empty());
+
+    // No secret anywhere: a usage error naming what to set.
+    let out = run(&config, None);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("AWS_SECRET_ACCESS_KEY"), "{stderr}");
 }

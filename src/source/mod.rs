@@ -19,7 +19,7 @@ use crate::error::FileError;
 
 pub use local::LocalSource;
 pub use ranged::RangedReader;
-pub use s3::{S3ClientSettings, S3Credentials, S3Source};
+pub use s3::{S3ClientSettings, S3Clients, S3Credentials, S3Source};
 
 /// One object as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,8 +1,8 @@
 //! S3 and DigitalOcean Spaces (aws-sdk-s3): listing page by page, bodies streamed with a cap,
 //! every vendor error classified where it is converted.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::Client;
@@ -33,7 +33,7 @@ pub struct S3Credentials {
 }
 
 /// Client settings from `[s3]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct S3ClientSettings {
     /// Attempts per request, including the first (throttling and 5xx are retried).
     pub max_attempts: u32,
@@ -60,49 +60,120 @@ pub struct S3Source {
     limiter: Arc<RateLimiter>,
 }
 
+/// Clients kept at most; a worker serving more distinct credentials at once builds anew.
+const MAX_CLIENTS: usize = 256;
+
+/// One client per (endpoint, access key, secret), shared: each client holds a connection pool
+/// and resolved settings, so jobs for the same data source reuse them.
+#[derive(Debug)]
+pub struct S3Clients {
+    settings: S3ClientSettings,
+    /// Keyed by endpoint URL, access key and a hash of the secret (a rotated secret is a new
+    /// client; the secret itself is not kept as a key).
+    clients: Mutex<HashMap<ClientKey, Client>>,
+}
+
+/// Endpoint URL, access key, BLAKE3 of the secret.
+type ClientKey = (String, String, [u8; 32]);
+
+impl S3Clients {
+    /// An empty cache of clients with `settings`.
+    #[must_use]
+    pub fn new(settings: S3ClientSettings) -> Self {
+        S3Clients {
+            settings,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The client for `endpoint` and `credentials`, built on first use. The endpoint must
+    /// already have passed the [`super::endpoint::EndpointPolicy`].
+    pub fn client(&self, endpoint: &Endpoint, credentials: &S3Credentials) -> Client {
+        let key = (
+            endpoint.url.clone(),
+            credentials.access_key.clone(),
+            *blake3::hash(credentials.secret_key.expose().as_bytes()).as_bytes(),
+        );
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(client) = clients.get(&key) {
+            return client.clone();
+        }
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
+        let client = build_client(endpoint, credentials, self.settings);
+        clients.insert(key, client.clone());
+        client
+    }
+
+    /// Clients built and kept.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether no client has been built.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn build_client(
+    endpoint: &Endpoint,
+    credentials: &S3Credentials,
+    settings: S3ClientSettings,
+) -> Client {
+    let credentials = Credentials::new(
+        &credentials.access_key,
+        credentials.secret_key.expose(),
+        None,
+        None,
+        "ingestd",
+    );
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(endpoint.region.clone()))
+        .credentials_provider(credentials)
+        .endpoint_url(&endpoint.url)
+        // Path style works on every S3-compatible store and with dotted bucket names.
+        .force_path_style(true)
+        // S3-compatible providers reject the checksum headers the SDK now sends by default.
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(settings.connect_timeout)
+                .operation_timeout(settings.operation_timeout)
+                .build(),
+        )
+        .stalled_stream_protection(StalledStreamProtectionConfig::enabled().build())
+        .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts))
+        .build();
+    Client::from_conf(config)
+}
+
 impl S3Source {
-    /// A source for `bucket`/`prefix` at `endpoint`. The endpoint must already have passed the
-    /// [`super::endpoint::EndpointPolicy`].
+    /// A source for `bucket`/`prefix` read with `client` (from [`S3Clients`]).
     #[must_use]
     pub fn new(
-        endpoint: &Endpoint,
-        credentials: &S3Credentials,
-        settings: S3ClientSettings,
+        client: Client,
+        kind: SourceKind,
         bucket: &str,
         prefix: &str,
         limiter: Arc<RateLimiter>,
     ) -> Self {
-        let credentials = Credentials::new(
-            &credentials.access_key,
-            credentials.secret_key.expose(),
-            None,
-            None,
-            "ingestd",
-        );
-        let config = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(endpoint.region.clone()))
-            .credentials_provider(credentials)
-            .endpoint_url(&endpoint.url)
-            // Path style works on every S3-compatible store and with dotted bucket names.
-            .force_path_style(true)
-            // S3-compatible providers reject the checksum headers the SDK now sends by default.
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(settings.connect_timeout)
-                    .operation_timeout(settings.operation_timeout)
-                    .build(),
-            )
-            .stalled_stream_protection(StalledStreamProtectionConfig::enabled().build())
-            .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts))
-            .build();
         S3Source {
-            client: Client::from_conf(config),
+            client,
             bucket: bucket.to_owned(),
             prefix: prefix.to_owned(),
-            kind: endpoint.kind,
+            kind,
             single: None,
             limiter,
         }
