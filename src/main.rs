@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ingestd::chunk::{Chunker, Encoding};
 use ingestd::config::Config;
 use ingestd::job::Secret;
-use ingestd::job::{SchemaKind, schema};
+use ingestd::job::{ItemRecord, ItemType, SchemaKind, schema};
 use ingestd::pipeline::Request;
 use ingestd::sink::JsonlSink;
 use ingestd::source::endpoint::{Endpoint, EndpointPolicy};
@@ -54,6 +54,7 @@ enum SchemaArg {
     Job,
     Chunk,
     Event,
+    Item,
 }
 
 #[derive(clap::Args)]
@@ -150,6 +151,7 @@ fn print_schema(message: SchemaArg) -> Result<u8, Failure> {
         SchemaArg::Job => SchemaKind::Job,
         SchemaArg::Chunk => SchemaKind::Chunk,
         SchemaArg::Event => SchemaKind::Event,
+        SchemaArg::Item => SchemaKind::Item,
     };
     let text = serde_json::to_string_pretty(&schema(kind)).map_err(fatal)?;
     println!("{text}");
@@ -213,6 +215,11 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
         max_text_object_bytes: config.limits.max_text_object_bytes,
         max_text_bytes: config.limits.max_text_bytes,
     });
+    if let AnySource::S3(catalog) = &source
+        && args.target == "s3://"
+    {
+        return runtime.block_on(write_catalog(catalog, &request, &mut sink));
+    }
     let concurrency = args
         .concurrency
         .unwrap_or_else(|| config.sync.effective_concurrency());
@@ -232,6 +239,44 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
     Ok(summary.exit_code())
 }
 
+/// `ingestd sync s3://`: one item record per bucket the key can see. A failure to list is the
+/// run's failure: exit 3 with one line naming the code.
+async fn write_catalog(
+    source: &S3Source,
+    request: &Request,
+    sink: &mut JsonlSink,
+) -> Result<u8, Failure> {
+    let buckets = match source.buckets().await {
+        Ok(buckets) => buckets,
+        Err(err) => {
+            eprintln!("error: {}: {}", err.code, err.message);
+            return Ok(3);
+        }
+    };
+    let kind = ingestd::source::Source::kind(source);
+    for bucket in buckets {
+        let item = ItemRecord {
+            schema_version: ingestd::job::SCHEMA_VERSION,
+            item_type: ItemType::Bucket,
+            request_id: request.request_id.clone(),
+            customer_id: request.customer_id.clone(),
+            data_source_id: request.data_source_id.clone(),
+            bucket: bucket.name,
+            key: None,
+            size: None,
+            etag: None,
+            last_modified: bucket
+                .created
+                .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+            data_source_metadata: kind.data_source_metadata().to_owned(),
+            file_metadata: kind.bucket_metadata().to_owned(),
+        };
+        sink.write_item(&item).map_err(fatal)?;
+    }
+    sink.flush().map_err(fatal)?;
+    Ok(0)
+}
+
 /// The source named by the target: a local path, or an S3 bucket/prefix/key whose endpoint has
 /// passed the endpoint policy.
 async fn open_source(args: &SyncArgs, config: &Config) -> Result<AnySource, Failure> {
@@ -242,9 +287,9 @@ async fn open_source(args: &SyncArgs, config: &Config) -> Result<AnySource, Fail
         return Ok(AnySource::Local(local));
     };
     let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
-    if bucket.is_empty() {
+    if bucket.is_empty() && !prefix.is_empty() {
         return Err(usage(anyhow!(
-            "{}: name a bucket, as s3://bucket[/prefix]",
+            "{}: name a bucket, as s3://bucket[/prefix], or none (s3://) for the catalog",
             args.target
         )));
     }
@@ -288,6 +333,10 @@ async fn open_source(args: &SyncArgs, config: &Config) -> Result<AnySource, Fail
     let limiter = Arc::new(RateLimiter::new(config.s3.max_requests_per_second));
     let client = S3Clients::new(settings).client(&endpoint, &credentials);
     let source = S3Source::new(client, endpoint.kind, bucket, prefix, limiter);
+    if bucket.is_empty() {
+        // `s3://`: the catalog of buckets, not files.
+        return Ok(AnySource::S3(source));
+    }
     // A key names one object, anything else a prefix. Wrong credentials or a missing bucket
     // then surface from the listing as classified FILE_ERROR events.
     match source.clone().narrow_to_exact_object().await {

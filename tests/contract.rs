@@ -36,6 +36,7 @@ fn doc_examples() -> Vec<Value> {
 #[test]
 fn documented_examples_match_the_schemas() {
     let (job, chunk, event) = (schema("job"), schema("chunk"), schema("event"));
+    let item = schema("item");
     let examples = doc_examples();
     assert!(examples.len() >= 7);
     for example in &examples {
@@ -46,6 +47,8 @@ fn documented_examples_match_the_schemas() {
                 .unwrap_or_else(|e| panic!("{e}: {example}"));
         } else if example.get("chunk_id").is_some() {
             assert_valid(&chunk, example);
+        } else if example.get("item_type").is_some() {
+            assert_valid(&item, example);
         } else {
             assert!(
                 example.get("event").is_some(),

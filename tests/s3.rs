@@ -785,3 +785,42 @@ fn credentials_come_from_the_config_when_the_environment_has_none() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("AWS_SECRET_ACCESS_KEY"), "{stderr}");
 }
+
+#[test]
+fn the_catalog_lists_buckets_as_items() {
+    let server = Server::start();
+    server.bucket_from("docs", &fixture("text"));
+    server.bucket_from("photos.2026", &fixture("text/formats"));
+    let out = sync_s3(&server, "s3://", SECRET_KEY, &["--allow-private-endpoint"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let items = lines(&out.stdout);
+    let names: Vec<&str> = items
+        .iter()
+        .map(|i| i["bucket"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["docs", "photos.2026"]);
+    for item in &items {
+        assert_eq!(item["item_type"], "BUCKET");
+        assert_eq!(item["file_metadata"], "S3 Bucket");
+        assert_eq!(item["data_source_metadata"], "S3");
+        assert!(item["key"].is_null());
+    }
+
+    // Wrong secret: classified, never echoed.
+    let out = sync_s3(
+        &server,
+        "s3://",
+        "wrong-secret-value",
+        &["--allow-private-endpoint"],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ACCESS_DENIED"), "{stderr}");
+    assert!(!stderr.contains("wrong-secret-value"));
+    assert!(lines(&out.stdout).is_empty());
+}

@@ -15,7 +15,7 @@ use crate::chunk::MIN_CHUNK_SIZE;
 use crate::config::ChunkingConfig;
 
 pub use event::{Event, EventKind, FileRef, ProcessedCounts};
-pub use record::{ChunkRecord, ChunkingInfo, FileInfo};
+pub use record::{ChunkRecord, ChunkingInfo, FileInfo, ItemRecord, ItemType};
 
 /// The `schema_version` this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -473,6 +473,8 @@ pub enum SchemaKind {
     Chunk,
     /// Events on `ingest.events`.
     Event,
+    /// Catalog items (`ingestd sync s3://`).
+    Item,
 }
 
 /// The JSON Schema (draft 2020-12) of a message.
@@ -482,6 +484,7 @@ pub fn schema(kind: SchemaKind) -> Value {
         SchemaKind::Job => schemars::schema_for!(Job),
         SchemaKind::Chunk => schemars::schema_for!(ChunkRecord),
         SchemaKind::Event => schemars::schema_for!(Event),
+        SchemaKind::Item => schemars::schema_for!(ItemRecord),
     }
     .to_value();
     if kind == SchemaKind::Job

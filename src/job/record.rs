@@ -82,3 +82,43 @@ pub struct ChunkingInfo {
     /// The tiktoken encoding.
     pub encoding: Encoding,
 }
+
+/// One entry of a data source's catalog (`ingestd sync s3://`, and later `sync_items`): a
+/// bucket, or an object with its metadata. No text: the catalog says what exists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ItemRecord {
+    /// Always [`super::SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// What the item is.
+    pub item_type: ItemType,
+    /// The request this catalog answers.
+    pub request_id: Option<String>,
+    /// The customer.
+    pub customer_id: Option<String>,
+    /// The data source.
+    pub data_source_id: Option<String>,
+    /// The bucket (the item itself, for buckets).
+    pub bucket: String,
+    /// The object key; null for buckets.
+    pub key: Option<String>,
+    /// Size in bytes, for objects.
+    pub size: Option<u64>,
+    /// Version tag, for objects.
+    pub etag: Option<String>,
+    /// RFC 3339: last modification of objects, creation of buckets.
+    pub last_modified: Option<String>,
+    /// `S3` or `DigitalOcean Space`.
+    pub data_source_metadata: String,
+    /// `S3 Bucket`, `DigitalOcean Space Bucket`, `S3 File`, `DigitalOcean Space File`.
+    pub file_metadata: String,
+}
+
+/// Kinds of catalog items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ItemType {
+    /// A bucket (a Space, on DigitalOcean).
+    Bucket,
+    /// An object.
+    File,
+}

@@ -5,7 +5,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use super::SinkError;
-use crate::job::{ChunkRecord, Event};
+use crate::job::{ChunkRecord, Event, ItemRecord};
 
 /// Writes chunk records to one stream and events to another.
 pub struct JsonlSink {
@@ -39,6 +39,17 @@ impl JsonlSink {
     ) -> Self {
         self.around_event = Box::new(around);
         self
+    }
+
+    /// Writes one catalog item line to the records output (buffered).
+    ///
+    /// # Errors
+    /// When the output cannot be written.
+    pub fn write_item(&mut self, item: &ItemRecord) -> Result<(), SinkError> {
+        write_line(&mut self.chunks, item).map_err(|source| SinkError {
+            what: "chunks",
+            source,
+        })
     }
 
     /// Writes one chunk record line (buffered).

@@ -19,7 +19,7 @@ use crate::error::FileError;
 
 pub use local::LocalSource;
 pub use ranged::RangedReader;
-pub use s3::{S3ClientSettings, S3Clients, S3Credentials, S3Source};
+pub use s3::{BucketMeta, S3ClientSettings, S3Clients, S3Credentials, S3Source};
 
 /// One object as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +95,16 @@ impl SourceKind {
             SourceKind::Local => "Local",
             SourceKind::S3 => "S3",
             SourceKind::Spaces => "DigitalOcean Space",
+        }
+    }
+
+    /// `file_metadata` on catalog items of buckets.
+    #[must_use]
+    pub fn bucket_metadata(self) -> &'static str {
+        match self {
+            SourceKind::Local => "Local Folder",
+            SourceKind::S3 => "S3 Bucket",
+            SourceKind::Spaces => "DigitalOcean Space Bucket",
         }
     }
 

@@ -179,6 +179,15 @@ impl S3Source {
         }
     }
 
+    /// Every bucket the key can see (the source's own bucket plays no part).
+    ///
+    /// # Errors
+    /// Classified errors: `ACCESS_DENIED` for wrong credentials, `SOURCE_UNAVAILABLE` when the
+    /// endpoint keeps failing.
+    pub async fn buckets(&self) -> Result<Vec<BucketMeta>, FileError> {
+        list_buckets(&self.client, &self.limiter).await
+    }
+
     /// Narrows the source to the object its prefix names, when there is one (`s3://b/key`).
     ///
     /// # Errors
@@ -243,6 +252,49 @@ impl S3Source {
                 Ok(None)
             }
             Err(err) => Err(classify(&err, "checking", &self.bucket, &self.prefix)),
+        }
+    }
+}
+
+/// A bucket as ListBuckets describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketMeta {
+    /// Its name.
+    pub name: String,
+    /// When it was created.
+    pub created: Option<SystemTime>,
+}
+
+/// Every bucket the client's key can see, page by page (ListBuckets pages past 10,000).
+async fn list_buckets(
+    client: &Client,
+    limiter: &RateLimiter,
+) -> Result<Vec<BucketMeta>, FileError> {
+    let mut buckets = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        limiter.acquire().await;
+        let page = client
+            .list_buckets()
+            .set_continuation_token(token.take())
+            .send()
+            .await
+            .map_err(|err| classify(&err, "listing buckets at", "", ""))?;
+        buckets.extend(page.buckets().iter().filter_map(|bucket| {
+            Some(BucketMeta {
+                name: bucket.name()?.to_owned(),
+                created: bucket
+                    .creation_date()
+                    .and_then(|t| SystemTime::try_from(*t).ok()),
+            })
+        }));
+        match page.continuation_token() {
+            Some(next) if !next.is_empty() => token = Some(next.to_owned()),
+            _ => {
+                // S3 lists by name; some compatible stores do not.
+                buckets.sort_by(|a, b| a.name.cmp(&b.name));
+                return Ok(buckets);
+            }
         }
     }
 }
