@@ -298,9 +298,10 @@ async fn open_source(args: &SyncArgs, config: &Config) -> Result<AnySource, Fail
         .as_deref()
         .unwrap_or(&config.s3.default_endpoint);
     let endpoint = Endpoint::parse(raw_endpoint).map_err(|e| usage(anyhow!(e)))?;
+    let allow_private = args.allow_private_endpoint || config.s3.allow_private_endpoints;
     let policy = EndpointPolicy {
         allowed_hosts: config.s3.allowed_hosts.clone(),
-        allow_private: args.allow_private_endpoint || config.s3.allow_private_endpoints,
+        allow_private,
     };
     policy.check(&endpoint).await.map_err(|err| {
         let failure = if err.retryable() { fatal } else { usage };
@@ -329,6 +330,7 @@ async fn open_source(args: &SyncArgs, config: &Config) -> Result<AnySource, Fail
         max_attempts: config.s3.max_attempts,
         connect_timeout: Duration::from_secs(config.s3.connect_timeout_secs),
         operation_timeout: Duration::from_secs(config.s3.operation_timeout_secs),
+        allow_private,
     };
     let limiter = Arc::new(RateLimiter::new(config.s3.max_requests_per_second));
     let client = S3Clients::new(settings).client(&endpoint, &credentials);

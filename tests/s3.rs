@@ -670,10 +670,18 @@ fn a_missing_key_is_no_such_key() {
 
 /// A source on the test server through the library, as the worker will build it.
 fn library_source(server: &Server, bucket: &str) -> ingestd::source::S3Source {
+    library_source_at(&server.endpoint(), bucket, true)
+}
+
+fn library_source_at(
+    endpoint: &str,
+    bucket: &str,
+    allow_private: bool,
+) -> ingestd::source::S3Source {
     use ingestd::source::{
         S3ClientSettings, S3Clients, S3Credentials, S3Source, endpoint::Endpoint,
     };
-    let endpoint = Endpoint::parse(&server.endpoint()).unwrap();
+    let endpoint = Endpoint::parse(endpoint).unwrap();
     let credentials = S3Credentials {
         access_key: ACCESS_KEY.to_owned(),
         secret_key: ingestd::job::Secret::new(SECRET_KEY),
@@ -682,6 +690,7 @@ fn library_source(server: &Server, bucket: &str) -> ingestd::source::S3Source {
         max_attempts: 3,
         connect_timeout: std::time::Duration::from_secs(5),
         operation_timeout: std::time::Duration::from_secs(30),
+        allow_private,
     };
     let limiter = Arc::new(ingestd::source::rate::RateLimiter::new(0));
     let clients = S3Clients::new(settings);
@@ -823,4 +832,37 @@ fn the_catalog_lists_buckets_as_items() {
     assert!(stderr.contains("ACCESS_DENIED"), "{stderr}");
     assert!(!stderr.contains("wrong-secret-value"));
     assert!(lines(&out.stdout).is_empty());
+}
+
+/// The endpoint policy resolves a name once; the client resolves it again for every
+/// connection. A name that points at an internal address by then (DNS rebinding) is refused
+/// by the client's own resolver, not connected to.
+#[test]
+fn clients_refuse_names_that_resolve_to_internal_addresses() {
+    use futures::StreamExt as _;
+    use ingestd::source::{Listed, Source as _};
+
+    let server = Server::start();
+    server.bucket_from("docs", &fixture("text"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // `localhost` stands for a public name re-pointed at loopback after the policy check.
+    let endpoint = format!("http://localhost:{}", server.addr.port());
+    let guarded = library_source_at(&endpoint, "docs", false);
+    let listed: Vec<Listed> = runtime.block_on(guarded.list().collect());
+    match listed.as_slice() {
+        [Listed::Problem { error, .. }] => {
+            assert_eq!(error.code.as_str(), "ENDPOINT_NOT_ALLOWED", "{error:?}");
+            assert!(!error.retryable());
+            assert!(
+                error.message.contains("internal address"),
+                "{}",
+                error.message
+            );
+        }
+        other => panic!("expected one refused listing, got {other:?}"),
+    }
+    // The same name with private endpoints allowed reaches the server.
+    let open = library_source_at(&endpoint, "docs", true);
+    let listed: Vec<Listed> = runtime.block_on(open.list().collect());
+    assert!(listed.iter().all(|l| matches!(l, Listed::Object(_))) && !listed.is_empty());
 }

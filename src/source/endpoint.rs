@@ -5,6 +5,8 @@
 
 use std::net::IpAddr;
 
+use aws_smithy_runtime_api::client::dns::{DnsFuture, ResolveDns, ResolveDnsError};
+
 use super::SourceKind;
 use crate::error::{ErrorCode, FileError};
 
@@ -159,6 +161,42 @@ impl EndpointPolicy {
             }
         }
         Ok(())
+    }
+}
+
+/// The DNS resolver of S3 clients for customer endpoints: resolves as the system does and
+/// refuses internal addresses, so a name that passed [`EndpointPolicy::check`] cannot be
+/// pointed at an internal address afterwards (DNS rebinding) — every connection is checked.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GuardedResolver;
+
+/// What a [`GuardedResolver`] fails with; S3 errors are classified `ENDPOINT_NOT_ALLOWED` when
+/// it is their cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{host} resolves to internal address {address}, which is not allowed")]
+pub struct RefusedAddress {
+    /// The name resolved.
+    pub host: String,
+    /// The first internal address it resolved to.
+    pub address: IpAddr,
+}
+
+impl ResolveDns for GuardedResolver {
+    fn resolve_dns<'a>(&'a self, name: &'a str) -> DnsFuture<'a> {
+        DnsFuture::new(async move {
+            let addresses: Vec<IpAddr> = tokio::net::lookup_host((name, 0))
+                .await
+                .map_err(ResolveDnsError::new)?
+                .map(|address| address.ip())
+                .collect();
+            if let Some(&address) = addresses.iter().find(|ip| is_internal(**ip)) {
+                return Err(ResolveDnsError::new(RefusedAddress {
+                    host: name.to_owned(),
+                    address,
+                }));
+            }
+            Ok(addresses)
+        })
     }
 }
 

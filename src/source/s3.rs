@@ -16,7 +16,9 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use futures::Stream;
 
-use super::endpoint::Endpoint;
+use aws_smithy_http_client::tls;
+
+use super::endpoint::{Endpoint, GuardedResolver, RefusedAddress};
 use super::ranged::RangedReader;
 use super::rate::RateLimiter;
 use super::{Listed, ObjectMeta, Opened, Source, SourceKind};
@@ -41,6 +43,9 @@ pub struct S3ClientSettings {
     pub connect_timeout: Duration,
     /// Time for one whole operation, retries included (bodies are bounded by stall detection).
     pub operation_timeout: Duration,
+    /// Connect to internal addresses too (local test servers); otherwise every connection's
+    /// DNS answer is checked by a [`GuardedResolver`].
+    pub allow_private: bool,
 }
 
 /// Objects under `s3://bucket/prefix`, or the one object `s3://bucket/key`.
@@ -154,9 +159,19 @@ fn build_client(
                 .build(),
         )
         .stalled_stream_protection(StalledStreamProtectionConfig::enabled().build())
-        .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts))
-        .build();
-    Client::from_conf(config)
+        .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts));
+    let config = if settings.allow_private {
+        config
+    } else {
+        config.http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(tls::Provider::Rustls(
+                    tls::rustls_provider::CryptoMode::AwsLc,
+                ))
+                .build_with_resolver(GuardedResolver),
+        )
+    };
+    Client::from_conf(config.build())
 }
 
 impl S3Source {
@@ -330,6 +345,13 @@ pub(super) fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
     } else {
         format!("{doing} s3://{bucket}/{key}")
     };
+    if let SdkError::DispatchFailure(failure) = err
+        && let Some(refused) = failure
+            .as_connector_error()
+            .and_then(|e| refused_address(e))
+    {
+        return FileError::permanent(ErrorCode::EndpointNotAllowed, format!("{what}: {refused}"));
+    }
     match err {
         SdkError::ServiceError(service) => {
             let status = service.raw().status().as_u16();
@@ -368,6 +390,18 @@ pub(super) fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
         }
         _ => FileError::permanent(ErrorCode::ReadFailed, format!("{what}: {}", kind_of(err))),
     }
+}
+
+/// The [`RefusedAddress`] behind a failed connection, if that is what failed it.
+fn refused_address<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a RefusedAddress> {
+    let mut cause = Some(err);
+    while let Some(current) = cause {
+        if let Some(refused) = current.downcast_ref::<RefusedAddress>() {
+            return Some(refused);
+        }
+        cause = current.source();
+    }
+    None
 }
 
 fn kind_of<E, R>(err: &SdkError<E, R>) -> &'static str {
