@@ -191,15 +191,22 @@ impl Default for SyncConfig {
 }
 
 impl SyncConfig {
-    /// The concurrency to use: configured, or the number of cores.
+    /// Files in flight: configured, or four per core — enough to hide each object's request
+    /// latency, while CPU work stays at one per core ([`cpu_slots`]).
     #[must_use]
     pub fn effective_concurrency(&self) -> usize {
         if self.concurrency > 0 {
             self.concurrency
         } else {
-            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+            4 * cpu_slots()
         }
     }
+}
+
+/// Files decoded and chunked at once: one per core.
+#[must_use]
+pub fn cpu_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
 }
 
 /// `[s3]`.

@@ -96,7 +96,8 @@ struct SyncArgs {
     /// Configuration file [default: ./pipeline.toml when present].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Files processed at once [default: the config's, else one per core].
+    /// Files in flight at once [default: the config's, else four per core]; decoding and
+    /// chunking run at most one per core.
     #[arg(long)]
     concurrency: Option<usize>,
     /// Request id copied onto every record and event.
@@ -214,6 +215,7 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
         max_object_bytes: config.limits.max_object_bytes,
         max_text_object_bytes: config.limits.max_text_object_bytes,
         max_text_bytes: config.limits.max_text_bytes,
+        cpu: Arc::new(tokio::sync::Semaphore::new(ingestd::config::cpu_slots())),
     });
     if let AnySource::S3(catalog) = &source
         && args.target == "s3://"

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::chunk::Chunker;
 use crate::detect::{self, Detected, Family, TextHint};
@@ -38,6 +38,9 @@ pub struct Request {
     pub max_text_object_bytes: u64,
     /// Extracted text larger than this fails the file.
     pub max_text_bytes: usize,
+    /// Slots for CPU-bound work (decoding, chunking), shared by every file: one per core, so
+    /// many files can be in flight without more than that being decoded at once.
+    pub cpu: Arc<Semaphore>,
 }
 
 /// What leaves the pipeline for one file, in order: `FILE_SYNCING`, the chunk records, then the
@@ -283,7 +286,9 @@ impl Processing {
         self.object.size = head.len() as u64;
         let (object, kind, request) = (self.object.clone(), self.kind, Arc::clone(&self.request));
         let sender = out.clone();
+        let slot = self.cpu_slot().await;
         let work = tokio::task::spawn_blocking(move || -> Result<Outcome, FileError> {
+            let _slot = slot;
             let extracted =
                 match extract::extract(&head, detected, charset.as_deref(), request.max_text_bytes)
                 {
@@ -346,7 +351,9 @@ impl Processing {
             }
             let (request, file, sender) =
                 (Arc::clone(&self.request), Arc::clone(&file), out.clone());
+            let slot = self.cpu_slot().await;
             let work = tokio::task::spawn_blocking(move || {
+                let _slot = slot;
                 let done = cut(&text, structure, &file, &request, &mut at, ended, &sender)?;
                 text.drain(..done);
                 Ok((text, at))
@@ -359,6 +366,12 @@ impl Processing {
                 });
             }
         }
+    }
+
+    /// Waits for a free CPU slot. The semaphore is never closed; if it were, the work would
+    /// run without a slot rather than not at all.
+    async fn cpu_slot(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.request.cpu).acquire_owned().await.ok()
     }
 
     /// Waits for work on a blocking thread; a panic there costs this file, not the worker.

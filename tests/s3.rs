@@ -48,6 +48,8 @@ impl Server {
                     let Ok((socket, _)) = listener.accept().await else {
                         continue;
                     };
+                    // Small responses must not wait for delayed ACKs (40 ms each).
+                    let _ = socket.set_nodelay(true);
                     let connection = http
                         .serve_connection(TokioIo::new(socket), service.clone())
                         .into_owned();
