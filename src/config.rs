@@ -231,6 +231,9 @@ pub struct S3Config {
     /// Seconds one operation (a listing page, an object read) may take, retries included.
     #[serde(default = "default_operation_timeout_secs")]
     pub operation_timeout_secs: u64,
+    /// Seconds a body may stall (below 1 byte/s) before the read is abandoned and resumed.
+    #[serde(default = "default_stall_timeout_secs")]
+    pub stall_timeout_secs: u64,
     /// Requests per second this process sends at most, over all buckets; 0 = no cap.
     #[serde(default = "default_max_requests_per_second")]
     pub max_requests_per_second: u32,
@@ -242,6 +245,11 @@ pub struct S3Config {
     /// variable `INGESTD__S3__SECRET_ACCESS_KEY` than written in a file.
     #[serde(default)]
     pub secret_access_key: Option<crate::job::Secret>,
+}
+
+/// The SDK's own default grace period for stalled bodies.
+fn default_stall_timeout_secs() -> u64 {
+    20
 }
 
 /// Below DigitalOcean Spaces' limit of about 1500 requests per second per IP address.
@@ -286,6 +294,7 @@ impl Default for S3Config {
             max_attempts: default_max_attempts(),
             connect_timeout_secs: default_connect_timeout_secs(),
             operation_timeout_secs: default_operation_timeout_secs(),
+            stall_timeout_secs: default_stall_timeout_secs(),
             max_requests_per_second: default_max_requests_per_second(),
             access_key_id: None,
             secret_access_key: None,

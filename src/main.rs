@@ -332,6 +332,7 @@ async fn open_source(args: &SyncArgs, config: &Config) -> Result<AnySource, Fail
         max_attempts: config.s3.max_attempts,
         connect_timeout: Duration::from_secs(config.s3.connect_timeout_secs),
         operation_timeout: Duration::from_secs(config.s3.operation_timeout_secs),
+        stall_timeout: Duration::from_secs(config.s3.stall_timeout_secs),
         allow_private,
     };
     let limiter = Arc::new(RateLimiter::new(config.s3.max_requests_per_second));

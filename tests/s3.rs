@@ -692,6 +692,7 @@ fn library_source_at(
         max_attempts: 3,
         connect_timeout: std::time::Duration::from_secs(5),
         operation_timeout: std::time::Duration::from_secs(30),
+        stall_timeout: std::time::Duration::from_secs(5),
         allow_private,
     };
     let limiter = Arc::new(ingestd::source::rate::RateLimiter::new(0));
@@ -867,4 +868,198 @@ fn clients_refuse_names_that_resolve_to_internal_addresses() {
     let open = library_source_at(&endpoint, "docs", true);
     let listed: Vec<Listed> = runtime.block_on(open.list().collect());
     assert!(listed.iter().all(|l| matches!(l, Listed::Object(_))) && !listed.is_empty());
+}
+
+#[test]
+fn unicode_and_space_keys_and_folder_markers() {
+    let server = Server::start();
+    let local = tempfile::tempdir().unwrap();
+    let nested = local.path().join("Résumé 2026");
+    std::fs::create_dir_all(&nested).unwrap();
+    std::fs::write(nested.join("notes café.txt"), "Crème brûlée, naïve façade.").unwrap();
+    std::fs::write(local.path().join("a b+c&d=e.md"), "# Plus & ampersand").unwrap();
+    std::fs::write(local.path().join("日本語.txt"), "こんにちは世界").unwrap();
+    // A folder with nothing in it: listed by some stores as a 0-byte "empty/" marker.
+    std::fs::create_dir_all(local.path().join("empty")).unwrap();
+    server.bucket_from("docs", local.path());
+
+    let keys = |out: &Output| -> Vec<String> {
+        let mut keys: Vec<String> = lines(&out.stdout)
+            .iter()
+            .map(|r| r["file"]["key"].as_str().unwrap().to_owned())
+            .collect();
+        keys.dedup();
+        keys
+    };
+    let private = ["--allow-private-endpoint"];
+    let out = sync_s3(&server, "s3://docs", SECRET_KEY, &private);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut all = keys(&out);
+    all.sort();
+    assert_eq!(
+        all,
+        ["Résumé 2026/notes café.txt", "a b+c&d=e.md", "日本語.txt"]
+    );
+    let events = lines(&out.stderr);
+    assert!(
+        events
+            .iter()
+            .all(|e| e["file"]["key"].as_str() != Some("empty/")),
+        "folder markers are not files"
+    );
+
+    let out = sync_s3(&server, "s3://docs/Résumé 2026/", SECRET_KEY, &private);
+    assert_eq!(keys(&out), ["Résumé 2026/notes café.txt"]);
+    let out = sync_s3(&server, "s3://docs/a b+c&d=e.md", SECRET_KEY, &private);
+    assert_eq!(keys(&out), ["a b+c&d=e.md"]);
+    let records = lines(&out.stdout);
+    assert_eq!(records[0]["text"], "# Plus & ampersand");
+}
+
+/// A proxy whose first connection stops forwarding after `stall_after` bytes of response and
+/// holds the connection open, silent; later connections pass through.
+fn stalling_proxy(upstream: SocketAddr, stall_after: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+    let stalls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&stalls);
+    let addr = listen(move |mut client| {
+        let Some(mut server) = open_upstream(&client, upstream) else {
+            return;
+        };
+        let stall = counter.fetch_add(1, Ordering::SeqCst) == 0;
+        std::thread::spawn(move || {
+            let mut sent = 0;
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = server.read(&mut buf) {
+                if n == 0 || client.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                sent += n;
+                if stall && sent > stall_after {
+                    // Silent, connection open, until the client gives up on it.
+                    std::thread::sleep(std::time::Duration::from_secs(30));
+                    break;
+                }
+            }
+        });
+    });
+    (addr, stalls)
+}
+
+#[test]
+fn a_stalled_body_is_abandoned_and_resumed() {
+    let server = Server::start();
+    let local = big_object(&server);
+    let (proxy, connections) = stalling_proxy(server.addr, 100_000);
+    let args = [
+        "sync",
+        "s3://big",
+        "--allow-private-endpoint",
+        "--chunk-size",
+        "300",
+    ];
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_ingestd"))
+        .args(args)
+        .args(["--endpoint-url", &format!("http://{proxy}")])
+        .current_dir(local.path())
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("INGESTD__S3__STALL_TIMEOUT_SECS", "2")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(25),
+        "the stall was waited out instead of abandoned"
+    );
+    assert!(
+        connections.load(Ordering::SeqCst) >= 2,
+        "a second connection resumed"
+    );
+    let expected = ingestd(local.path(), &["sync", "big.txt", "--chunk-size", "300"]);
+    let texts = |out: &[u8]| {
+        lines(out)
+            .iter()
+            .map(|r| r["text"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(texts(&out.stdout), texts(&expected.stdout));
+}
+
+/// Peak resident memory (VmHWM, KiB) of a child, sampled until it exits.
+fn peak_rss_kib(command: &mut Command) -> (std::process::ExitStatus, u64) {
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        if let Ok(status) = std::fs::read_to_string(&status_file)
+            && let Some(kib) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, peak);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_large_object_is_streamed_in_bounded_memory() {
+    let server = Server::start();
+    let local = tempfile::tempdir().unwrap();
+    let line = "Streaming keeps memory bounded by configuration, not by object size.\n";
+    let sizes_mb = [16, 80];
+    let mut peaks_mb = Vec::new();
+    for mb in sizes_mb {
+        let text = line.repeat(mb * 1_000_000 / line.len());
+        let folder = local.path().join(format!("large-{mb}"));
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("large.txt"), &text).unwrap();
+        server.bucket_from(&format!("large-{mb}"), &folder);
+        let events = local.path().join(format!("events-{mb}.jsonl"));
+        let (status, peak_kib) = peak_rss_kib(
+            Command::new(env!("CARGO_BIN_EXE_ingestd"))
+                .args([
+                    "sync",
+                    &format!("s3://large-{mb}"),
+                    "--allow-private-endpoint",
+                ])
+                .args(["--out", "/dev/null", "--events", events.to_str().unwrap()])
+                .args(["--endpoint-url", &server.endpoint()])
+                .current_dir(local.path())
+                .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+                .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+                .env_remove("RUST_LOG"),
+        );
+        assert!(status.success(), "{status}");
+        let events = lines(&std::fs::read(&events).unwrap());
+        let ready = outcome(&events, "large.txt");
+        assert_eq!(ready["event"], "FILE_READY", "{ready}");
+        assert!(ready["chunk_count"].as_u64().unwrap() > 100);
+        peaks_mb.push(peak_kib / 1024);
+    }
+    // Five times the object, (almost) the same memory: nothing grows with the object's size.
+    assert!(
+        peaks_mb[1] < peaks_mb[0] + 16,
+        "peak RSS {peaks_mb:?} MB for objects of {sizes_mb:?} MB"
+    );
 }

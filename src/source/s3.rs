@@ -43,6 +43,8 @@ pub struct S3ClientSettings {
     pub connect_timeout: Duration,
     /// Time for one whole operation, retries included (bodies are bounded by stall detection).
     pub operation_timeout: Duration,
+    /// How long a body may stall before it is abandoned (and resumed).
+    pub stall_timeout: Duration,
     /// Connect to internal addresses too (local test servers); otherwise every connection's
     /// DNS answer is checked by a [`GuardedResolver`].
     pub allow_private: bool,
@@ -158,7 +160,11 @@ fn build_client(
                 .operation_timeout(settings.operation_timeout)
                 .build(),
         )
-        .stalled_stream_protection(StalledStreamProtectionConfig::enabled().build())
+        .stalled_stream_protection(
+            StalledStreamProtectionConfig::enabled()
+                .grace_period(settings.stall_timeout)
+                .build(),
+        )
         .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts));
     let config = if settings.allow_private {
         config
