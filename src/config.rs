@@ -168,7 +168,7 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SyncConfig {
-    /// Files processed at once; 0 means one per CPU core.
+    /// Files in flight at once; 0 means four per CPU core (CPU work is one per core anyway).
     #[serde(default)]
     pub concurrency: usize,
     /// Follow symbolic links when walking a folder (loops are detected and reported).
@@ -475,10 +475,15 @@ fn apply_env(
                 message: "expected INGESTD__<TABLE>__<KEY>".to_owned(),
             });
         };
-        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or(toml::Value::String(raw));
+        // Credentials are strings whatever they look like (a secret of digits is not a number).
+        let value = if key.ends_with("key_id") || key.ends_with("secret_access_key") {
+            toml::Value::String(raw)
+        } else {
+            toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(raw))
+        };
         let entry = root
             .entry(table.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -521,6 +526,27 @@ mod tests {
         let config = Config::load(None, env).unwrap();
         assert_eq!(config.chunking.chunk_size, 512);
         assert_eq!(config.chunking.encoding, Encoding::O200kBase);
+    }
+
+    #[test]
+    fn credentials_from_the_environment_stay_strings() {
+        let env = [
+            ("INGESTD__S3__ACCESS_KEY_ID".to_owned(), "12345".to_owned()),
+            (
+                "INGESTD__S3__SECRET_ACCESS_KEY".to_owned(),
+                "true".to_owned(),
+            ),
+        ];
+        let config = Config::load(None, env).unwrap();
+        assert_eq!(config.s3.access_key_id.as_deref(), Some("12345"));
+        assert_eq!(
+            config
+                .s3
+                .secret_access_key
+                .as_ref()
+                .map(crate::job::Secret::expose),
+            Some("true")
+        );
     }
 
     #[test]

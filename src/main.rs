@@ -67,7 +67,12 @@ struct SyncArgs {
     endpoint_url: Option<String>,
     /// Access key id for s3:// targets [default: the config's s3.access_key_id]. The secret
     /// comes from AWS_SECRET_ACCESS_KEY or the config, never from the command line.
-    #[arg(long, value_name = "ID", env = "AWS_ACCESS_KEY_ID")]
+    #[arg(
+        long,
+        value_name = "ID",
+        env = "AWS_ACCESS_KEY_ID",
+        hide_env_values = true
+    )]
     access_key_id: Option<String>,
     /// Allow http and private or loopback endpoints (local test servers only).
     #[arg(long)]

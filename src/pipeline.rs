@@ -70,6 +70,10 @@ pub struct FileReport {
 /// this size are read whole.
 pub const SEGMENT_BYTES: usize = 4 * 1024 * 1024;
 
+/// A segment is cut whatever it holds once it reaches this size (text with almost no
+/// boundaries, where chunks cannot be told apart sooner).
+const MAX_SEGMENT_BYTES: usize = 4 * SEGMENT_BYTES;
+
 /// Opens of one object when it is replaced before any of its records left.
 const MAX_OPENS: u32 = 3;
 
@@ -120,6 +124,7 @@ pub async fn process<S: Source>(
         request,
         kind: source.kind(),
         bytes_read: 0,
+        emitted: 0,
     };
     let started = file
         .request
@@ -158,6 +163,8 @@ struct Processing {
     request: Arc<Request>,
     kind: SourceKind,
     bytes_read: u64,
+    /// Records sent so far.
+    emitted: usize,
 }
 
 impl Processing {
@@ -181,11 +188,20 @@ impl Processing {
         let mut opens = 0;
         loop {
             opens += 1;
-            match self.read_head(source).await {
-                Ok((head, body, ended)) => return self.convert(head, body, ended, out).await,
-                // Nothing has left yet: read the new version from the start.
-                Err(err) if err.code == ErrorCode::ObjectChanged && opens < MAX_OPENS => {}
-                Err(err) => return Outcome::Failed(err),
+            let outcome = match self.read_head(source).await {
+                Ok((head, body, ended)) => self.convert(head, body, ended, out).await,
+                Err(err) => Outcome::Failed(err),
+            };
+            match outcome {
+                // Replaced before any record left: read the new version from the start.
+                Outcome::Failed(err)
+                    if err.code == ErrorCode::ObjectChanged
+                        && self.emitted == 0
+                        && opens < MAX_OPENS =>
+                {
+                    tracing::debug!(key = %self.object.key, "object replaced while being read; reading it again");
+                }
+                outcome => return outcome,
             }
         }
     }
@@ -245,27 +261,39 @@ impl Processing {
         self.file_ref.format = Some(detected.format.name().to_owned());
         let hint = detected.text_hint.unwrap_or(TextHint::Bytes);
         let text = detected.format.family() == Family::Text;
-        let streamable = extract::streamable(detected.format);
+        // A large text object streams when its format is taken as it is and its encoding can
+        // be decoded piece by piece (not UTF-32); anything else is parsed whole.
+        let stream = match extract::streamable(detected.format) {
+            Some(structure) if text && !ended => {
+                StreamDecoder::for_head(&head, hint, charset.as_deref())
+                    .map(|decoder| (structure, decoder))
+            }
+            _ => None,
+        };
+        let parsed_whole = text && extract::streamable(detected.format).is_none();
+        let read_whole = parsed_whole || (text && !ended && stream.is_none());
         let limit = self.request.max_text_object_bytes;
-        if text && streamable.is_none() && self.object.size.max(head.len() as u64) > limit {
+        if read_whole && self.object.size.max(head.len() as u64) > limit {
+            let why = if parsed_whole {
+                format!("{}, which is parsed whole", detected.format.name())
+            } else {
+                "text in an encoding that is decoded whole (UTF-32)".to_owned()
+            };
             return Outcome::Skipped(
                 SkipReason::TooLarge,
                 format!(
-                    "the object is {} bytes of {}, which is parsed whole, over limits.max_text_object_bytes ({limit})",
-                    self.object.size,
-                    detected.format.name()
+                    "the object is {} bytes of {why}, over limits.max_text_object_bytes ({limit})",
+                    self.object.size
                 ),
             );
         }
+        if let Some((structure, decoder)) = stream {
+            return self
+                .stream(head, body, decoder, structure, detected, out)
+                .await
+                .unwrap_or_else(Outcome::Failed);
+        }
         if !ended && text {
-            if let Some(structure) = streamable
-                && let Some(decoder) = StreamDecoder::for_head(&head, hint, charset.as_deref())
-            {
-                return self
-                    .stream(head, body, decoder, structure, detected, out)
-                    .await
-                    .unwrap_or_else(Outcome::Failed);
-            }
             let cap = usize::try_from(limit)
                 .unwrap_or(usize::MAX)
                 .saturating_add(1);
@@ -288,7 +316,6 @@ impl Processing {
         let sender = out.clone();
         let slot = self.cpu_slot().await;
         let work = tokio::task::spawn_blocking(move || -> Result<Outcome, FileError> {
-            let _slot = slot;
             let extracted =
                 match extract::extract(&head, detected, charset.as_deref(), request.max_text_bytes)
                 {
@@ -301,15 +328,12 @@ impl Processing {
             }
             let file = file_info(&object, detected, kind);
             let mut at = Cursor::default();
-            cut(
-                &extracted.text,
-                extracted.structure,
-                &file,
-                &request,
-                &mut at,
-                true,
-                &sender,
-            )?;
+            let segment = Segment {
+                text: &extracted.text,
+                structure: extracted.structure,
+                last: true,
+            };
+            cut(&segment, &file, &request, &mut at, slot, &sender)?;
             Ok(Outcome::Ready {
                 chunks: at.index,
                 tokens: at.tokens,
@@ -337,9 +361,12 @@ impl Processing {
         decoder.push(&head, false, &mut text)?;
         drop(head);
         let mut at = Cursor::default();
+        // Text to gather before cutting; it grows when a cut could not tell where its chunks
+        // end (a segment of one or two chunks), up to a cap where the cut is forced.
+        let mut want = SEGMENT_BYTES;
         loop {
             let mut ended = false;
-            while text.len() < SEGMENT_BYTES {
+            while text.len() < want {
                 let Some(piece) = body.next().await else {
                     decoder.push(&[], true, &mut text)?;
                     ended = true;
@@ -351,14 +378,26 @@ impl Processing {
             }
             let (request, file, sender) =
                 (Arc::clone(&self.request), Arc::clone(&file), out.clone());
+            let last = ended || text.len() >= MAX_SEGMENT_BYTES;
             let slot = self.cpu_slot().await;
             let work = tokio::task::spawn_blocking(move || {
-                let _slot = slot;
-                let done = cut(&text, structure, &file, &request, &mut at, ended, &sender)?;
+                let segment = Segment {
+                    text: &text,
+                    structure,
+                    last,
+                };
+                let done = cut(&segment, &file, &request, &mut at, slot, &sender)?;
                 text.drain(..done);
-                Ok((text, at))
+                Ok((text, at, done))
             });
-            (text, at) = self.blocking(work).await?;
+            let done;
+            (text, at, done) = self.blocking(work).await?;
+            self.emitted = at.index;
+            want = if done == 0 {
+                text.len() + SEGMENT_BYTES
+            } else {
+                SEGMENT_BYTES
+            };
             if ended {
                 return Ok(Outcome::Ready {
                     chunks: at.index,
@@ -421,18 +460,31 @@ fn file_info(object: &ObjectMeta, detected: Detected, kind: SourceKind) -> FileI
     }
 }
 
-/// Cuts `text` (which starts at `at.offset` in the file's text) and sends one record per chunk
-/// from a blocking thread. Unless `last`, the final two chunks are held back: where they end
-/// depends on text not read yet. Returns how many bytes of `text` are done with.
-fn cut(
-    text: &str,
+/// Text to cut: a whole file's, or a segment of a streamed one.
+struct Segment<'a> {
+    text: &'a str,
     structure: crate::chunk::Structure,
+    /// No text follows.
+    last: bool,
+}
+
+/// Cuts a segment (which starts at `at.offset` in the file's text) under a CPU `slot`, frees
+/// the slot, then sends one record per chunk (from a blocking thread). Unless the segment is
+/// the last, its final two chunks are held back: where they end depends on text not read yet.
+/// Returns how many bytes of the segment are done with.
+fn cut(
+    segment: &Segment<'_>,
     file: &FileInfo,
     request: &Request,
     at: &mut Cursor,
-    last: bool,
+    slot: Option<OwnedSemaphorePermit>,
     out: &Emitter,
 ) -> Result<usize, FileError> {
+    let &Segment {
+        text,
+        structure,
+        last,
+    } = segment;
     let chunker = &request.chunker;
     let prefix = request.prepend_filename.then(|| {
         let name = file.key.rsplit('/').next().unwrap_or(&file.key);
@@ -454,14 +506,16 @@ fn cut(
     } else {
         chunks.len().saturating_sub(2)
     };
-    let Some(done) = (if last {
-        Some(text.len())
+    // Done with: everything when last; else up to the first chunk held back. With too few
+    // chunks to tell where they end, only the blank text before the first one (if any).
+    let done = if last {
+        text.len()
     } else {
-        chunks.get(keep).map(|chunk| chunk.range.start)
-    }) else {
-        // Too little text to tell where its chunks end: wait for more.
-        return Ok(0);
+        chunks
+            .get(keep)
+            .map_or(text.len(), |chunk| chunk.range.start)
     };
+    let mut records = Vec::with_capacity(keep);
     for chunk in &chunks[..keep] {
         let body = &text[chunk.range.clone()];
         let (text, token_count) = match &prefix {
@@ -495,10 +549,16 @@ fn cut(
             embedding_model: None,
             chunking,
         };
-        out.blocking_send(Emitted::Record(Box::new(record)))
-            .map_err(|_| closed())?;
         at.index += 1;
         at.tokens += token_count;
+        records.push(record);
+    }
+    // The CPU work is done: free the slot before waiting for the writer, which may be busy
+    // with another file that needs a slot to finish.
+    drop(slot);
+    for record in records {
+        out.blocking_send(Emitted::Record(Box::new(record)))
+            .map_err(|_| closed())?;
     }
     at.offset += done;
     Ok(done)

@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use common::{fixture, ingestd, lines, outcome, root};
 use serde_json::Value;
@@ -199,7 +200,7 @@ fn oversized_files_are_skipped_before_reading() {
 #[test]
 fn whole_parsed_formats_over_their_cap_are_skipped_but_text_streams() {
     let dir = tempfile::tempdir().unwrap();
-    // The cap is below one streaming segment (4 MiB), so both files are read in segments.
+    // Both files are over one streaming segment (4 MiB); the cap is below it.
     std::fs::write(
         dir.path().join("pipeline.toml"),
         "[limits]\nmax_text_object_bytes = 1000000\n",
@@ -207,7 +208,8 @@ fn whole_parsed_formats_over_their_cap_are_skipped_but_text_streams() {
     .unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    let rows: Vec<String> = (0..200_000).map(|i| format!("{{\"n\": {i}}}")).collect();
+    // Over one segment (4 MiB), so only its head is read before it is skipped.
+    let rows: Vec<String> = (0..400_000).map(|i| format!("{{\"n\": {i}}}")).collect();
     std::fs::write(data.join("big.json"), format!("[{}]", rows.join(",\n"))).unwrap();
     let prose: String = (0..120_000)
         .map(|i| format!("Sentence number {i} of a long streamed text file."))
@@ -418,4 +420,130 @@ fn output_that_cannot_be_written_is_fatal_exit_1() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("error: writing chunks"), "{stderr}");
+}
+
+/// Many files of many chunks each, more in flight than CPU slots, the first one the slowest:
+/// files waiting for the writer must not hold the CPU slots the first one needs.
+#[test]
+fn many_large_files_in_flight_do_not_wait_on_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let sentence = "Each file here yields hundreds of small chunks for the writer. ";
+    std::fs::write(data.join("a-first.txt"), sentence.repeat(20_000)).unwrap();
+    for i in 0..8 {
+        std::fs::write(data.join(format!("b-{i}.txt")), sentence.repeat(3_000)).unwrap();
+    }
+    let args = [
+        "sync",
+        "data",
+        "--chunk-size",
+        "40",
+        "--chunk-overlap",
+        "0",
+        "--concurrency",
+        "8",
+    ];
+    let out = common::ingestd_within(dir.path(), &args, std::time::Duration::from_mins(2));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = lines(&out.stderr);
+    let ready = events.iter().filter(|e| e["event"] == "FILE_READY").count();
+    assert_eq!(ready, 9);
+    let records = lines(&out.stdout);
+    assert!(records.len() > 9 * 256, "{} records", records.len());
+}
+
+/// Text whose first segments hold no boundary a chunk could end on, then a few words.
+#[test]
+fn blank_or_boundaryless_segments_do_not_stall_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(
+        data.join("blank.txt"),
+        format!("{}hello world", " \n".repeat(3_000_000)),
+    )
+    .unwrap();
+    let args = ["sync", "data"];
+    let out = common::ingestd_within(dir.path(), &args, std::time::Duration::from_mins(2));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = lines(&out.stdout);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["text"], "hello world");
+    let start = records[0]["range"][0].as_u64().unwrap();
+    assert_eq!(start, 6_000_000);
+}
+
+/// Streamed markdown with overlap: across segment seams chunks stay in order, within size,
+/// true to the source, and share no more than the overlap with their neighbour.
+#[test]
+fn streamed_markdown_with_overlap_keeps_its_promises() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let mut doc = String::new();
+    let mut section = 0;
+    while doc.len() < 9 * 1024 * 1024 {
+        section += 1;
+        let _ = write!(
+            doc,
+            "## Section {section}\n\nParagraph {section} explains one idea in a few plain sentences. It goes on a little longer so that chunks hold several paragraphs.\n\n- item one of {section}\n- item two\n\n"
+        );
+    }
+    std::fs::write(data.join("book.md"), &doc).unwrap();
+    let out = ingestd(
+        dir.path(),
+        &[
+            "sync",
+            "data",
+            "--chunk-size",
+            "200",
+            "--chunk-overlap",
+            "20",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = lines(&out.stdout);
+    let bpe = tiktoken_rs::cl100k_base().unwrap();
+    let mut previous: Option<(usize, usize)> = None;
+    for (i, record) in records.iter().enumerate() {
+        assert_eq!(record["chunk_index"].as_u64(), Some(i as u64));
+        let (start, end) = (
+            record["range"][0].as_u64().unwrap() as usize,
+            record["range"][1].as_u64().unwrap() as usize,
+        );
+        assert_eq!(&doc[start..end], record["text"].as_str().unwrap());
+        assert!(record["token_count"].as_u64().unwrap() <= 200);
+        if let Some((prev_start, prev_end)) = previous {
+            assert!(start > prev_start, "chunk {i} does not move forward");
+            if start < prev_end {
+                let shared = bpe.encode_ordinary(&doc[start..prev_end]).len();
+                assert!(shared <= 20, "chunk {i} shares {shared} tokens");
+            }
+            assert!(
+                doc[prev_end.min(start)..start].trim().is_empty(),
+                "text lost before chunk {i}"
+            );
+        }
+        previous = Some((start, end));
+    }
+    assert!(
+        doc[previous.unwrap().1..].trim().is_empty(),
+        "text lost at the end"
+    );
 }

@@ -136,31 +136,36 @@ impl Chunker {
         };
         let mut chunks = Vec::new();
         let window = MIN_WINDOW_BYTES.max(capacity.saturating_mul(4 * WINDOW_CHUNKS));
-        let mut start = 0;
-        while start < text.len() {
-            let mut end = window_end(text, start, window);
-            loop {
-                let found = split(&text[start..end], structure, capacity, overlap, &sizer);
-                if end == text.len() {
-                    chunks.extend(
-                        found
-                            .into_iter()
-                            .map(|r| (start + r.start)..(start + r.end)),
-                    );
-                    start = text.len();
-                    break;
+        // Long blank runs are hard boundaries: no chunk is only blank, and text-splitter's
+        // work grows with the square of the blank sections it is shown.
+        for block in blocks(text) {
+            let text = &text[..block.end];
+            let mut start = block.start;
+            while start < text.len() {
+                let mut end = window_end(text, start, window);
+                loop {
+                    let found = split(&text[start..end], structure, capacity, overlap, &sizer);
+                    if end == text.len() {
+                        chunks.extend(
+                            found
+                                .into_iter()
+                                .map(|r| (start + r.start)..(start + r.end)),
+                        );
+                        start = text.len();
+                        break;
+                    }
+                    // The last chunk of a window may have been cut short by the window's end:
+                    // keep the others and start the next window where it started.
+                    if let [kept @ .., last] = found.as_slice()
+                        && !kept.is_empty()
+                    {
+                        chunks.extend(kept.iter().map(|r| (start + r.start)..(start + r.end)));
+                        start += last.start;
+                        break;
+                    }
+                    // One chunk filled the whole window: try a wider one.
+                    end = window_end(text, start, (end - start).saturating_mul(2));
                 }
-                // The last chunk of a window may have been cut short by the window's end: keep
-                // the others and start the next window where it started.
-                if let [kept @ .., last] = found.as_slice()
-                    && !kept.is_empty()
-                {
-                    chunks.extend(kept.iter().map(|r| (start + r.start)..(start + r.end)));
-                    start += last.start;
-                    break;
-                }
-                // One chunk filled the whole window: try a wider one.
-                end = window_end(text, start, (end - start).saturating_mul(2));
             }
         }
         // Markdown chunks keep their indentation, but indentation inside the overlap would add
@@ -179,6 +184,39 @@ impl Chunker {
             })
             .collect()
     }
+}
+
+/// Blank runs at least this long separate blocks that are chunked on their own.
+const BLANK_RUN_BYTES: usize = 256;
+
+/// The stretches of `text` between blank runs of [`BLANK_RUN_BYTES`] or more (ASCII
+/// whitespace), in order; blank runs themselves are left out.
+fn blocks(text: &str) -> Vec<Range<usize>> {
+    let bytes = text.as_bytes();
+    let mut blocks = Vec::new();
+    let (mut block_start, mut run_start) = (0, None);
+    for (i, &b) in bytes.iter().enumerate() {
+        if b.is_ascii_whitespace() {
+            run_start.get_or_insert(i);
+            continue;
+        }
+        if let Some(run) = run_start.take()
+            && i - run >= BLANK_RUN_BYTES
+        {
+            if run > block_start {
+                blocks.push(block_start..run);
+            }
+            block_start = i;
+        }
+    }
+    let end = match run_start {
+        Some(run) if bytes.len() - run >= BLANK_RUN_BYTES => run,
+        _ => bytes.len(),
+    };
+    if end > block_start {
+        blocks.push(block_start..end);
+    }
+    blocks
 }
 
 /// Runs text-splitter over one window; ranges are relative to the window.

@@ -144,3 +144,17 @@ fn markdown_indentation_in_the_overlap_is_not_shared() {
     let chunker = Chunker::new(Encoding::Cl100kBase, 26, 12).unwrap();
     check_invariants(text, &chunker.chunk(text, Structure::Markdown), 26, 12);
 }
+
+#[test]
+fn long_blank_runs_are_boundaries_and_cost_little() {
+    let chunker = Chunker::new(Encoding::Cl100kBase, 50, 5).unwrap();
+    // 60,000 blank lines made this quadratic inside text-splitter (minutes).
+    let text = format!("first words{}last words", " \n".repeat(30_000));
+    let chunks = chunker.chunk(&text, Structure::Plain);
+    let texts: Vec<&str> = chunks.iter().map(|c| &text[c.range.clone()]).collect();
+    assert_eq!(texts, ["first words", "last words"]);
+    check_invariants(&text, &chunks, 50, 5);
+    let short = super::blocks("a   b");
+    assert_eq!(short.len(), 1, "short blank runs stay inside a block");
+    assert_eq!(short[0], 0..5);
+}

@@ -199,8 +199,10 @@ impl Tokenizer {
         let bytes = piece.as_bytes();
         if bytes.len() <= 1 || self.ranks.contains_key(bytes) {
             bytes.len().min(1)
-        } else {
+        } else if bytes.len() <= LONG_PIECE_BYTES {
             tiktoken_rs::byte_pair_split(bytes, &self.ranks).len()
+        } else {
+            merged_parts(bytes, &self.ranks)
         }
     }
 
@@ -238,6 +240,58 @@ impl Tokenizer {
             last_head: Cell::new((usize::MAX, 0, 0)),
         }
     }
+}
+
+/// Pieces longer than this are merged with a heap: tiktoken's merge loop rescans the piece for
+/// every merge, which is quadratic (a megabyte of one letter, or of blank lines, is one piece).
+const LONG_PIECE_BYTES: usize = 256;
+
+/// The number of parts byte-pair merging leaves of `piece`: always the lowest-ranked adjacent
+/// pair first, the leftmost on ties — tiktoken's order, so the result is the same — found
+/// with a heap in O(n log n).
+fn merged_parts(piece: &[u8], ranks: &FxHashMap<Vec<u8>, Rank>) -> usize {
+    const NONE: usize = usize::MAX;
+    let n = piece.len();
+    // Parts are identified by their start; `next`/`prev` link them left to right.
+    let mut next: Vec<usize> = (1..=n).collect();
+    let mut prev: Vec<usize> = (0..n).map(|i| i.checked_sub(1).unwrap_or(NONE)).collect();
+    let mut alive = vec![true; n];
+    let rank = |start: usize, end: usize| ranks.get(&piece[start..end]).copied();
+    let mut heap = std::collections::BinaryHeap::new();
+    for start in 0..n.saturating_sub(1) {
+        if let Some(r) = rank(start, start + 2) {
+            heap.push(std::cmp::Reverse((r, start, start + 2)));
+        }
+    }
+    let mut parts = n;
+    while let Some(std::cmp::Reverse((_, start, end))) = heap.pop() {
+        // Stale unless `start` still begins a pair that still ends at `end`.
+        if !alive[start] {
+            continue;
+        }
+        let middle = next[start];
+        if middle >= n || next[middle] != end {
+            continue;
+        }
+        alive[middle] = false;
+        next[start] = end;
+        if end < n {
+            prev[end] = start;
+        }
+        parts -= 1;
+        let before = prev[start];
+        if before != NONE
+            && let Some(r) = rank(before, end)
+        {
+            heap.push(std::cmp::Reverse((r, before, end)));
+        }
+        if end < n
+            && let Some(r) = rank(start, next[end])
+        {
+            heap.push(std::cmp::Reverse((r, start, next[end])));
+        }
+    }
+    parts
 }
 
 fn to_u32(n: usize) -> u32 {
@@ -425,5 +479,36 @@ mod tests {
                 .unwrap_err()
                 .contains("cl100k_base")
         );
+    }
+
+    #[test]
+    fn long_pieces_merge_as_tiktoken_does() {
+        let tokenizer = Tokenizer::shared(Encoding::Cl100kBase).unwrap();
+        let mut state = 7u64;
+        let mut samples: Vec<Vec<u8>> = vec![
+            b"a".repeat(1000),
+            b" \n".repeat(700),
+            "ééé".repeat(200).into_bytes(),
+        ];
+        for _ in 0..40 {
+            let len = 257 + (state % 700) as usize;
+            let piece: Vec<u8> = (0..len)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1);
+                    b"abcdeeeeffghhhiinnoorsstt "[(state >> 33) as usize % 26]
+                })
+                .collect();
+            samples.push(piece);
+        }
+        for piece in samples {
+            assert_eq!(
+                merged_parts(&piece, &tokenizer.ranks),
+                tiktoken_rs::byte_pair_split(&piece, &tokenizer.ranks).len(),
+                "{}",
+                String::from_utf8_lossy(&piece)
+            );
+        }
     }
 }

@@ -547,6 +547,7 @@ impl Source for S3Source {
             key: object.key.clone(),
             etag: object.etag.clone(),
             at: 0,
+            total: None,
             interruptions: 0,
         };
         let response = match get.send().await {
@@ -562,6 +563,9 @@ impl Source for S3Source {
             Err(err) => return Err(classify(&err, "reading", &get.bucket, &get.key)),
         };
         get.etag = response.e_tag().map(str::to_owned).or(get.etag);
+        get.total = response
+            .content_length()
+            .and_then(|n| u64::try_from(n).ok());
         let opened_etag = get.etag.clone();
         let content_type = response.content_type().map(str::to_owned);
         let body =
@@ -573,6 +577,8 @@ impl Source for S3Source {
                             return Ok(Some((bytes, (get, body))));
                         }
                         Ok(None) => return Ok(None),
+                        // Broke off after the last byte: nothing is missing.
+                        Err(_) if get.total == Some(get.at) => return Ok(None),
                         Err(err) => body = get.resume(err.to_string()).await?,
                     }
                 }
@@ -595,6 +601,8 @@ struct Get {
     etag: Option<String>,
     /// Bytes received so far.
     at: u64,
+    /// The object's length, from the first response.
+    total: Option<u64>,
     /// Resumes so far.
     interruptions: u32,
 }
@@ -648,10 +656,12 @@ impl Get {
             }
             Err(err) => return Err(classify(&err, "reading", &self.bucket, &self.key)),
         };
+        // From byte 0 there is no range to honour.
         let expected = format!("bytes {}-", self.at);
-        if !response
-            .content_range()
-            .is_some_and(|range| range.starts_with(&expected))
+        if self.at > 0
+            && !response
+                .content_range()
+                .is_some_and(|range| range.starts_with(&expected))
         {
             return Err(FileError::transient(
                 ErrorCode::SourceUnavailable,

@@ -43,3 +43,43 @@ pub fn outcome<'a>(events: &'a [Value], key: &str) -> &'a Value {
         .find(|e| e["file"]["key"] == key && e["event"] != "FILE_SYNCING")
         .unwrap_or_else(|| panic!("no outcome for {key} in {events:#?}"))
 }
+
+/// Like [`ingestd`], but a run still going after `limit` is killed and fails the test (for
+/// inputs that once made the pipeline wait forever).
+pub fn ingestd_within(dir: &Path, args: &[&str], limit: std::time::Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ingestd"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running ingestd");
+    // Drain both pipes on threads so a chatty child cannot block on a full pipe.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut buf).map(|_| buf)
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut stderr, &mut buf).map(|_| buf)
+    });
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for ingestd") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("ingestd {args:?} was still running after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().expect("stdout thread").expect("stdout"),
+        stderr: err.join().expect("stderr thread").expect("stderr"),
+    }
+}
