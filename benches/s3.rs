@@ -11,6 +11,9 @@
 //!   `RecursiveCharacterTextSplitter.from_tiktoken_encoder` with the same size and overlap,
 //!   token counts for each chunk, JSON lines to /dev/null.
 //!
+//! The small set runs twice: on loopback, and through a proxy that adds 20 ms to every
+//! response (about S3's time to first byte), where concurrency matters.
+//!
 //! Reported: objects/s, MB/s, peak RSS (VmHWM of the child process), and ratios.
 //!
 //! Run: `cargo bench --bench s3`. Needs `python3` with `boto3`, `tiktoken` and
@@ -36,6 +39,8 @@ const ACCESS_KEY: &str = "AKIDINGESTDBENCH";
 const SECRET_KEY: &str = "ingestd-bench-secret";
 const SMALL_OBJECTS: usize = 2000;
 const LARGE_OBJECTS: usize = 3;
+/// Time to first byte added by the latency proxy, about what S3 and Spaces take.
+const LATENCY_MS: u64 = 20;
 
 fn main() {
     let large_mb: usize = std::env::var("INGESTD_BENCH_LARGE_MB")
@@ -46,28 +51,39 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let addr = serve(root.path());
     let endpoint = format!("http://{addr}");
-    let client = client(&endpoint);
+    let direct = client(&endpoint);
     // ingestd's default: four objects in flight per core.
     let concurrency = 4 * ingestd::config::cpu_slots();
 
     println!("loading the server: {SMALL_OBJECTS} small objects, {LARGE_OBJECTS} × {large_mb} MB");
-    let small_bytes = runtime.block_on(load(&client, "small", SMALL_OBJECTS, |i| {
+    let small_bytes = runtime.block_on(load(&direct, "small", SMALL_OBJECTS, |i| {
         1024 + (mix(i as u64) % (63 * 1024)) as usize
     }));
-    let large_bytes = runtime.block_on(load(&client, "large", LARGE_OBJECTS, |_| {
+    let large_bytes = runtime.block_on(load(&direct, "large", LARGE_OBJECTS, |_| {
         large_mb * 1_000_000
     }));
 
-    for (bucket, objects, bytes, with_peer) in [
-        ("small", SMALL_OBJECTS, small_bytes, true),
-        ("large", LARGE_OBJECTS, large_bytes, false),
+    // Loopback answers in microseconds; S3 and Spaces take tens of milliseconds to the first
+    // byte. The second small run goes through a proxy that adds that wait to every response.
+    let slow = latency_proxy(addr, Duration::from_millis(LATENCY_MS));
+    let slow_endpoint = format!("http://{slow}");
+    let slow_client = client(&slow_endpoint);
+    for (bucket, objects, bytes, with_peer, latency) in [
+        ("small", SMALL_OBJECTS, small_bytes, true, 0),
+        ("small", SMALL_OBJECTS, small_bytes, true, LATENCY_MS),
+        ("large", LARGE_OBJECTS, large_bytes, false, 0),
     ] {
+        let (endpoint, client) = if latency == 0 {
+            (endpoint.as_str(), &direct)
+        } else {
+            (slow_endpoint.as_str(), &slow_client)
+        };
         println!(
-            "\n({bucket}) {objects} objects, {:.1} MB, {concurrency} in flight",
+            "\n({bucket}) {objects} objects, {:.1} MB, {concurrency} in flight, {latency} ms added per response",
             bytes as f64 / 1e6
         );
         let started = Instant::now();
-        let downloaded = runtime.block_on(download_all(&client, bucket, concurrency));
+        let downloaded = runtime.block_on(download_all(client, bucket, concurrency));
         let floor = started.elapsed();
         assert_eq!(downloaded, bytes, "the floor read every byte");
         report(
@@ -87,7 +103,7 @@ fn main() {
             ])
             .args([
                 "--endpoint-url",
-                &endpoint,
+                endpoint,
                 "--out",
                 "/dev/null",
                 "--events",
@@ -102,7 +118,7 @@ fn main() {
             let tiktoken = tiktoken_cache(root.path());
             let (peer, peer_rss) = run(Command::new("python3")
                 .arg(&script)
-                .args([&endpoint, bucket])
+                .args([endpoint, bucket])
                 .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
                 .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
                 .env("TIKTOKEN_CACHE_DIR", &tiktoken));
@@ -172,6 +188,49 @@ fn run(command: &mut Command) -> (Duration, u64) {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// A TCP proxy to `upstream` that holds back each response (data from the server after a
+/// quiet spell) for `latency`, as a distant store's time to first byte.
+fn latency_proxy(upstream: SocketAddr, latency: Duration) -> SocketAddr {
+    use std::io::Read as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    let addr = listener.local_addr().expect("proxy address");
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = std::net::TcpStream::connect(upstream) else {
+                continue;
+            };
+            let _ = client.set_nodelay(true);
+            let _ = server.set_nodelay(true);
+            let (Ok(mut client_in), Ok(mut server_out)) = (client.try_clone(), server.try_clone())
+            else {
+                continue;
+            };
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut client_in, &mut server_out);
+            });
+            let (mut server_in, mut client_out) = (server, client);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut last = Instant::now();
+                while let Ok(n) = server_in.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if last.elapsed() > Duration::from_millis(2) {
+                        std::thread::sleep(latency);
+                    }
+                    if client_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    last = Instant::now();
+                }
+                let _ = client_out.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    addr
 }
 
 /// s3s-fs on a loopback port, on its own thread and runtime.
