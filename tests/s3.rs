@@ -1053,9 +1053,10 @@ fn a_large_object_is_streamed_in_bounded_memory() {
         assert!(ready["chunk_count"].as_u64().unwrap() > 100);
         peaks_mb.push(peak_kib / 1024);
     }
-    // Five times the object, (almost) the same memory: nothing grows with the object's size.
+    // Five times the object, about the same memory: holding the larger one whole would add
+    // at least its 64 MB of extra bytes; allocator and timing noise stays well under half that.
     assert!(
-        peaks_mb[1] < peaks_mb[0] + 16,
+        peaks_mb[1] < peaks_mb[0] + 32,
         "peak RSS {peaks_mb:?} MB for objects of {sizes_mb:?} MB"
     );
 }
