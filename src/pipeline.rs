@@ -263,14 +263,15 @@ impl Processing {
         let text = detected.format.family() == Family::Text;
         // A large text object streams when its format is taken as it is and its encoding can
         // be decoded piece by piece (not UTF-32); anything else is parsed whole.
-        let stream = match extract::streamable(detected.format) {
+        let streamable = extract::streamable(detected.format);
+        let stream = match streamable {
             Some(structure) if text && !ended => {
                 StreamDecoder::for_head(&head, hint, charset.as_deref())
                     .map(|decoder| (structure, decoder))
             }
             _ => None,
         };
-        let parsed_whole = text && extract::streamable(detected.format).is_none();
+        let parsed_whole = text && streamable.is_none();
         let read_whole = parsed_whole || (text && !ended && stream.is_none());
         let limit = self.request.max_text_object_bytes;
         if read_whole && self.object.size.max(head.len() as u64) > limit {

@@ -139,17 +139,22 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Runs `ingestd ARGS --endpoint-url ENDPOINT` in `dir` with the test credentials (and `secret`).
-fn ingestd_s3(dir: &Path, endpoint: &str, args: &[&str], secret: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ingestd"))
+/// `ingestd ARGS --endpoint-url ENDPOINT` in `dir` with the test access key and `secret`.
+fn s3_command(dir: &Path, endpoint: &str, args: &[&str], secret: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ingestd"));
+    command
         .args(args)
         .args(["--endpoint-url", endpoint])
         .current_dir(dir)
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", secret)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
+        .env_remove("RUST_LOG");
+    command
+}
+
+/// Runs [`s3_command`] to completion.
+fn ingestd_s3(dir: &Path, endpoint: &str, args: &[&str], secret: &str) -> Output {
+    s3_command(dir, endpoint, args, secret).output().unwrap()
 }
 
 fn sync_s3(server: &Server, target: &str, secret: &str, extra: &[&str]) -> Output {
@@ -957,14 +962,8 @@ fn a_stalled_body_is_abandoned_and_resumed() {
         "300",
     ];
     let started = std::time::Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_ingestd"))
-        .args(args)
-        .args(["--endpoint-url", &format!("http://{proxy}")])
-        .current_dir(local.path())
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    let out = s3_command(local.path(), &format!("http://{proxy}"), &args, SECRET_KEY)
         .env("INGESTD__S3__STALL_TIMEOUT_SECS", "2")
-        .env_remove("RUST_LOG")
         .output()
         .unwrap();
     assert_eq!(
@@ -1032,20 +1031,22 @@ fn a_large_object_is_streamed_in_bounded_memory() {
         std::fs::write(folder.join("large.txt"), &text).unwrap();
         server.bucket_from(&format!("large-{mb}"), &folder);
         let events = local.path().join(format!("events-{mb}.jsonl"));
-        let (status, peak_kib) = peak_rss_kib(
-            Command::new(env!("CARGO_BIN_EXE_ingestd"))
-                .args([
-                    "sync",
-                    &format!("s3://large-{mb}"),
-                    "--allow-private-endpoint",
-                ])
-                .args(["--out", "/dev/null", "--events", events.to_str().unwrap()])
-                .args(["--endpoint-url", &server.endpoint()])
-                .current_dir(local.path())
-                .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-                .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-                .env_remove("RUST_LOG"),
-        );
+        let target = format!("s3://large-{mb}");
+        let args = [
+            "sync",
+            &target,
+            "--allow-private-endpoint",
+            "--out",
+            "/dev/null",
+            "--events",
+            events.to_str().unwrap(),
+        ];
+        let (status, peak_kib) = peak_rss_kib(&mut s3_command(
+            local.path(),
+            &server.endpoint(),
+            &args,
+            SECRET_KEY,
+        ));
         assert!(status.success(), "{status}");
         let events = lines(&std::fs::read(&events).unwrap());
         let ready = outcome(&events, "large.txt");

@@ -5,15 +5,11 @@
 //! The reader is blocking (`std::io::Read + Seek`, what decoders take) and runs on a blocking
 //! thread; each missing block is fetched on the async runtime whose handle it holds.
 
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::sync::Arc;
 
-use aws_sdk_s3::Client;
-use bytes::Bytes;
-
-use super::rate::RateLimiter;
-use super::s3::{classify, is_precondition_failed};
+use super::s3::{S3Source, classify, is_precondition_failed, range_starts_at};
 use crate::error::{ErrorCode, FileError};
 
 /// Bytes fetched per request.
@@ -24,9 +20,8 @@ pub const CACHED_BLOCKS: usize = 8;
 /// An S3 object as `Read + Seek`, pinned to one version.
 pub struct RangedReader {
     runtime: tokio::runtime::Handle,
-    client: Client,
-    limiter: Arc<RateLimiter>,
-    bucket: String,
+    /// The source the object is in: its client, bucket and request rate cap.
+    source: S3Source,
     key: String,
     /// Every range is read from this version (`If-Match`).
     etag: Option<String>,
@@ -41,7 +36,7 @@ pub struct RangedReader {
 impl std::fmt::Debug for RangedReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RangedReader")
-            .field("bucket", &self.bucket)
+            .field("bucket", &self.source.bucket())
             .field("key", &self.key)
             .field("size", &self.size)
             .field("pos", &self.pos)
@@ -52,18 +47,14 @@ impl std::fmt::Debug for RangedReader {
 impl RangedReader {
     pub(super) fn new(
         runtime: tokio::runtime::Handle,
-        client: Client,
-        limiter: Arc<RateLimiter>,
-        bucket: String,
+        source: S3Source,
         key: String,
         etag: Option<String>,
         size: u64,
     ) -> Self {
         RangedReader {
             runtime,
-            client,
-            limiter,
-            bucket,
+            source,
             key,
             etag,
             size,
@@ -106,15 +97,16 @@ impl RangedReader {
 
     async fn fetch(&self, start: u64, end: u64) -> Result<Bytes, FileError> {
         let mut request = self
-            .client
+            .source
+            .client()
             .get_object()
-            .bucket(&self.bucket)
+            .bucket(self.source.bucket())
             .key(&self.key)
             .range(format!("bytes={start}-{}", end - 1));
         if let Some(etag) = &self.etag {
             request = request.if_match(etag);
         }
-        self.limiter.acquire().await;
+        self.source.limiter().acquire().await;
         let response = match request.send().await {
             Ok(response) => response,
             Err(err) if is_precondition_failed(&err) => {
@@ -122,22 +114,20 @@ impl RangedReader {
                     ErrorCode::ObjectChanged,
                     format!(
                         "s3://{}/{} was replaced while being read; read it again",
-                        self.bucket, self.key
+                        self.source.bucket(),
+                        self.key
                     ),
                 ));
             }
-            Err(err) => return Err(classify(&err, "reading", &self.bucket, &self.key)),
+            Err(err) => return Err(classify(&err, "reading", self.source.bucket(), &self.key)),
         };
-        let expected = format!("bytes {start}-");
-        if !response
-            .content_range()
-            .is_some_and(|range| range.starts_with(&expected))
-        {
+        if !range_starts_at(response.content_range(), start) {
             return Err(FileError::permanent(
                 ErrorCode::ReadFailed,
                 format!(
                     "reading s3://{}/{}: the server ignored a range request",
-                    self.bucket, self.key
+                    self.source.bucket(),
+                    self.key
                 ),
             ));
         }
@@ -148,7 +138,7 @@ impl RangedReader {
             .map_err(|err| {
                 FileError::transient(
                     ErrorCode::SourceUnavailable,
-                    format!("reading s3://{}/{}: {err}", self.bucket, self.key),
+                    format!("reading s3://{}/{}: {err}", self.source.bucket(), self.key),
                 )
             })?
             .into_bytes();
@@ -157,7 +147,7 @@ impl RangedReader {
                 ErrorCode::SourceUnavailable,
                 format!(
                     "reading s3://{}/{}: asked for {} bytes at {start}, got {}",
-                    self.bucket,
+                    self.source.bucket(),
                     self.key,
                     end - start,
                     bytes.len()

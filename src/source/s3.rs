@@ -218,6 +218,18 @@ impl S3Source {
         Ok(self)
     }
 
+    pub(super) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(super) fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub(super) fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
     /// `object` as `Read + Seek` from ranged GETs, pinned to its listed version, for formats
     /// that seek. Use it on a blocking thread: each missing block is fetched on this runtime.
     ///
@@ -232,9 +244,7 @@ impl S3Source {
         })?;
         Ok(RangedReader::new(
             runtime,
-            self.client.clone(),
-            Arc::clone(&self.limiter),
-            self.bucket.clone(),
+            self.clone(),
             object.key.clone(),
             object.etag.clone(),
             object.size,
@@ -657,12 +667,7 @@ impl Get {
             Err(err) => return Err(classify(&err, "reading", &self.bucket, &self.key)),
         };
         // From byte 0 there is no range to honour.
-        let expected = format!("bytes {}-", self.at);
-        if self.at > 0
-            && !response
-                .content_range()
-                .is_some_and(|range| range.starts_with(&expected))
-        {
+        if self.at > 0 && !range_starts_at(response.content_range(), self.at) {
             return Err(FileError::transient(
                 ErrorCode::SourceUnavailable,
                 format!(
@@ -673,6 +678,12 @@ impl Get {
         }
         Ok(response.body)
     }
+}
+
+/// Whether a ranged response's `Content-Range` starts at byte `at` (a server may ignore the
+/// range and send the whole object instead).
+pub(super) fn range_starts_at(content_range: Option<&str>, at: u64) -> bool {
+    content_range.is_some_and(|range| range.starts_with(&format!("bytes {at}-")))
 }
 
 /// Resumes and restarts allowed while reading one object.
