@@ -168,12 +168,11 @@ impl Chunker {
                 }
             }
         }
-        // Markdown chunks keep their indentation, but indentation inside the overlap would add
-        // tokens text-splitter did not count as overlap: start such chunks at their text.
         for i in 1..chunks.len() {
-            if chunks[i].start < chunks[i - 1].end {
-                let piece = &text[chunks[i].clone()];
-                chunks[i].start += piece.len() - piece.trim_start().len();
+            let prev_end = chunks[i - 1].end;
+            if chunks[i].start < prev_end {
+                let limits = Limits { capacity, overlap };
+                chunks[i].start = overlap_start(&index, chunks[i].clone(), prev_end, limits);
             }
         }
         chunks
@@ -184,6 +183,53 @@ impl Chunker {
             })
             .collect()
     }
+}
+
+/// The token limits one chunk must keep.
+#[derive(Clone, Copy)]
+struct Limits {
+    capacity: usize,
+    overlap: usize,
+}
+
+/// Where a chunk that begins inside its predecessor (`range.start < prev_end`) should start.
+///
+/// Markdown chunks keep their indentation, but indentation inside the overlap adds tokens
+/// text-splitter did not count as overlap, so such a chunk starts at its text. Dropping leading
+/// whitespace can add tokens, though (" 👩" and "👩" merge differently), so when that start breaks
+/// either limit the nearest one that keeps both is taken: back through the whitespace, then
+/// forward through text the previous chunk already covers. Text-splitter's own start is the last
+/// resort; its size was measured exactly.
+fn overlap_start(
+    index: &DocumentIndex<'_>,
+    range: Range<usize>,
+    prev_end: usize,
+    limits: Limits,
+) -> usize {
+    let text = index.text();
+    let Range { start, end } = range;
+    let piece = &text[start..end];
+    let trimmed = start + (piece.len() - piece.trim_start().len());
+    let fits = |s: usize| {
+        !text[s..end].trim().is_empty()
+            && index.count(s, end) <= limits.capacity
+            && index.count(s, prev_end.max(s)) <= limits.overlap
+    };
+    let back = text[start..trimmed]
+        .char_indices()
+        .rev()
+        .map(|(i, _)| start + i);
+    let covered = prev_end.clamp(trimmed, end);
+    let forward = text[trimmed..covered]
+        .char_indices()
+        .skip(1)
+        .map(|(i, _)| trimmed + i)
+        .chain(std::iter::once(covered));
+    std::iter::once(trimmed)
+        .chain(back)
+        .chain(forward)
+        .find(|&s| fits(s))
+        .unwrap_or(start)
 }
 
 /// Blank runs at least this long separate blocks that are chunked on their own.

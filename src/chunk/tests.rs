@@ -158,3 +158,41 @@ fn long_blank_runs_are_boundaries_and_cost_little() {
     assert_eq!(short.len(), 1, "short blank runs stay inside a block");
     assert_eq!(short[0], 0..5);
 }
+
+#[test]
+fn a_chunk_never_grows_past_its_size_when_its_leading_space_is_dropped() {
+    // Found by the markdown proptest: this text is 173 tokens after a space and 174 without
+    // it, so a chunk starting inside its predecessor's overlap must not simply drop the space.
+    let tail = format!(
+        "👩\u{200d}👩\u{200d}👧\u{200d}👦, {}\r\nOCJWP",
+        "beyozpmamwihylbaofrwztyvwpixvbpejvogzytkwxslnqrutpccvyvyzltukesfcqgxrqygmfceolpvjwzjicphnapaleqbxvncbvpzxgprtvlpvlyqnlbgqtsxwqnbpxmbijefhdgpnncmgxbziepvwhogvalhylgjpowssuqxsollznizzfaiuqcpwiwhnxxchsdfqbwkmnhioxbpblskjsjlncjzywgcynzwgmwefwrbrsjdfqlehafkwptllouoghjyuonaombxfvrj"
+    );
+    let ahead = tokens(&format!(" {tail}"));
+    assert!(
+        tokens(&tail) > ahead,
+        "the sample no longer shows the effect"
+    );
+    let text = format!("lead words then {tail}");
+    let start = text.find(" 👩").unwrap();
+    // The predecessor ends after the emoji's comma; the chunk starts at the space before it.
+    let prev_end = start + text[start..].find(',').unwrap() + 1;
+    let tokenizer = Tokenizer::shared(Encoding::Cl100kBase).unwrap();
+    let index = tokenizer.index(&text);
+    let limits = Limits {
+        capacity: ahead,
+        overlap: 10,
+    };
+    let chosen = overlap_start(&index, start..text.len(), prev_end, limits);
+    assert!(
+        (start..=prev_end).contains(&chosen),
+        "{chosen} leaves text uncovered"
+    );
+    assert!(
+        tokens(&text[chosen..]) <= ahead,
+        "the chunk outgrew its size"
+    );
+    assert!(
+        tokens(&text[chosen..prev_end]) <= 10,
+        "the overlap outgrew its limit"
+    );
+}
