@@ -1,13 +1,39 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh machine. Installs what the tests need first.
-# Today the tests need only the Rust toolchain (rustup's stable with rustfmt and clippy);
-# services (RabbitMQ, an S3-compatible server) are started here as the issues that use them land.
+# Runs the whole test suite on a fresh machine. Installs and starts what the tests need first:
+# the Rust toolchain must be there (rustup's stable with rustfmt and clippy); RabbitMQ is
+# installed from Debian's packages and started when nothing answers on 127.0.0.1:5672. The
+# S3-compatible server is started by the tests themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v cargo >/dev/null; then
     echo "cargo not found: install Rust with rustup (https://rustup.rs)" >&2
     exit 1
+fi
+
+broker_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+
+if ! broker_up; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    if ! command -v rabbitmq-server >/dev/null && [ ! -x /usr/sbin/rabbitmq-server ]; then
+        echo "test.sh: installing rabbitmq-server for the worker tests" >&2
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq rabbitmq-server >/dev/null
+    fi
+    if ! broker_up; then
+        echo "test.sh: starting rabbitmq-server" >&2
+        $sudo service rabbitmq-server start >/dev/null 2>&1 \
+            || $sudo env PATH="$PATH:/usr/sbin" rabbitmq-server -detached
+    fi
+    for _ in $(seq 1 60); do
+        broker_up && break
+        sleep 1
+    done
+    if ! broker_up; then
+        echo "test.sh: RabbitMQ does not answer on 127.0.0.1:5672; the worker tests need it" >&2
+        exit 1
+    fi
 fi
 
 # Benchmarks are run on purpose (cargo bench), not as tests.

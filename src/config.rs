@@ -11,6 +11,9 @@ use crate::chunk::{Encoding, MIN_CHUNK_SIZE};
 /// Prefix of environment overrides; `__` separates the table from the key.
 pub const ENV_PREFIX: &str = "INGESTD__";
 
+/// The broker URL's own variable, same as `INGESTD__WORKER__AMQP_URL`.
+pub const AMQP_URL_ENV: &str = "INGESTD_AMQP_URL";
+
 /// Why configuration could not be loaded. Every variant names the file, variable or field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -64,6 +67,9 @@ pub struct Config {
     /// `[s3]`: S3 and Spaces endpoints and client behaviour.
     #[serde(default)]
     pub s3: S3Config,
+    /// `[worker]`: the RabbitMQ worker.
+    #[serde(default)]
+    pub worker: WorkerConfig,
     /// `[log]`: diagnostics.
     #[serde(default)]
     pub log: LogConfig,
@@ -302,6 +308,69 @@ impl Default for S3Config {
     }
 }
 
+/// `[worker]`: broker, topology names and delivery rules of `ingestd worker`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// The broker, `amqp://user:password@host:port/vhost` (or `amqps://`); also
+    /// `INGESTD_AMQP_URL`. Never logged: it holds a password.
+    pub amqp_url: crate::job::Secret,
+    /// Direct exchange jobs are published to, routing key = job type.
+    pub jobs_exchange: String,
+    /// Quorum queue the worker consumes; every job type is bound to it.
+    pub jobs_queue: String,
+    /// Exchange chunk records are published to (topic, routing key = media type).
+    pub chunks_exchange: String,
+    /// Exchange events are published to (topic, routing key = event name).
+    pub events_exchange: String,
+    /// Queue refused and exhausted jobs are parked in, with the reason in headers.
+    pub dead_letter_queue: String,
+    /// Also declare durable queues named like the output exchanges and bound to all they
+    /// carry, so nothing is lost before downstream binds its own. Outputs are published
+    /// `mandatory`: with no queue bound they are refused and the job is retried.
+    pub declare_output_queues: bool,
+    /// Jobs processed at once by this replica (the consumer prefetch).
+    pub concurrency: u16,
+    /// Deliveries of one job before the broker dead-letters it (a job that kills workers).
+    pub delivery_limit: u32,
+    /// Seconds a job that failed transiently waits before each further attempt; after the
+    /// last, its failure stands (files get `FILE_ERROR`, other jobs are dead-lettered).
+    pub retry_delays_secs: Vec<u64>,
+    /// Larger job messages are dead-lettered unread.
+    pub max_message_bytes: usize,
+    /// Seconds one job may run before it is abandoned and retried; keep it below the broker's
+    /// `consumer_timeout` (30 minutes by default).
+    pub job_timeout_secs: u64,
+    /// Seconds SIGTERM waits for jobs in flight before requeueing them.
+    pub shutdown_grace_secs: u64,
+    /// AMQP heartbeat in seconds: a dead connection is noticed within about twice this.
+    pub heartbeat_secs: u16,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    pub listen: String,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            amqp_url: crate::job::Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            jobs_exchange: "ingest.jobs".to_owned(),
+            jobs_queue: "ingest.jobs".to_owned(),
+            chunks_exchange: "ingest.chunks".to_owned(),
+            events_exchange: "ingest.events".to_owned(),
+            dead_letter_queue: "ingest.jobs.dead".to_owned(),
+            declare_output_queues: true,
+            concurrency: 2,
+            delivery_limit: 5,
+            retry_delays_secs: vec![10, 60, 300],
+            max_message_bytes: 1024 * 1024,
+            job_timeout_secs: 25 * 60,
+            shutdown_grace_secs: 25,
+            heartbeat_secs: 10,
+            listen: "0.0.0.0:9464".to_owned(),
+        }
+    }
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -441,6 +510,25 @@ impl Config {
                 "must be at most 1024 (0 = one per core)",
             ));
         }
+        let w = &self.worker;
+        if w.concurrency == 0 || w.delivery_limit == 0 || w.job_timeout_secs == 0 {
+            return Err(invalid(
+                "worker",
+                "concurrency, delivery_limit and job_timeout_secs must be at least 1",
+            ));
+        }
+        if w.retry_delays_secs.contains(&0) {
+            return Err(invalid(
+                "worker.retry_delays_secs",
+                "delays must be at least 1 second",
+            ));
+        }
+        if w.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "worker.listen",
+                format!("`{}` is not an address:port", w.listen),
+            ));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",
@@ -465,7 +553,13 @@ fn apply_env(
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
     for (var, raw) in env {
-        let Some(path) = var.strip_prefix(ENV_PREFIX) else {
+        // The broker URL also has the short name every deployment tool expects.
+        let path = if var == AMQP_URL_ENV {
+            Some("WORKER__AMQP_URL")
+        } else {
+            var.strip_prefix(ENV_PREFIX)
+        };
+        let Some(path) = path else {
             continue;
         };
         let parts: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
@@ -476,14 +570,15 @@ fn apply_env(
             });
         };
         // Credentials are strings whatever they look like (a secret of digits is not a number).
-        let value = if key.ends_with("key_id") || key.ends_with("secret_access_key") {
-            toml::Value::String(raw)
-        } else {
-            toml::from_str::<toml::Table>(&format!("v = {raw}"))
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or(toml::Value::String(raw))
-        };
+        let value =
+            if key.ends_with("key_id") || key.ends_with("secret_access_key") || key == "amqp_url" {
+                toml::Value::String(raw)
+            } else {
+                toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                    .ok()
+                    .and_then(|mut t| t.remove("v"))
+                    .unwrap_or(toml::Value::String(raw))
+            };
         let entry = root
             .entry(table.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -547,6 +642,20 @@ mod tests {
                 .map(crate::job::Secret::expose),
             Some("true")
         );
+    }
+
+    #[test]
+    fn the_broker_url_has_its_own_variable_and_is_never_shown() {
+        let url = "amqp://user:p4ss@broker:5672/%2f";
+        let env = [(AMQP_URL_ENV.to_owned(), url.to_owned())];
+        let config = Config::load(None, env).unwrap();
+        assert_eq!(config.worker.amqp_url.expose(), url);
+        assert!(!format!("{config:?}").contains("p4ss"));
+        let env = [(
+            "INGESTD__WORKER__RETRY_DELAYS_SECS".to_owned(),
+            "[0]".to_owned(),
+        )];
+        assert!(Config::load(None, env).is_err(), "a zero delay is refused");
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub enum ErrorCode {
     NoSuchBucket,
     /// The credentials were refused.
     AccessDenied,
+    /// The job carries no credentials this worker can use.
+    NoCredentials,
     /// The endpoint is not allowed by configuration.
     EndpointNotAllowed,
     /// The source could not be reached or kept failing; retryable.
@@ -64,6 +66,7 @@ impl ErrorCode {
             ErrorCode::NoSuchKey => "NO_SUCH_KEY",
             ErrorCode::NoSuchBucket => "NO_SUCH_BUCKET",
             ErrorCode::AccessDenied => "ACCESS_DENIED",
+            ErrorCode::NoCredentials => "NO_CREDENTIALS",
             ErrorCode::EndpointNotAllowed => "ENDPOINT_NOT_ALLOWED",
             ErrorCode::SourceUnavailable => "SOURCE_UNAVAILABLE",
             ErrorCode::ObjectChanged => "OBJECT_CHANGED",

@@ -8,8 +8,9 @@
 //! * [`extract`]   — text out of each format family, with limits, off the async runtime.
 //! * [`chunk`]     — token-exact chunking with overlap on semantic boundaries.
 //! * [`pipeline`]  — one object through detect → extract → chunk → records.
-//! * [`sink`]      — where records and events go: JSON Lines.
+//! * [`sink`]      — where records and events go: JSON Lines, RabbitMQ with confirms.
 //! * [`sync`]      — the one-shot `ingestd sync` run over a whole source.
+//! * [`worker`]    — `ingestd worker`: jobs from RabbitMQ, retries, dead letters, health.
 //! * [`error`]     — stable error codes and skip reasons carried by events.
 //! * [`telemetry`] — tracing set-up and the progress bar.
 
@@ -24,3 +25,4 @@ pub mod sink;
 pub mod source;
 pub mod sync;
 pub mod telemetry;
+pub mod worker;

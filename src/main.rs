@@ -7,7 +7,6 @@ use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -17,11 +16,7 @@ use ingestd::job::Secret;
 use ingestd::job::{ItemRecord, ItemType, SchemaKind, schema};
 use ingestd::pipeline::Request;
 use ingestd::sink::JsonlSink;
-use ingestd::source::endpoint::{Endpoint, EndpointPolicy};
-use ingestd::source::rate::RateLimiter;
-use ingestd::source::{
-    AnySource, LocalSource, S3ClientSettings, S3Clients, S3Credentials, S3Source,
-};
+use ingestd::source::{AnySource, LocalSource, S3Access, S3Credentials, S3Source};
 use ingestd::telemetry::{Progress, init_tracing};
 
 #[derive(Parser)]
@@ -41,12 +36,34 @@ enum Command {
     /// Chunk a local file or folder, or an S3/Spaces bucket, prefix or key, once and without a
     /// broker: chunk records as JSON Lines on stdout, events on stderr.
     Sync(SyncArgs),
+    /// Consume jobs from RabbitMQ until SIGTERM: the deployment. Serves /healthz, /readyz and
+    /// /metrics on worker.listen.
+    Worker(WorkerArgs),
+    /// Validate a job (a JSON file, or - for stdin), publish it to the jobs exchange with a
+    /// confirm, and print its job id.
+    Enqueue {
+        /// The job file, or - for stdin.
+        job: PathBuf,
+        /// Configuration file [default: ./pipeline.toml if present, else built-in defaults].
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Print the JSON Schema of a message.
     Schema {
         /// Which message.
         #[arg(value_enum)]
         message: SchemaArg,
     },
+}
+
+#[derive(clap::Args)]
+struct WorkerArgs {
+    /// Configuration file [default: ./pipeline.toml if present, else built-in defaults].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Allow http and private or loopback S3 endpoints (local test servers only).
+    #[arg(long)]
+    allow_private_endpoint: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -141,6 +158,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sync(args) => sync(args),
+        Command::Worker(args) => worker(&args),
+        Command::Enqueue { job, config } => enqueue(&job, config.as_deref()),
         Command::Schema { message } => print_schema(message),
     };
     match result {
@@ -150,6 +169,75 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+fn worker(args: &WorkerArgs) -> Result<u8, Failure> {
+    let config = load_config(args.config.as_deref())?;
+    init_tracing(&config.log);
+    let runtime = tokio::runtime::Runtime::new()
+        .context("starting the async runtime")
+        .map_err(fatal)?;
+    runtime
+        .block_on(ingestd::worker::run(
+            Arc::new(config),
+            args.allow_private_endpoint,
+            stop_signal(),
+        ))
+        .map_err(fatal)?;
+    Ok(0)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn enqueue(path: &Path, config: Option<&Path>) -> Result<u8, Failure> {
+    let config = load_config(config)?;
+    let bytes = if path == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+            .context("reading the job from stdin")
+            .map_err(usage)?;
+        bytes
+    } else {
+        std::fs::read(path)
+            .with_context(|| format!("reading {}", path.display()))
+            .map_err(usage)?
+    };
+    let mut job = ingestd::job::Job::from_json(&bytes, &config.chunking)
+        .map_err(|err| usage(anyhow!("{}: {err}", err.code())))?;
+    let job_id = job
+        .job_id
+        .get_or_insert_with(|| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let mut seed = bytes.clone();
+            seed.extend_from_slice(&now.as_nanos().to_le_bytes());
+            seed.extend_from_slice(&std::process::id().to_le_bytes());
+            blake3::hash(&seed).to_hex()[..32].to_owned()
+        })
+        .clone();
+    let runtime = tokio::runtime::Runtime::new()
+        .context("starting the async runtime")
+        .map_err(fatal)?;
+    runtime
+        .block_on(ingestd::worker::enqueue(&config.worker, &job))
+        .map_err(|err| fatal(anyhow!(err)))?;
+    println!("{job_id}");
+    Ok(0)
 }
 
 fn print_schema(message: SchemaArg) -> Result<u8, Failure> {
@@ -300,20 +388,7 @@ async fn open_source(args: &SyncArgs, config: &Config) -> Result<AnySource, Fail
             args.target
         )));
     }
-    let raw_endpoint = args
-        .endpoint_url
-        .as_deref()
-        .unwrap_or(&config.s3.default_endpoint);
-    let endpoint = Endpoint::parse(raw_endpoint).map_err(|e| usage(anyhow!(e)))?;
-    let allow_private = args.allow_private_endpoint || config.s3.allow_private_endpoints;
-    let policy = EndpointPolicy {
-        allowed_hosts: config.s3.allowed_hosts.clone(),
-        allow_private,
-    };
-    policy.check(&endpoint).await.map_err(|err| {
-        let failure = if err.retryable() { fatal } else { usage };
-        failure(anyhow!("{}: {}", err.code, err.message))
-    })?;
+    let access = S3Access::new(&config.s3, args.allow_private_endpoint);
     let access_key = args
         .access_key_id
         .clone()
@@ -333,16 +408,13 @@ async fn open_source(args: &SyncArgs, config: &Config) -> Result<AnySource, Fail
         access_key,
         secret_key,
     };
-    let settings = S3ClientSettings {
-        max_attempts: config.s3.max_attempts,
-        connect_timeout: Duration::from_secs(config.s3.connect_timeout_secs),
-        operation_timeout: Duration::from_secs(config.s3.operation_timeout_secs),
-        stall_timeout: Duration::from_secs(config.s3.stall_timeout_secs),
-        allow_private,
-    };
-    let limiter = Arc::new(RateLimiter::new(config.s3.max_requests_per_second));
-    let client = S3Clients::new(settings).client(&endpoint, &credentials);
-    let source = S3Source::new(client, endpoint.kind, bucket, prefix, limiter);
+    let source = access
+        .open(args.endpoint_url.as_deref(), &credentials, bucket, prefix)
+        .await
+        .map_err(|err| {
+            let failure = if err.retryable() { fatal } else { usage };
+            failure(anyhow!("{}: {}", err.code, err.message))
+        })?;
     if bucket.is_empty() {
         // `s3://`: the catalog of buckets, not files.
         return Ok(AnySource::S3(source));

@@ -1,6 +1,7 @@
-//! Where records and events go. JSON Lines (one-shot mode) is here; the AMQP sink of the
-//! worker joins it.
+//! Where records and events go: JSON Lines in one-shot mode, RabbitMQ exchanges with publisher
+//! confirms in the worker.
 
+pub mod amqp;
 mod jsonl;
 
 pub use jsonl::JsonlSink;

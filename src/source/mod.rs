@@ -2,6 +2,7 @@
 //! memory) and opens one object's bytes as a stream: the local filesystem, and S3 or
 //! DigitalOcean Spaces (with the endpoint policy and the request rate cap beside it).
 
+mod access;
 pub mod endpoint;
 mod local;
 pub mod ranged;
@@ -17,6 +18,7 @@ use futures::stream::BoxStream;
 
 use crate::error::FileError;
 
+pub use access::S3Access;
 pub use local::LocalSource;
 pub use ranged::RangedReader;
 pub use s3::{BucketMeta, S3ClientSettings, S3Clients, S3Credentials, S3Source};

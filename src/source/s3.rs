@@ -256,33 +256,49 @@ impl S3Source {
         if self.prefix.is_empty() || self.prefix.ends_with('/') {
             return Ok(None);
         }
+        match self.head(&self.prefix).await {
+            Ok(object) => Ok(Some(object)),
+            Err(err) if err.code == ErrorCode::NoSuchKey => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The object `key` of the source's bucket, described by a HEAD request.
+    ///
+    /// # Errors
+    /// `NO_SUCH_KEY` when it does not exist (HEAD cannot tell a missing bucket apart), else a
+    /// classified error.
+    pub async fn head(&self, key: &str) -> Result<ObjectMeta, FileError> {
         self.limiter.acquire().await;
         match self
             .client
             .head_object()
             .bucket(&self.bucket)
-            .key(&self.prefix)
+            .key(key)
             .send()
             .await
         {
-            Ok(head) => Ok(Some(ObjectMeta {
+            Ok(head) => Ok(ObjectMeta {
                 content_type: head.content_type().map(str::to_owned),
                 ..object_meta(
                     &self.bucket,
-                    &self.prefix,
+                    key,
                     head.content_length(),
                     head.e_tag(),
                     head.last_modified(),
                 )
-            })),
+            }),
             Err(err)
                 if err.as_service_error().is_some_and(
                     aws_sdk_s3::operation::head_object::HeadObjectError::is_not_found,
                 ) =>
             {
-                Ok(None)
+                Err(FileError::permanent(
+                    ErrorCode::NoSuchKey,
+                    format!("s3://{}/{key} does not exist", self.bucket),
+                ))
             }
-            Err(err) => Err(classify(&err, "checking", &self.bucket, &self.prefix)),
+            Err(err) => Err(classify(&err, "checking", &self.bucket, key)),
         }
     }
 }

@@ -1,0 +1,132 @@
+//! A real S3-compatible server (s3s-fs, SigV4 authentication) on loopback, started in-process
+//! by the tests that need one.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+
+pub const ACCESS_KEY: &str = "AKIDINGESTDTEST";
+pub const SECRET_KEY: &str = "ingestd-test-secret-never-printed";
+
+/// A running server; buckets are folders of `root`.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub root: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let root = tempfile::tempdir().unwrap();
+        let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let mut builder = S3ServiceBuilder::new(Conditional(fs));
+                builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+                let service = builder.build();
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                let http = ConnBuilder::new(TokioExecutor::new());
+                loop {
+                    let Ok((socket, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    // Small responses must not wait for delayed ACKs (40 ms each).
+                    let _ = socket.set_nodelay(true);
+                    let connection = http
+                        .serve_connection(TokioIo::new(socket), service.clone())
+                        .into_owned();
+                    tokio::spawn(connection);
+                }
+            });
+        });
+        let addr = rx.recv().unwrap();
+        Server { addr, root }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Creates `bucket` holding a copy of the local folder `from`.
+    pub fn bucket_from(&self, bucket: &str, from: &Path) {
+        copy_dir(from, &self.root.path().join(bucket));
+    }
+}
+
+/// s3s-fs, plus `If-Match` on GET as S3 answers it (`412 PreconditionFailed` once the object
+/// has been replaced), which s3s-fs leaves out.
+struct Conditional(s3s_fs::FileSystem);
+
+#[async_trait::async_trait]
+impl s3s::S3 for Conditional {
+    async fn get_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::GetObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::GetObjectOutput>> {
+        if let Some(s3s::dto::ETagCondition::ETag(expected)) = req.input.if_match.clone() {
+            let head = req.clone().map_input(|input| {
+                s3s::dto::HeadObjectInput::builder()
+                    .bucket(input.bucket)
+                    .key(input.key)
+                    .build()
+                    .unwrap()
+            });
+            let current = self.0.head_object(head).await?.output.e_tag;
+            if !current.is_some_and(|etag| etag.strong_cmp(&expected)) {
+                return Err(s3s::s3_error!(PreconditionFailed, "ETag does not match"));
+            }
+        }
+        self.0.get_object(req).await
+    }
+
+    async fn head_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::HeadObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::HeadObjectOutput>> {
+        self.0.head_object(req).await
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: s3s::S3Request<s3s::dto::ListObjectsV2Input>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsV2Output>> {
+        self.0.list_objects_v2(req).await
+    }
+
+    async fn list_buckets(
+        &self,
+        req: s3s::S3Request<s3s::dto::ListBucketsInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListBucketsOutput>> {
+        self.0.list_buckets(req).await
+    }
+
+    async fn put_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::PutObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::PutObjectOutput>> {
+        self.0.put_object(req).await
+    }
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

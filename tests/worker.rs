@@ -1,0 +1,896 @@
+//! `ingestd worker` against the real RabbitMQ (127.0.0.1:5672, guest/guest, started by the test
+//! command) and a real S3-compatible server on loopback. Every test uses its own exchange and
+//! queue names and deletes them afterwards, so the shared broker is never disturbed.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::s3::{ACCESS_KEY, SECRET_KEY, Server};
+use common::{fixture, lines};
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::{Value, json};
+
+const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const BROKER_ADDR: &str = "127.0.0.1:5672";
+/// Longest wait for outputs to arrive.
+const PATIENCE: Duration = Duration::from_secs(90);
+
+/// One test's exchange and queue names, deleted when dropped.
+struct Names {
+    prefix: String,
+}
+
+impl Names {
+    fn new(test: &str) -> Names {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        Names {
+            prefix: format!("t.{test}.{}.{nanos}", std::process::id()),
+        }
+    }
+    fn jobs(&self) -> String {
+        format!("{}.jobs", self.prefix)
+    }
+    fn chunks(&self) -> String {
+        format!("{}.chunks", self.prefix)
+    }
+    fn events(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+    fn dead(&self) -> String {
+        format!("{}.jobs.dead", self.prefix)
+    }
+    /// The worker's configuration, as environment overrides.
+    fn env(&self, listen: SocketAddr) -> Vec<(String, String)> {
+        [
+            ("JOBS_EXCHANGE", self.jobs()),
+            ("JOBS_QUEUE", self.jobs()),
+            ("CHUNKS_EXCHANGE", self.chunks()),
+            ("EVENTS_EXCHANGE", self.events()),
+            ("DEAD_LETTER_QUEUE", self.dead()),
+            ("RETRY_DELAYS_SECS", "[1]".to_owned()),
+            ("SHUTDOWN_GRACE_SECS", "20".to_owned()),
+            ("MAX_MESSAGE_BYTES", "65536".to_owned()),
+            ("HEARTBEAT_SECS", "2".to_owned()),
+            ("LISTEN", listen.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("INGESTD__WORKER__{k}"), v))
+        .collect()
+    }
+}
+
+impl Drop for Names {
+    fn drop(&mut self) {
+        let names = (self.jobs(), self.chunks(), self.events(), self.dead());
+        let waits = format!("{}.wait.1s", self.jobs());
+        let Ok(runtime) = tokio::runtime::Runtime::new() else {
+            return;
+        };
+        runtime.block_on(async {
+            let Ok(connection) = Connection::connect(BROKER, ConnectionProperties::default()).await
+            else {
+                return;
+            };
+            for queue in [&names.0, &names.1, &names.2, &names.3, &waits] {
+                if let Ok(channel) = connection.create_channel().await {
+                    let _ = channel
+                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+            }
+            for exchange in [&names.0, &names.1, &names.2] {
+                if let Ok(channel) = connection.create_channel().await {
+                    let _ = channel
+                        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                        .await;
+                }
+            }
+            let _ = connection.close(200, "done".into()).await;
+        });
+    }
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A running worker process, killed when dropped; its stderr goes to a file.
+struct Worker {
+    child: Child,
+    health: SocketAddr,
+    log: tempfile::NamedTempFile,
+}
+
+impl Worker {
+    fn start(names: &Names, amqp_url: &str) -> Worker {
+        let health = free_port();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ingestd"))
+            .args(["worker", "--allow-private-endpoint"])
+            .current_dir(dir.path())
+            .envs(names.env(health))
+            .env("INGESTD_AMQP_URL", amqp_url)
+            .env("INGESTD__LOG__LEVEL", "info")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        let worker = Worker { child, health, log };
+        assert!(
+            worker.wait_ready(true, Duration::from_secs(30)),
+            "the worker never became ready: {}",
+            worker.log()
+        );
+        worker
+    }
+
+    /// GET `path` on the health address: (status code, body).
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect_timeout(&self.health, Duration::from_secs(2)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let status = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n")?.1.to_owned();
+        Some((status, body))
+    }
+
+    fn wait_ready(&self, ready: bool, limit: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let status = self.get("/readyz").map(|(status, _)| status);
+            if status == Some(if ready { 200 } else { 503 }) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; `None` if it is still running after `limit`.
+    fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A message taken from a queue: its body and headers.
+struct Got {
+    body: Vec<u8>,
+    headers: BTreeMap<String, String>,
+}
+
+impl Got {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+/// Takes everything now in `queue`.
+fn drain(queue: &str) -> Vec<Got> {
+    runtime().block_on(async {
+        let connection = Connection::connect(BROKER, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let mut got = Vec::new();
+        while let Some(message) = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            let headers = message
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .map(|h| {
+                    h.inner()
+                        .iter()
+                        .map(|(k, v)| {
+                            let v = match v {
+                                AMQPValue::LongString(s) => {
+                                    String::from_utf8_lossy(s.as_bytes()).into_owned()
+                                }
+                                other => format!("{other:?}"),
+                            };
+                            (k.as_str().to_owned(), v)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            got.push(Got {
+                body: message.delivery.data,
+                headers,
+            });
+        }
+        let _ = connection.close(200, "done".into()).await;
+        got
+    })
+}
+
+/// Collects from `queue` until `done` says the collection is complete, or fails the test.
+fn collect_until(queue: &str, what: &str, done: impl Fn(&[Got]) -> bool) -> Vec<Got> {
+    let start = Instant::now();
+    let mut all = Vec::new();
+    loop {
+        all.extend(drain(queue));
+        if done(&all) {
+            return all;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "gave up waiting for {what}: have {} messages in {queue}",
+            all.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Publishes raw bytes to the jobs exchange with `routing_key`, confirmed.
+fn publish_raw(names: &Names, routing_key: &str, body: &[u8]) {
+    runtime().block_on(async {
+        let connection = Connection::connect(BROKER, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let confirm = channel
+            .basic_publish(
+                names.jobs().as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                body,
+                BasicProperties::default().with_headers(FieldTable::default()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(
+            matches!(confirm, lapin::Confirmation::Ack(None)),
+            "{confirm:?}"
+        );
+        let _ = connection.close(200, "done".into()).await;
+    });
+}
+
+/// `ingestd enqueue -` with `job`: the job id it printed.
+fn enqueue(names: &Names, job: &Value) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("job.json");
+    std::fs::write(&path, job.to_string()).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ingestd"))
+        .args(["enqueue", path.to_str().unwrap()])
+        .current_dir(dir.path())
+        .envs(names.env(free_port()))
+        .env("INGESTD_AMQP_URL", BROKER)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "enqueue failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+fn data_source(server: &Server, secret: &str) -> Value {
+    json!({"id": "ds-1", "access_key": ACCESS_KEY, "access_key_secret": secret,
+           "endpoint_url": server.endpoint()})
+}
+
+/// The files of fixtures/text as a bucket: (server, number of objects).
+fn library() -> (Server, usize) {
+    let server = Server::start();
+    server.bucket_from("library", &fixture("text"));
+    let count = walk(&fixture("text"));
+    (server, count)
+}
+
+/// A bucket of `n` generated text files of about 8 KB, so a sync lasts long enough to be
+/// interrupted: (server, n).
+fn many(n: usize) -> (Server, usize) {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..n {
+        let mut text = String::new();
+        for line in 0..100 {
+            let _ = writeln!(
+                text,
+                "File {i}, line {line}: the quick brown fox jumps over the lazy dog."
+            );
+        }
+        std::fs::write(dir.path().join(format!("doc-{i:04}.txt")), text).unwrap();
+    }
+    server.bucket_from("many", dir.path());
+    (server, n)
+}
+
+fn walk(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                walk(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+fn is_outcome(event: &Value) -> bool {
+    ["FILE_READY", "FILE_ERROR", "FILES_SKIPPED"].contains(&event["event"].as_str().unwrap_or(""))
+}
+
+/// All events of the test so far, and the outcome event per key once `count` keys have one.
+fn outcomes_for(names: &Names, count: usize) -> (Vec<Value>, BTreeMap<String, Value>) {
+    let mut events = Vec::new();
+    let outcomes = more_outcomes(names, &mut events, count);
+    (events, outcomes)
+}
+
+/// Adds events from the events queue to `events` until `count` keys have an outcome.
+fn more_outcomes(names: &Names, events: &mut Vec<Value>, count: usize) -> BTreeMap<String, Value> {
+    let start = Instant::now();
+    loop {
+        let outcomes: BTreeMap<String, Value> = events
+            .iter()
+            .filter(|e| is_outcome(e))
+            .map(|e| {
+                (
+                    e["file"]["key"].as_str().unwrap_or("").to_owned(),
+                    e.clone(),
+                )
+            })
+            .collect();
+        if outcomes.len() >= count {
+            return outcomes;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "gave up waiting for {count} outcomes: have {}",
+            outcomes.len()
+        );
+        events.extend(drain(&names.events()).iter().map(Got::json));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The one-shot sync of the same bucket: chunk records by chunk id.
+fn one_shot(server: &Server, target: &str) -> BTreeMap<String, Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ingestd"))
+        .args(["sync", target, "--allow-private-endpoint", "--endpoint-url"])
+        .arg(server.endpoint())
+        .current_dir(dir.path())
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    lines(&output.stdout)
+        .into_iter()
+        .map(|r| (r["chunk_id"].as_str().unwrap().to_owned(), r))
+        .collect()
+}
+
+#[test]
+fn a_bucket_job_fans_out_and_matches_the_one_shot_sync() {
+    let (server, count) = library();
+    let names = Names::new("fanout");
+    let _worker = Worker::start(&names, BROKER);
+    let job_id = enqueue(
+        &names,
+        &json!({"schema_version": 1, "type": "sync_files", "request_id": "req-1",
+                "customer_id": "c@example.com", "data_source": data_source(&server, SECRET_KEY),
+                "ids": [{"bucket": "library"}], "tags": {"team": "legal"},
+                "skip_embedding_generation": true}),
+    );
+    assert_eq!(job_id.len(), 32, "a generated job id: {job_id}");
+    let (events, outcomes) = outcomes_for(&names, count);
+    assert_eq!(outcomes.len(), count);
+    for event in &events {
+        assert_eq!(event["request_id"], "req-1");
+        assert_eq!(event["data_source_id"], "ds-1");
+    }
+    // Every FILE_SYNCING comes before its file's outcome.
+    for key in outcomes.keys() {
+        let syncing = events
+            .iter()
+            .position(|e| e["event"] == "FILE_SYNCING" && e["file"]["key"] == key.as_str());
+        let done = events
+            .iter()
+            .position(|e| is_outcome(e) && e["file"]["key"] == key.as_str());
+        assert!(syncing.is_some() && syncing < done, "event order for {key}");
+    }
+    // The records are the one-shot sync's, byte for byte (apart from the request fields).
+    let ready: usize = outcomes
+        .values()
+        .filter_map(|e| e["chunk_count"].as_u64())
+        .sum::<u64>() as usize;
+    let records = collect_until(&names.chunks(), "every chunk", |got| got.len() >= ready);
+    let expected = one_shot(&server, "s3://library");
+    assert_eq!(records.len(), expected.len());
+    for record in records.iter().map(Got::json) {
+        let id = record["chunk_id"].as_str().unwrap();
+        let mut same = expected
+            .get(id)
+            .unwrap_or_else(|| panic!("unknown chunk {id}"))
+            .clone();
+        same["request_id"] = json!("req-1");
+        same["customer_id"] = json!("c@example.com");
+        same["data_source_id"] = json!("ds-1");
+        same["tags"] = json!({"team": "legal"});
+        assert_eq!(record, same);
+    }
+    // Nothing was refused.
+    assert!(drain(&names.dead()).is_empty());
+}
+
+#[test]
+fn resync_delete_and_catalog_jobs() {
+    let (server, count) = library();
+    let names = Names::new("kinds");
+    let _worker = Worker::start(&names, BROKER);
+    let ds = data_source(&server, SECRET_KEY);
+    let key = "formats/guide.md";
+    assert!(
+        fixture("text").join(key).is_file(),
+        "fixture {key} is missing"
+    );
+    enqueue(
+        &names,
+        &json!({"schema_version": 1, "type": "resync_file", "data_source": ds, "bucket": "library",
+                "key": key, "chunk_size": 64, "chunk_overlap": 8}),
+    );
+    let events = collect_until(&names.events(), "the resync outcome", |got| {
+        got.iter().map(Got::json).any(|e| is_outcome(&e))
+    });
+    let ready = events.iter().map(Got::json).find(is_outcome).unwrap();
+    assert_eq!(ready["event"], "FILE_READY", "{ready}");
+    let chunks = ready["chunk_count"].as_u64().unwrap() as usize;
+    let records = collect_until(&names.chunks(), "the resync chunks", |got| {
+        got.len() >= chunks
+    });
+    for record in records.iter().map(Got::json) {
+        assert_eq!(record["chunking"]["chunk_size"], 64);
+        assert!(record["token_count"].as_u64().unwrap() <= 64);
+        assert_eq!(record["file"]["key"], key);
+    }
+
+    enqueue(
+        &names,
+        &json!({"schema_version": 1, "type": "delete_files", "data_source": ds,
+                "ids": [{"bucket": "library", "id": "a.txt"}, {"bucket": "library", "id": "b.txt"}]}),
+    );
+    let deleted = collect_until(&names.events(), "two tombstones", |got| {
+        got.iter()
+            .filter(|g| g.json()["event"] == "FILE_DELETED")
+            .count()
+            >= 2
+    });
+    let keys: BTreeSet<String> = deleted
+        .iter()
+        .map(Got::json)
+        .map(|e| e["file"]["key"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from(["a.txt".to_owned(), "b.txt".to_owned()])
+    );
+
+    enqueue(
+        &names,
+        &json!({"schema_version": 1, "type": "sync_items", "data_source": ds}),
+    );
+    let items = collect_until(&names.events(), "the catalog", |got| {
+        got.iter()
+            .filter(|g| g.json()["item_type"] == "FILE")
+            .count()
+            >= count
+    });
+    let items: Vec<Value> = items.iter().map(Got::json).collect();
+    assert!(
+        items
+            .iter()
+            .any(|i| i["item_type"] == "BUCKET" && i["bucket"] == "library")
+    );
+    assert!(items.iter().all(|i| i["data_source_metadata"] == "S3"));
+    assert_eq!(
+        items.iter().filter(|i| i["item_type"] == "FILE").count(),
+        count
+    );
+}
+
+#[test]
+fn bad_messages_are_dead_lettered_with_reasons_and_good_jobs_complete() {
+    let (server, _) = library();
+    let names = Names::new("poison");
+    let worker = Worker::start(&names, BROKER);
+    let good = |key: &str| {
+        json!({"schema_version": 1, "type": "sync_object", "data_source": data_source(&server, SECRET_KEY),
+               "bucket": "library", "key": key})
+        .to_string()
+    };
+    let secret_in_bad_job = "never-echo-this-secret";
+    let mut too_large = good("formats/guide.md");
+    too_large.push_str(&" ".repeat(70_000));
+    let poison: Vec<(&str, String, &str)> = vec![
+        ("sync_files", "this is not json".to_owned(), "MALFORMED_JOB"),
+        (
+            "sync_files",
+            json!({"schema_version": 99, "type": "sync_files"}).to_string(),
+            "UNSUPPORTED_SCHEMA_VERSION",
+        ),
+        (
+            "sync_files",
+            json!({"schema_version": 1, "type": "explode"}).to_string(),
+            "INVALID_JOB",
+        ),
+        (
+            "sync_object",
+            json!({"schema_version": 1, "type": "sync_object", "bucket": "library"}).to_string(),
+            "INVALID_JOB",
+        ),
+        (
+            "sync_object",
+            json!({"schema_version": 1, "type": "sync_object",
+            "data_source": {"access_key": "a", "access_key_secret": secret_in_bad_job},
+            "bucket": "library", "key": "a.txt", "chunk_size": 100, "chunk_overlap": 100})
+            .to_string(),
+            "INVALID_JOB",
+        ),
+        ("sync_object", too_large, "MESSAGE_TOO_LARGE"),
+        (
+            "update_users",
+            json!({"schema_version": 1, "type": "update_users", "customer_ids": ["c"],
+            "auto_sync_enabled_sources": "ALL"})
+            .to_string(),
+            "UNSUPPORTED_JOB",
+        ),
+    ];
+    publish_raw(&names, "sync_object", good("encodings/utf8.txt").as_bytes());
+    for (routing_key, body, _) in &poison {
+        publish_raw(&names, routing_key, body.as_bytes());
+    }
+    publish_raw(&names, "sync_object", good("formats/hello.rs").as_bytes());
+
+    let dead = collect_until(&names.dead(), "every bad message", |got| {
+        got.len() >= poison.len()
+    });
+    assert_eq!(dead.len(), poison.len());
+    let mut codes: Vec<&str> = dead
+        .iter()
+        .map(|d| d.headers["ingestd-error-code"].as_str())
+        .collect();
+    let mut expected: Vec<&str> = poison.iter().map(|(_, _, code)| *code).collect();
+    codes.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(codes, expected);
+    for message in &dead {
+        assert!(!message.headers["ingestd-error"].is_empty());
+        assert!(!message.headers["ingestd-error"].contains(secret_in_bad_job));
+        // The message is parked as it came, so it can be inspected and replayed.
+        assert!(
+            poison
+                .iter()
+                .any(|(_, body, _)| body.as_bytes() == message.body.as_slice())
+        );
+    }
+    let (_, outcomes) = outcomes_for(&names, 2);
+    assert_eq!(outcomes["encodings/utf8.txt"]["event"], "FILE_READY");
+    assert_eq!(outcomes["formats/hello.rs"]["event"], "FILE_READY");
+    let log = worker.log();
+    assert!(
+        !log.contains(secret_in_bad_job) && !log.contains(SECRET_KEY),
+        "{log}"
+    );
+    assert!(log.contains("job dead-lettered"), "{log}");
+    let (status, metrics) = worker.get("/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("ingestd_jobs_total{type=\"sync_object\",outcome=\"done\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ingestd_files_total{media_type=\"TEXT\",outcome=\"ready\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn wrong_credentials_and_missing_buckets_are_file_errors_not_retries() {
+    let (server, _) = library();
+    let names = Names::new("creds");
+    let worker = Worker::start(&names, BROKER);
+    let wrong_secret = "wrong-secret-must-not-leak";
+    enqueue(
+        &names,
+        &json!({"schema_version": 1, "type": "sync_files", "data_source": data_source(&server, wrong_secret),
+                "ids": [{"bucket": "library", "prefix": "formats/"}]}),
+    );
+    enqueue(
+        &names,
+        &json!({"schema_version": 1, "type": "sync_files", "data_source": data_source(&server, SECRET_KEY),
+                "ids": [{"bucket": "no-such-bucket"}, {"bucket": "library", "id": "no/such/key.txt"}]}),
+    );
+    let events = collect_until(&names.events(), "three errors", |got| {
+        got.iter()
+            .filter(|g| g.json()["event"] == "FILE_ERROR")
+            .count()
+            >= 3
+    });
+    let mut codes: Vec<String> = events
+        .iter()
+        .map(Got::json)
+        .filter(|e| e["event"] == "FILE_ERROR")
+        .map(|e| {
+            assert_eq!(e["retryable"], false, "{e}");
+            e["error_code"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    codes.sort();
+    assert_eq!(codes, ["ACCESS_DENIED", "NO_SUCH_BUCKET", "NO_SUCH_KEY"]);
+    // Completed, not parked or retried.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(drain(&names.dead()).is_empty());
+    let (_, metrics) = worker.get("/metrics").unwrap();
+    assert!(!metrics.contains("outcome=\"retried\""), "{metrics}");
+    for text in [
+        worker.log(),
+        events
+            .iter()
+            .map(|g| String::from_utf8_lossy(&g.body).into_owned())
+            .collect(),
+    ] {
+        assert!(!text.contains(wrong_secret) && !text.contains(SECRET_KEY));
+    }
+}
+
+/// A TCP proxy to the broker that can cut every connection and refuse new ones.
+struct Cutter {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    generation: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Cutter {
+    fn start() -> Cutter {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (up2, generation2) = (Arc::clone(&up), Arc::clone(&generation));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: connection refused in effect
+                }
+                let Ok(upstream) = TcpStream::connect(BROKER_ADDR) else {
+                    continue;
+                };
+                let born = generation2.load(Ordering::SeqCst);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                    (upstream, client),
+                ] {
+                    let generation = Arc::clone(&generation2);
+                    std::thread::spawn(move || {
+                        let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            if generation.load(Ordering::SeqCst) != born {
+                                break;
+                            }
+                            match from.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => break,
+                            }
+                        }
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Cutter {
+            addr,
+            up,
+            generation,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// Cuts every open connection; new ones are refused until `restore`.
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn readiness_follows_the_broker_and_cut_connections_lose_nothing() {
+    let (server, count) = many(1500);
+    let names = Names::new("cuts");
+    let cutter = Cutter::start();
+    let worker = Worker::start(&names, &cutter.url());
+    enqueue(
+        &names,
+        &json!({"schema_version": 1, "type": "sync_files", "data_source": data_source(&server, SECRET_KEY),
+                "ids": [{"bucket": "many"}]}),
+    );
+    // Cut the worker off a few times while the bucket is being synced.
+    let mut events = Vec::new();
+    let mut done_before_last_cut = 0;
+    for round in 1..=3 {
+        done_before_last_cut = more_outcomes(&names, &mut events, 20 * round).len();
+        cutter.cut();
+        assert!(
+            worker.wait_ready(false, Duration::from_secs(15)),
+            "still ready while cut off"
+        );
+        cutter.restore();
+        assert!(
+            worker.wait_ready(true, Duration::from_secs(30)),
+            "not ready again: {}",
+            worker.log()
+        );
+    }
+    assert!(done_before_last_cut < count, "the cuts came after the sync");
+    let outcomes = more_outcomes(&names, &mut events, count);
+    assert_eq!(outcomes.len(), count);
+    assert!(outcomes.values().all(|e| e["event"] == "FILE_READY"));
+    // Duplicates from redelivered jobs are byte-identical records with the same ids.
+    let expected = one_shot(&server, "s3://many");
+    let records = collect_until(&names.chunks(), "every chunk", |got| {
+        let ids: BTreeSet<String> = got
+            .iter()
+            .map(|g| g.json()["chunk_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.len() >= expected.len()
+    });
+    let mut by_id: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for record in &records {
+        let id = record.json()["chunk_id"].as_str().unwrap().to_owned();
+        if let Some(seen) = by_id.insert(id.clone(), record.body.clone()) {
+            assert_eq!(seen, record.body, "a duplicate of {id} differs");
+        }
+    }
+    assert_eq!(by_id.len(), expected.len());
+    let (_, metrics) = worker.get("/metrics").unwrap();
+    assert!(!metrics.contains("ingestd_reconnects_total 0"), "{metrics}");
+}
+
+#[test]
+fn sigterm_finishes_or_requeues_jobs_and_exits_zero_and_sigkill_loses_nothing() {
+    let (server, count) = many(1500);
+    let names = Names::new("signals");
+    let mut first = Worker::start(&names, BROKER);
+    enqueue(
+        &names,
+        &json!({"schema_version": 1, "type": "sync_files", "data_source": data_source(&server, SECRET_KEY),
+                "ids": [{"bucket": "many"}]}),
+    );
+    let mut by_first = Vec::new();
+    more_outcomes(&names, &mut by_first, 20);
+    first.signal("TERM");
+    let status = first
+        .wait_exit(Duration::from_secs(30))
+        .expect("still running 30 s after SIGTERM");
+    assert!(status.success(), "exit status {status}: {}", first.log());
+    assert!(first.log().contains("stopping"), "{}", first.log());
+    by_first.extend(drain(&names.events()).iter().map(Got::json));
+    let keys = |event: &str| -> BTreeSet<String> {
+        by_first
+            .iter()
+            .filter(|e| {
+                if event.is_empty() {
+                    is_outcome(e)
+                } else {
+                    e["event"] == event
+                }
+            })
+            .map(|e| e["file"]["key"].to_string())
+            .collect()
+    };
+    let ended = keys("");
+    let finished = ended.len();
+    assert!(
+        finished > 0 && finished < count,
+        "{finished} of {count} files done before SIGTERM"
+    );
+    // Every file it started, it finished: jobs in flight at SIGTERM were not cut short.
+    assert_eq!(keys("FILE_SYNCING"), ended);
+
+    let second = Worker::start(&names, BROKER);
+    std::thread::sleep(Duration::from_millis(300));
+    second.signal("KILL");
+    drop(second);
+    let _third = Worker::start(&names, BROKER);
+    let (_, outcomes) = outcomes_for(&names, count - finished);
+    let all: BTreeSet<String> = ended
+        .into_iter()
+        .chain(outcomes.values().map(|e| e["file"]["key"].to_string()))
+        .collect();
+    assert_eq!(all.len(), count, "every file of the bucket was synced");
+}
