@@ -123,6 +123,11 @@ struct Worker {
 
 impl Worker {
     fn start(names: &Names, amqp_url: &str) -> Worker {
+        Worker::start_with(names, amqp_url, &[])
+    }
+
+    /// Like [`Worker::start`], with more `INGESTD__…` overrides.
+    fn start_with(names: &Names, amqp_url: &str, extra: &[(&str, &str)]) -> Worker {
         let health = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -132,6 +137,7 @@ impl Worker {
             .envs(names.env(health))
             .env("INGESTD_AMQP_URL", amqp_url)
             .env("INGESTD__LOG__LEVEL", "info")
+            .envs(extra.iter().copied())
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(log.reopen().unwrap())
@@ -706,6 +712,64 @@ fn wrong_credentials_and_missing_buckets_are_file_errors_not_retries() {
     ] {
         assert!(!text.contains(wrong_secret) && !text.contains(SECRET_KEY));
     }
+}
+
+/// Files a worker reports as ready in `/metrics`.
+fn files_ready(worker: &Worker) -> u64 {
+    let (_, metrics) = worker.get("/metrics").unwrap();
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("ingestd_files_total{") && l.contains("outcome=\"ready\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn two_workers_split_a_bucket() {
+    let (server, count) = many(300);
+    let names = Names::new("split");
+    let first = Worker::start(&names, BROKER);
+    let second = Worker::start(&names, BROKER);
+    enqueue(
+        &names,
+        &json!({"schema_version": 1, "type": "sync_files", "data_source": data_source(&server, SECRET_KEY),
+                "ids": [{"bucket": "many"}]}),
+    );
+    let (_, outcomes) = outcomes_for(&names, count);
+    assert!(outcomes.values().all(|e| e["event"] == "FILE_READY"));
+    let (a, b) = (files_ready(&first), files_ready(&second));
+    assert!(a > 0 && b > 0, "one worker did everything: {a} and {b}");
+    assert_eq!(a + b, count as u64, "each file was synced once");
+}
+
+#[test]
+fn a_job_naming_ten_thousand_objects_completes() {
+    let (server, _) = library();
+    let names = Names::new("tenk");
+    let _worker = Worker::start_with(
+        &names,
+        BROKER,
+        &[
+            ("INGESTD__WORKER__MAX_MESSAGE_BYTES", "1048576"),
+            ("INGESTD__WORKER__CONCURRENCY", "8"),
+        ],
+    );
+    let mut ids: Vec<Value> = (0..10_000)
+        .map(|i| json!({"bucket": "library", "id": format!("gone/{i:05}.txt")}))
+        .collect();
+    ids.push(json!({"bucket": "library", "id": "formats/guide.md"}));
+    let job = json!({"schema_version": 1, "type": "sync_files", "data_source": data_source(&server, SECRET_KEY),
+                     "ids": ids});
+    assert!(job.to_string().len() > 400_000, "a large message");
+    enqueue(&names, &job);
+    let (_, outcomes) = outcomes_for(&names, 10_001);
+    assert_eq!(outcomes["formats/guide.md"]["event"], "FILE_READY");
+    let missing = outcomes
+        .values()
+        .filter(|e| e["error_code"] == "NO_SUCH_KEY")
+        .count();
+    assert_eq!(missing, 10_000);
+    assert!(drain(&names.dead()).is_empty());
 }
 
 /// A TCP proxy to the broker that can cut every connection and refuse new ones.

@@ -200,6 +200,13 @@ pub struct SyncObject {
     pub bucket: String,
     /// The key.
     pub key: String,
+    /// Size in bytes as listed, set by fan-out: with it the object is not looked up again
+    /// before it is read.
+    pub size: Option<u64>,
+    /// ETag as listed (set by fan-out).
+    pub etag: Option<String>,
+    /// Last modification as listed, RFC 3339 (set by fan-out).
+    pub last_modified: Option<String>,
     /// How to process it.
     #[serde(flatten)]
     pub options: SyncOptions,

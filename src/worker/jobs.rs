@@ -19,7 +19,7 @@ use crate::job::{
 };
 use crate::pipeline::{self, Emitted, FileReport, Request};
 use crate::sink::amqp::{Confirms, Message, PublishError, Publisher};
-use crate::source::{Listed, S3Access, S3Credentials, S3Source, Source};
+use crate::source::{Listed, ObjectMeta, S3Access, S3Credentials, S3Source, Source};
 
 /// What every job of this process shares.
 pub struct Context {
@@ -141,34 +141,41 @@ pub async fn execute(
                 },
             ] = sync.ids.as_slice()
             {
-                return sync_object(job, &sync.data_source, bucket, key, &sync.options, ctx, out)
-                    .await;
+                let target = Target {
+                    bucket,
+                    key,
+                    listed: None,
+                };
+                return sync_object(job, &sync.data_source, target, &sync.options, ctx, out).await;
             }
             fan_out(job, &sync.data_source, &sync.ids, &sync.options, ctx, out).await
         }
         JobKind::SyncObject(one) => {
-            sync_object(
-                job,
-                &one.data_source,
-                &one.bucket,
-                &one.key,
-                &one.options,
-                ctx,
-                out,
-            )
-            .await
+            let listed = one.size.map(|size| ObjectMeta {
+                bucket: Some(one.bucket.clone()),
+                key: one.key.clone(),
+                size,
+                etag: one.etag.clone(),
+                last_modified: one
+                    .last_modified
+                    .as_deref()
+                    .and_then(|t| humantime::parse_rfc3339_weak(t).ok()),
+                content_type: None,
+            });
+            let target = Target {
+                bucket: &one.bucket,
+                key: &one.key,
+                listed,
+            };
+            sync_object(job, &one.data_source, target, &one.options, ctx, out).await
         }
         JobKind::ResyncFile(one) => {
-            sync_object(
-                job,
-                &one.data_source,
-                &one.bucket,
-                &one.key,
-                &one.options,
-                ctx,
-                out,
-            )
-            .await
+            let target = Target {
+                bucket: &one.bucket,
+                key: &one.key,
+                listed: None,
+            };
+            sync_object(job, &one.data_source, target, &one.options, ctx, out).await
         }
         JobKind::DeleteFiles(delete) => {
             for selector in &delete.ids {
@@ -315,24 +322,36 @@ fn request(
     }))
 }
 
+/// The object a job names.
+struct Target<'a> {
+    bucket: &'a str,
+    key: &'a str,
+    /// What the listing said of it (fan-out children): then it is not looked up again.
+    listed: Option<ObjectMeta>,
+}
+
 /// One object through the pipeline, its outputs published as they come.
-#[allow(clippy::too_many_arguments)]
 async fn sync_object(
     job: &Job,
     ds: &DataSource,
-    bucket: &str,
-    key: &str,
+    target: Target<'_>,
     options: &SyncOptions,
     ctx: &Context,
     out: &mut Outputs<'_>,
 ) -> Result<Outcome, PublishError> {
+    let Target {
+        bucket,
+        key,
+        listed,
+    } = target;
     let request = match request(job, ds, options, ctx) {
         Ok(request) => request,
         Err(refusal) => return Ok(refusal),
     };
-    let found = match open(ds, bucket, "", ctx).await {
-        Ok(source) => source.head(key).await.map(|object| (source, object)),
-        Err(err) => Err(err),
+    let found = match (open(ds, bucket, "", ctx).await, listed) {
+        (Ok(source), Some(object)) => Ok((source, object)),
+        (Ok(source), None) => source.head(key).await.map(|object| (source, object)),
+        (Err(err), _) => Err(err),
     };
     let report = match found {
         Ok((source, object)) => process(&source, object, request, out).await?,
@@ -362,7 +381,7 @@ async fn sync_object(
 /// Runs the pipeline on one object while publishing what it emits.
 async fn process(
     source: &S3Source,
-    object: crate::source::ObjectMeta,
+    object: ObjectMeta,
     request: Arc<Request>,
     out: &mut Outputs<'_>,
 ) -> Result<FileReport, PublishError> {
@@ -397,7 +416,7 @@ async fn fan_out(
     ctx: &Context,
     out: &mut Outputs<'_>,
 ) -> Result<Outcome, PublishError> {
-    let child = |bucket: &str, key: String| {
+    let child = |bucket: &str, key: String, listed: Option<&ObjectMeta>| {
         let job_id = job
             .job_id
             .as_ref()
@@ -411,6 +430,11 @@ async fn fan_out(
                 data_source: ds.clone(),
                 bucket: bucket.to_owned(),
                 key,
+                size: listed.map(|o| o.size),
+                etag: listed.and_then(|o| o.etag.clone()),
+                last_modified: listed
+                    .and_then(|o| o.last_modified)
+                    .map(|t| humantime::format_rfc3339_millis(t).to_string()),
                 options: options.clone(),
             }),
         }
@@ -418,7 +442,7 @@ async fn fan_out(
     for selector in selectors {
         let bucket = selector.bucket.as_str();
         if let Some(key) = &selector.id {
-            out.job(&child(bucket, key.clone())).await?;
+            out.job(&child(bucket, key.clone(), None)).await?;
             continue;
         }
         let prefix = selector.prefix.as_deref().unwrap_or("");
@@ -437,7 +461,10 @@ async fn fan_out(
         let mut listing = pin!(source.list());
         while let Some(listed) = listing.next().await {
             match listed {
-                Listed::Object(object) => out.job(&child(bucket, object.key)).await?,
+                Listed::Object(object) => {
+                    out.job(&child(bucket, object.key.clone(), Some(&object)))
+                        .await?;
+                }
                 Listed::Problem {
                     key, error, skip, ..
                 } => {

@@ -60,7 +60,17 @@ impl Metrics {
     /// A job of `job_type` ended with `outcome` after `elapsed`.
     pub fn job_done(&self, job_type: &str, outcome: &'static str, elapsed: Duration) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        bump(&self.jobs, (job_type.to_owned(), outcome));
+        // Types come from messages: keep the label set small and the exposition valid.
+        let label = if job_type.len() <= 32
+            && job_type
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            job_type.to_owned()
+        } else {
+            "other".to_owned()
+        };
+        bump(&self.jobs, (label, outcome));
         let secs = elapsed.as_secs_f64();
         let bucket = DURATION_BUCKETS
             .iter()

@@ -38,6 +38,8 @@ pub const ATTEMPT_HEADER: &str = "ingestd-attempt";
 pub const ERROR_CODE_HEADER: &str = "ingestd-error-code";
 /// Header with the reason, for people.
 pub const ERROR_HEADER: &str = "ingestd-error";
+/// Header with the job's type (its first routing key).
+pub const JOB_TYPE_HEADER: &str = "ingestd-job-type";
 
 /// Why the worker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -193,13 +195,22 @@ async fn session(ctx: &Arc<Context>, mut stop: watch::Receiver<bool>) -> Ended {
     ctx.metrics.set_ready(true);
     tracing::info!(queue = %w.jobs_queue, concurrency = w.concurrency, "consuming");
     let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
+    // A publishing connection that died while idle is noticed here, not at the next job.
+    let mut check = tokio::time::interval(Duration::from_secs(1));
     let broke = loop {
         tokio::select! {
             _ = stop.wait_for(|stopped| *stopped) => break None,
+            _ = check.tick() => {
+                if !consuming.status().connected() || !publishing.status().connected() {
+                    break Some("a broker connection closed".to_owned());
+                }
+            }
             Some(done) = tasks.join_next() => match done {
                 Ok(Err(why)) => break Some(why),
                 Ok(Ok(())) => {}
-                Err(join) => tracing::error!(error = %join, "a job task failed"),
+                // A bug; its delivery was neither acked nor returned: start over so the broker
+                // redelivers it (and parks it once it reaches the delivery limit).
+                Err(join) => break Some(format!("a job task failed: {join}")),
             },
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
@@ -260,7 +271,17 @@ async fn handle(ctx: &Context, publisher: &Publisher, delivery: Delivery) -> Res
     let started = Instant::now();
     ctx.metrics.job_started();
     let w = &ctx.config.worker;
-    let job_type = delivery.routing_key.as_str().to_owned();
+    // Jobs back from a wait queue carry the queue's name as routing key; their type is in a
+    // header.
+    let job_type = match delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(JOB_TYPE_HEADER))
+    {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        _ => delivery.routing_key.as_str().to_owned(),
+    };
     let disposition = match decide(ctx, publisher, &delivery).await {
         Ok(disposition) => disposition,
         Err(why) => {
@@ -413,10 +434,9 @@ async fn republish(
     );
     headers.insert(ERROR_CODE_HEADER.into(), text(code));
     headers.insert(ERROR_HEADER.into(), text(reason));
-    headers.insert(
-        "ingestd-job-type".into(),
-        text(delivery.routing_key.as_str()),
-    );
+    if !headers.contains_key(JOB_TYPE_HEADER) {
+        headers.insert(JOB_TYPE_HEADER.into(), text(delivery.routing_key.as_str()));
+    }
     let message = Message {
         exchange: "",
         routing_key: queue,
