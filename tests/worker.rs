@@ -772,6 +772,119 @@ fn a_job_naming_ten_thousand_objects_completes() {
     assert!(drain(&names.dead()).is_empty());
 }
 
+/// A TCP proxy to `upstream` that drops its first `failures` connections unanswered, then
+/// forwards; `failures` = `usize::MAX` never forwards.
+fn flaky_proxy(upstream: SocketAddr, failures: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for (n, client) in listener.incoming().enumerate() {
+            let Ok(client) = client else { continue };
+            if n < failures {
+                drop(client);
+                continue;
+            }
+            let Ok(server) = TcpStream::connect(upstream) else {
+                continue;
+            };
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn transient_failures_wait_and_retry_then_park_when_exhausted() {
+    let (server, _) = library();
+    let names = Names::new("retry");
+    let worker = Worker::start_with(&names, BROKER, &[("INGESTD__S3__MAX_ATTEMPTS", "1")]);
+    let job = |endpoint: SocketAddr, key: &str| {
+        let mut ds = data_source(&server, SECRET_KEY);
+        ds["endpoint_url"] = json!(format!("http://{endpoint}"));
+        json!({"schema_version": 1, "type": "sync_files", "data_source": ds,
+               "ids": [{"bucket": "library", "id": key}]})
+    };
+    // Unreachable for the first attempt, fine for the second.
+    enqueue(
+        &names,
+        &job(flaky_proxy(server.addr, 1), "formats/guide.md"),
+    );
+    let events = collect_until(&names.events(), "the retried file", |got| {
+        got.iter().any(|g| g.json()["event"] == "FILE_READY")
+    });
+    let events: Vec<Value> = events.iter().map(Got::json).collect();
+    let first = events.iter().find(|e| is_outcome(e)).unwrap();
+    assert_eq!(first["event"], "FILE_ERROR", "{first}");
+    assert_eq!(first["error_code"], "SOURCE_UNAVAILABLE");
+    assert_eq!(first["retryable"], true);
+    // Never reachable: one retry (retry_delays_secs = [1]), then parked.
+    enqueue(
+        &names,
+        &job(flaky_proxy(server.addr, usize::MAX), "formats/hello.rs"),
+    );
+    let dead = collect_until(&names.dead(), "the exhausted job", |got| !got.is_empty());
+    assert_eq!(dead[0].headers["ingestd-error-code"], "RETRIES_EXHAUSTED");
+    assert!(
+        dead[0].headers["ingestd-error"].contains("SOURCE_UNAVAILABLE"),
+        "{:?}",
+        dead[0].headers
+    );
+    assert_eq!(dead[0].headers["ingestd-job-type"], "sync_files");
+    let (_, metrics) = worker.get("/metrics").unwrap();
+    assert!(
+        metrics.contains("ingestd_jobs_total{type=\"sync_files\",outcome=\"retried\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ingestd_jobs_total{type=\"sync_files\",outcome=\"dead_lettered\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn outputs_nobody_receives_are_not_dropped() {
+    let (server, _) = library();
+    let names = Names::new("unrouted");
+    // No queue is bound to the output exchanges: every output is returned by the broker.
+    let worker = Worker::start_with(
+        &names,
+        BROKER,
+        &[("INGESTD__WORKER__DECLARE_OUTPUT_QUEUES", "false")],
+    );
+    enqueue(
+        &names,
+        &json!({"schema_version": 1, "type": "sync_files", "data_source": data_source(&server, SECRET_KEY),
+                "ids": [{"bucket": "library", "id": "formats/guide.md"}]}),
+    );
+    let start = Instant::now();
+    let mut dead = Vec::new();
+    while dead.is_empty() && start.elapsed() < Duration::from_secs(30) {
+        dead = drain(&names.dead());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!dead.is_empty(), "nothing parked: {}", worker.log());
+    // The returned outputs (customer text) are not logged.
+    assert!(
+        !worker.log().contains("returned us a message"),
+        "{}",
+        worker.log()
+    );
+    assert_eq!(dead[0].headers["ingestd-error-code"], "RETRIES_EXHAUSTED");
+    assert!(
+        dead[0].headers["ingestd-error"].contains("no queue is bound"),
+        "{:?}",
+        dead[0].headers
+    );
+}
+
 /// A TCP proxy to the broker that can cut every connection and refuse new ones.
 struct Cutter {
     addr: SocketAddr,

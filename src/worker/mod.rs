@@ -492,7 +492,12 @@ pub async fn enqueue(config: &WorkerConfig, job: &Job) -> Result<(), String> {
             .create_channel()
             .await
             .map_err(|err| err.to_string())?;
-        topology::declare(&channel, config)
+        // The job must be routable; output queues are the workers' business.
+        let jobs_only = WorkerConfig {
+            declare_output_queues: false,
+            ..config.clone()
+        };
+        topology::declare(&channel, &jobs_only)
             .await
             .map_err(|err| format!("declaring the topology: {err}"))?;
         let publisher = Publisher::open(&connection)
