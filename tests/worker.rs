@@ -850,6 +850,61 @@ fn transient_failures_wait_and_retry_then_park_when_exhausted() {
 }
 
 #[test]
+fn a_job_past_its_deadline_is_abandoned_and_retried() {
+    let (server, _) = library();
+    let names = Names::new("deadline");
+    let worker = Worker::start_with(
+        &names,
+        BROKER,
+        &[("INGESTD__WORKER__JOB_TIMEOUT_SECS", "1")],
+    );
+    // A store that accepts connections and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for client in silent.incoming() {
+            held.push(client);
+        }
+    });
+    let mut ds = data_source(&server, SECRET_KEY);
+    ds["endpoint_url"] = json!(format!("http://{endpoint}"));
+    enqueue(
+        &names,
+        &json!({"schema_version": 1, "type": "sync_files", "data_source": ds,
+                "ids": [{"bucket": "library", "id": "formats/guide.md"}]}),
+    );
+    let dead = collect_until(&names.dead(), "the job that never finished", |got| {
+        !got.is_empty()
+    });
+    assert_eq!(dead[0].headers["ingestd-error-code"], "RETRIES_EXHAUSTED");
+    assert!(
+        dead[0].headers["ingestd-error"].contains("JOB_TIMEOUT"),
+        "{:?}",
+        dead[0].headers
+    );
+    // Each abandoned attempt ended its file with an outcome; only the last says it is final.
+    let errors: Vec<Value> = drain(&names.events())
+        .iter()
+        .map(Got::json)
+        .filter(|e| e["event"] == "FILE_ERROR")
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors.iter().all(|e| e["error_code"] == "LIMIT_EXCEEDED"));
+    assert_eq!(errors[0]["retryable"], true);
+    assert_eq!(errors[1]["retryable"], false);
+    // The worker is free again.
+    assert!(worker.wait_ready(true, Duration::from_secs(5)));
+    enqueue(
+        &names,
+        &json!({"schema_version": 1, "type": "sync_files", "data_source": data_source(&server, SECRET_KEY),
+                "ids": [{"bucket": "library", "id": "formats/guide.md"}]}),
+    );
+    let (_, outcomes) = outcomes_for(&names, 1);
+    assert_eq!(outcomes["formats/guide.md"]["event"], "FILE_READY");
+}
+
+#[test]
 fn outputs_nobody_receives_are_not_dropped() {
     let (server, _) = library();
     let names = Names::new("unrouted");

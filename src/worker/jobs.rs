@@ -218,6 +218,41 @@ pub async fn execute(
     }
 }
 
+/// After a job that names one object was abandoned at its deadline: that object's
+/// `FILE_ERROR` (`LIMIT_EXCEEDED`), so its `FILE_SYNCING` does not stay without an outcome.
+///
+/// # Errors
+/// When the event could not be published.
+pub async fn timed_out(
+    job: &Job,
+    message: &str,
+    retryable: bool,
+    out: &mut Outputs<'_>,
+) -> Result<(), PublishError> {
+    let (ds, bucket, key) = match &job.kind {
+        JobKind::SyncObject(one) => (&one.data_source, &one.bucket, &one.key),
+        JobKind::ResyncFile(one) => (&one.data_source, &one.bucket, &one.key),
+        JobKind::SyncFiles(sync) => match sync.ids.as_slice() {
+            [
+                ObjectSelector {
+                    bucket,
+                    id: Some(key),
+                    ..
+                },
+            ] => (&sync.data_source, bucket, key),
+            _ => return Ok(()),
+        },
+        _ => return Ok(()),
+    };
+    let kind = EventKind::FileError {
+        error_code: ErrorCode::LimitExceeded,
+        message: message.to_owned(),
+        retryable,
+    };
+    out.event(&event(job, ds, kind, Some(file_ref(bucket, key.clone()))))
+        .await
+}
+
 /// An event of `job` about `file`.
 fn event(job: &Job, ds: &DataSource, kind: EventKind, file: Option<FileRef>) -> Event {
     let mut event = Event::new(kind, file);

@@ -372,12 +372,23 @@ async fn decide(
     let deadline = Duration::from_secs(w.job_timeout_secs);
     let outcome = match tokio::time::timeout(deadline, jobs::execute(&job, ctx, &mut out)).await {
         Err(_) => {
+            let reason = format!(
+                "the job ran past worker.job_timeout_secs ({})",
+                w.job_timeout_secs
+            );
+            // The abandoned file still gets its outcome; it says whether another try follows.
+            let retried = (attempt(delivery) as usize) < w.retry_delays_secs.len();
+            let mut out = Outputs::new(publisher, w);
+            let told = match jobs::timed_out(&job, &reason, retried, &mut out).await {
+                Ok(()) => out.finish().await,
+                Err(err) => Err(err),
+            };
+            if let Err(err) = told {
+                return published(err);
+            }
             return Ok(Disposition::Retry {
                 code: "JOB_TIMEOUT",
-                reason: format!(
-                    "the job ran past worker.job_timeout_secs ({})",
-                    w.job_timeout_secs
-                ),
+                reason,
             });
         }
         Ok(Err(err)) => return published(err),
