@@ -567,6 +567,76 @@ fn resync_delete_and_catalog_jobs() {
         items.iter().filter(|i| i["item_type"] == "FILE").count(),
         count
     );
+
+    // Good credentials: DATA_SOURCE_READY. Wrong ones: one FILE_ERROR without a file.
+    let wrong_secret = "not-the-secret-either";
+    enqueue(
+        &names,
+        &json!({"schema_version": 1, "type": "connect_data_source", "data_source": ds}),
+    );
+    enqueue(
+        &names,
+        &json!({"schema_version": 1, "type": "connect_data_source",
+                "data_source": data_source(&server, wrong_secret)}),
+    );
+    let events = collect_until(&names.events(), "both connections", |got| {
+        got.iter()
+            .map(Got::json)
+            .filter(|e| e["event"] == "DATA_SOURCE_READY" || e["event"] == "FILE_ERROR")
+            .count()
+            >= 2
+    });
+    let events: Vec<Value> = events.iter().map(Got::json).collect();
+    let ready = events
+        .iter()
+        .find(|e| e["event"] == "DATA_SOURCE_READY")
+        .unwrap();
+    assert_eq!(ready["data_source_id"], "ds-1");
+    let refused = events.iter().find(|e| e["event"] == "FILE_ERROR").unwrap();
+    assert_eq!(refused["error_code"], "ACCESS_DENIED", "{refused}");
+    assert!(refused["file"].is_null());
+    assert!(!refused.to_string().contains(wrong_secret));
+}
+
+#[test]
+fn enqueue_validates_before_publishing_and_reads_stdin() {
+    let names = Names::new("enqueue");
+    let run = |job: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ingestd"))
+            .args(["enqueue", "-"])
+            .envs(names.env(free_port()))
+            .env("INGESTD_AMQP_URL", BROKER)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(job.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let bad = run(r#"{"schema_version": 1, "type": "sync_files", "ids": []}"#);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("INVALID_JOB"));
+    let good = run(
+        r#"{"schema_version": 1, "type": "delete_files", "job_id": "job-7", "data_source": {},
+            "ids": [{"bucket": "b", "id": "k"}]}"#,
+    );
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&good.stdout).trim(), "job-7");
+    // Only the valid job reached the queue, unchanged in meaning.
+    let queued = drain(&names.jobs());
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].json()["job_id"], "job-7");
+    assert_eq!(queued[0].json()["type"], "delete_files");
 }
 
 #[test]
