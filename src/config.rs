@@ -517,6 +517,19 @@ impl Config {
                 "concurrency, delivery_limit and job_timeout_secs must be at least 1",
             ));
         }
+        if w.heartbeat_secs == 0 {
+            return Err(invalid(
+                "worker.heartbeat_secs",
+                "must be at least 1: without heartbeats a dead connection is never noticed",
+            ));
+        }
+        // The parser's message would quote the URL, password included.
+        if w.amqp_url.expose().parse::<lapin::uri::AMQPUri>().is_err() {
+            return Err(invalid(
+                "worker.amqp_url",
+                "is not an AMQP URL (amqp://user:password@host:port/vhost)",
+            ));
+        }
         if w.retry_delays_secs.contains(&0) {
             return Err(invalid(
                 "worker.retry_delays_secs",
@@ -656,6 +669,13 @@ mod tests {
             "[0]".to_owned(),
         )];
         assert!(Config::load(None, env).is_err(), "a zero delay is refused");
+        let malformed = "amqp:user:p4ss@broker";
+        let env = [(AMQP_URL_ENV.to_owned(), malformed.to_owned())];
+        let err = Config::load(None, env).unwrap_err().to_string();
+        assert!(
+            err.contains("worker.amqp_url") && !err.contains("p4ss"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -128,6 +128,17 @@ impl Worker {
 
     /// Like [`Worker::start`], with more `INGESTD__…` overrides.
     fn start_with(names: &Names, amqp_url: &str, extra: &[(&str, &str)]) -> Worker {
+        let worker = Worker::spawn(names, amqp_url, extra);
+        assert!(
+            worker.wait_ready(true, Duration::from_secs(30)),
+            "the worker never became ready: {}",
+            worker.log()
+        );
+        worker
+    }
+
+    /// Starts the process without waiting for it to be ready.
+    fn spawn(names: &Names, amqp_url: &str, extra: &[(&str, &str)]) -> Worker {
         let health = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -143,13 +154,7 @@ impl Worker {
             .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap();
-        let worker = Worker { child, health, log };
-        assert!(
-            worker.wait_ready(true, Duration::from_secs(30)),
-            "the worker never became ready: {}",
-            worker.log()
-        );
-        worker
+        Worker { child, health, log }
     }
 
     /// GET `path` on the health address: (status code, body).
@@ -972,6 +977,35 @@ fn a_job_past_its_deadline_is_abandoned_and_retried() {
     );
     let (_, outcomes) = outcomes_for(&names, 1);
     assert_eq!(outcomes["formats/guide.md"]["event"], "FILE_READY");
+}
+
+#[test]
+fn a_broker_that_never_answers_does_not_hold_the_worker() {
+    let names = Names::new("silent");
+    // Accepts connections and never speaks AMQP.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("amqp://guest:guest@{}/%2f", silent.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for client in silent.incoming() {
+            held.push(client);
+        }
+    });
+    let mut worker = Worker::spawn(&names, &url, &[]);
+    let start = Instant::now();
+    while worker.get("/healthz").map(|(status, _)| status) != Some(200) {
+        assert!(start.elapsed() < Duration::from_secs(10), "no /healthz");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        worker.wait_ready(false, Duration::from_secs(1)),
+        "ready without a broker"
+    );
+    worker.signal("TERM");
+    let status = worker
+        .wait_exit(Duration::from_secs(10))
+        .expect("SIGTERM was ignored while connecting");
+    assert!(status.success(), "{status}: {}", worker.log());
 }
 
 #[test]

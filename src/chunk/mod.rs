@@ -171,7 +171,11 @@ impl Chunker {
         for i in 1..chunks.len() {
             let prev_end = chunks[i - 1].end;
             if chunks[i].start < prev_end {
-                let limits = Limits { capacity, overlap };
+                let limits = Limits {
+                    capacity,
+                    overlap,
+                    next_start: chunks.get(i + 1).map(|next| next.start),
+                };
                 chunks[i].start = overlap_start(&index, chunks[i].clone(), prev_end, limits);
             }
         }
@@ -190,6 +194,8 @@ impl Chunker {
 struct Limits {
     capacity: usize,
     overlap: usize,
+    /// Where the next chunk starts: starts must stay strictly increasing.
+    next_start: Option<usize>,
 }
 
 /// Where a chunk that begins inside its predecessor (`range.start < prev_end`) should start.
@@ -211,7 +217,8 @@ fn overlap_start(
     let piece = &text[start..end];
     let trimmed = start + (piece.len() - piece.trim_start().len());
     let fits = |s: usize| {
-        !text[s..end].trim().is_empty()
+        limits.next_start.is_none_or(|next| s < next)
+            && !text[s..end].trim().is_empty()
             && index.count(s, end) <= limits.capacity
             && index.count(s, prev_end.max(s)) <= limits.overlap
     };

@@ -181,6 +181,7 @@ fn a_chunk_never_grows_past_its_size_when_its_leading_space_is_dropped() {
     let limits = Limits {
         capacity: ahead,
         overlap: 10,
+        next_start: None,
     };
     let chosen = overlap_start(&index, start..text.len(), prev_end, limits);
     assert!(

@@ -426,7 +426,7 @@ async fn process(
         drop(sender);
         report
     };
-    let publish = async {
+    let publish = async move {
         while let Some(item) = emitted.recv().await {
             match item {
                 Emitted::Event(event) => out.event(&event).await?,

@@ -41,6 +41,13 @@ pub const ERROR_HEADER: &str = "ingestd-error";
 /// Header with the job's type (its first routing key).
 pub const JOB_TYPE_HEADER: &str = "ingestd-job-type";
 
+/// Longest wait for the broker on anything that is not a job: connecting, declaring, a
+/// confirm, an ack. Past it the connection is given up and made again.
+const BROKER_TIMEOUT: Duration = Duration::from_mins(1);
+
+/// A session that lasted this long was healthy: the reconnection backoff starts over.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
+
 /// Why the worker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -155,23 +162,23 @@ async fn connect(config: &WorkerConfig, name: &str) -> Result<Connection, String
         .map_err(|err| format!("connecting to the broker: {err}"))
 }
 
-/// One connection's life: declare, consume, dispatch, until the broker goes or shutdown.
-async fn session(ctx: &Arc<Context>, mut stop: watch::Receiver<bool>) -> Ended {
-    let lost = |why: String| Ended::Lost {
-        why,
-        consumed: false,
-    };
-    let w = &ctx.config.worker;
-    let consuming = match connect(w, "ingestd consumer").await {
-        Ok(connection) => connection,
-        Err(why) => return lost(why),
-    };
-    // Outputs travel on their own connection, so flow control on publishing cannot stall acks.
-    let publishing = match connect(w, "ingestd publisher").await {
-        Ok(connection) => connection,
-        Err(why) => return lost(why),
-    };
-    let setup = async {
+/// The broker side of a session: two connections, the consuming channel and its consumer,
+/// and the confirm-mode publisher.
+struct Session {
+    consuming: Connection,
+    publishing: Connection,
+    channel: lapin::Channel,
+    publisher: Publisher,
+    consumer: lapin::Consumer,
+}
+
+/// Connects, declares the topology and starts consuming.
+async fn open_session(w: &WorkerConfig) -> Result<Session, String> {
+    let consuming = connect(w, "ingestd consumer").await?;
+    // Outputs travel on their own connection, so flow control on publishing cannot stall
+    // acks.
+    let publishing = connect(w, "ingestd publisher").await?;
+    let channels = async {
         let channel = consuming.create_channel().await?;
         topology::declare(&channel, w).await?;
         channel
@@ -188,10 +195,43 @@ async fn session(ctx: &Arc<Context>, mut stop: watch::Receiver<bool>) -> Ended {
             .await?;
         Ok::<_, lapin::Error>((channel, publisher, consumer))
     };
-    let (channel, publisher, mut consumer) = match setup.await {
-        Ok(parts) => parts,
-        Err(err) => return lost(format!("setting up: {err}")),
+    match channels.await {
+        Ok((channel, publisher, consumer)) => Ok(Session {
+            consuming,
+            publishing,
+            channel,
+            publisher,
+            consumer,
+        }),
+        Err(err) => Err(format!("setting up: {err}")),
+    }
+}
+
+/// One connection's life: declare, consume, dispatch, until the broker goes or shutdown.
+async fn session(ctx: &Arc<Context>, mut stop: watch::Receiver<bool>) -> Ended {
+    let lost = |why: String| Ended::Lost {
+        why,
+        consumed: false,
     };
+    let w = &ctx.config.worker;
+    let setup = open_session(w);
+    // A peer that accepts TCP and never speaks AMQP must not hold the worker (or SIGTERM).
+    let setup = tokio::select! {
+        done = tokio::time::timeout(BROKER_TIMEOUT, setup) => done,
+        _ = stop.wait_for(|stopped| *stopped) => return Ended::Stopped,
+    };
+    let Session {
+        consuming,
+        publishing,
+        channel,
+        publisher,
+        mut consumer,
+    } = match setup {
+        Ok(Ok(parts)) => parts,
+        Ok(Err(why)) => return lost(why),
+        Err(_) => return lost("the broker did not complete the handshake in time".to_owned()),
+    };
+    let consuming_since = Instant::now();
     ctx.metrics.set_ready(true);
     tracing::info!(queue = %w.jobs_queue, concurrency = w.concurrency, "consuming");
     let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
@@ -230,7 +270,8 @@ async fn session(ctx: &Arc<Context>, mut stop: watch::Receiver<bool>) -> Ended {
         let _ = publishing.close(200, "reconnecting".into()).await;
         return Ended::Lost {
             why,
-            consumed: true,
+            // A session that dies as soon as it starts must not reset the backoff.
+            consumed: consuming_since.elapsed() > STABLE_SESSION,
         };
     }
     tracing::info!(
@@ -328,11 +369,13 @@ async fn handle(ctx: &Context, publisher: &Publisher, delivery: Delivery) -> Res
         )
         .await?;
     }
-    let acked = delivery
-        .acker
-        .ack(BasicAckOptions::default())
-        .await
-        .map_err(|err| format!("acking: {err}"))?;
+    let acked = tokio::time::timeout(
+        BROKER_TIMEOUT,
+        delivery.acker.ack(BasicAckOptions::default()),
+    )
+    .await
+    .map_err(|_| "an ack was not sent in time".to_owned())?
+    .map_err(|err| format!("acking: {err}"))?;
     ctx.metrics.job_done(&job_type, label, started.elapsed());
     if acked {
         Ok(())
@@ -379,10 +422,12 @@ async fn decide(
             // The abandoned file still gets its outcome; it says whether another try follows.
             let retried = (attempt(delivery) as usize) < w.retry_delays_secs.len();
             let mut out = Outputs::new(publisher, w);
-            let told = match jobs::timed_out(&job, &reason, retried, &mut out).await {
-                Ok(()) => out.finish().await,
-                Err(err) => Err(err),
-            };
+            let told = tokio::time::timeout(BROKER_TIMEOUT, async {
+                jobs::timed_out(&job, &reason, retried, &mut out).await?;
+                out.finish().await
+            })
+            .await
+            .map_err(|_| "the broker did not confirm in time".to_owned())?;
             if let Err(err) = told {
                 return published(err);
             }
@@ -394,8 +439,10 @@ async fn decide(
         Ok(Err(err)) => return published(err),
         Ok(Ok(outcome)) => outcome,
     };
-    if let Err(err) = out.finish().await {
-        return published(err);
+    match tokio::time::timeout(BROKER_TIMEOUT, out.finish()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => return published(err),
+        Err(_) => return Err("the broker did not confirm the job's outputs in time".to_owned()),
     }
     Ok(match outcome {
         Outcome::Done => Disposition::Ack,
@@ -439,6 +486,18 @@ async fn republish(
     reason: &str,
 ) -> Result<(), String> {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    // A copy with the broker's dead-letter history would look like a dead-letter cycle to
+    // RabbitMQ when the wait queue hands it back, and be dropped.
+    let headers_in = headers.inner().clone();
+    headers = headers_in
+        .into_iter()
+        .filter(|(name, _)| {
+            !name.as_str().starts_with("x-death")
+                && !name.as_str().starts_with("x-first-death")
+                && !name.as_str().starts_with("x-last-death")
+        })
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into();
     headers.insert(
         ATTEMPT_HEADER.into(),
         AMQPValue::LongLongInt(i64::from(attempt)),
@@ -455,10 +514,12 @@ async fn republish(
         headers,
     };
     let mut confirms = Confirms::default();
-    let sent = match publisher.send(message, &mut confirms).await {
-        Ok(()) => confirms.settle().await,
-        Err(err) => Err(err),
-    };
+    let sent = tokio::time::timeout(BROKER_TIMEOUT, async {
+        publisher.send(message, &mut confirms).await?;
+        confirms.settle().await
+    })
+    .await
+    .map_err(|_| format!("parking a job in {queue}: no confirm in time"))?;
     sent.map_err(|err| format!("parking a job in {queue}: {err}"))
 }
 
@@ -497,7 +558,9 @@ fn redact(reason: &str, raw: &[u8]) -> String {
 /// # Errors
 /// When the broker cannot be reached or does not confirm the job.
 pub async fn enqueue(config: &WorkerConfig, job: &Job) -> Result<(), String> {
-    let connection = connect(config, "ingestd enqueue").await?;
+    let connection = tokio::time::timeout(BROKER_TIMEOUT, connect(config, "ingestd enqueue"))
+        .await
+        .map_err(|_| "the broker did not answer in time".to_owned())??;
     let sent = async {
         let channel = connection
             .create_channel()
@@ -527,8 +590,10 @@ pub async fn enqueue(config: &WorkerConfig, job: &Job) -> Result<(), String> {
             .await
             .map_err(|err| err.to_string())?;
         confirms.settle().await.map_err(|err| err.to_string())
-    }
-    .await;
+    };
+    let sent = tokio::time::timeout(BROKER_TIMEOUT, sent)
+        .await
+        .unwrap_or_else(|_| Err("the broker did not confirm the job in time".to_owned()));
     let _ = connection.close(200, "done".into()).await;
     sent
 }

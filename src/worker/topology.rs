@@ -1,10 +1,11 @@
 //! The broker objects the worker relies on, declared idempotently at every (re)connection.
 //!
-//! * `jobs_exchange` (direct) → `jobs_queue` (quorum, `x-delivery-limit`), bound once per job
+//! * `jobs_exchange` (direct) → `jobs_queue` (quorum, `x-delivery-limit`, at-least-once
+//!   dead-lettering), bound once per job
 //!   type. A job delivered more often than the limit (it keeps killing workers) is dead-lettered
 //!   by the broker to `dead_letter_queue`.
 //! * `dead_letter_queue` (quorum): refused and exhausted jobs, with the reason in headers.
-//! * `{jobs_queue}.wait.{n}s` (classic, message TTL n s): jobs waiting for their next attempt;
+//! * `{jobs_queue}.wait.{n}s` (quorum, message TTL n s): jobs waiting for their next attempt;
 //!   when the TTL expires the broker dead-letters them back to `jobs_queue`. One queue per delay,
 //!   because TTL expiry only happens at the head of a queue.
 //! * `chunks_exchange`, `events_exchange` (topic): the outputs; with `declare_output_queues`,
@@ -98,7 +99,12 @@ pub async fn declare(channel: &Channel, config: &WorkerConfig) -> Result<(), lap
         )
         .await?;
 
-    let mut jobs = quorum;
+    // Dead-lettering from quorum queues is at-most-once by default: a job could vanish when
+    // its target is briefly unavailable. At-least-once needs reject-publish overflow.
+    let mut safe = quorum.clone();
+    safe.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+    safe.insert("x-overflow".into(), string("reject-publish"));
+    let mut jobs = safe.clone();
     jobs.insert(
         "x-delivery-limit".into(),
         AMQPValue::LongLongInt(i64::from(config.delivery_limit)),
@@ -128,7 +134,7 @@ pub async fn declare(channel: &Channel, config: &WorkerConfig) -> Result<(), lap
     }
 
     for &delay in &config.retry_delays_secs {
-        let mut wait = FieldTable::default();
+        let mut wait = safe.clone();
         wait.insert(
             "x-message-ttl".into(),
             AMQPValue::LongLongInt(i64::try_from(delay.saturating_mul(1000)).unwrap_or(i64::MAX)),
