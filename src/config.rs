@@ -338,6 +338,9 @@ pub struct WorkerConfig {
     pub retry_delays_secs: Vec<u64>,
     /// Larger job messages are dead-lettered unread.
     pub max_message_bytes: usize,
+    /// `sync_object` jobs one fan-out delivery publishes at most; the rest of the listing
+    /// continues in a new `sync_files` job (`start_after`), so no delivery runs for long.
+    pub fan_out_batch: usize,
     /// Seconds one job may run before it is abandoned and retried; keep it below the broker's
     /// `consumer_timeout` (30 minutes by default).
     pub job_timeout_secs: u64,
@@ -363,11 +366,59 @@ impl Default for WorkerConfig {
             delivery_limit: 5,
             retry_delays_secs: vec![10, 60, 300],
             max_message_bytes: 1024 * 1024,
+            fan_out_batch: 10_000,
             job_timeout_secs: 25 * 60,
             shutdown_grace_secs: 25,
             heartbeat_secs: 10,
             listen: "0.0.0.0:9464".to_owned(),
         }
+    }
+}
+
+impl WorkerConfig {
+    /// Checks `[worker]`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first offending field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let w = self;
+        if w.concurrency == 0
+            || w.delivery_limit == 0
+            || w.job_timeout_secs == 0
+            || w.fan_out_batch == 0
+        {
+            return Err(invalid(
+                "worker",
+                "concurrency, delivery_limit, job_timeout_secs and fan_out_batch must be at \
+                 least 1",
+            ));
+        }
+        if w.heartbeat_secs == 0 {
+            return Err(invalid(
+                "worker.heartbeat_secs",
+                "must be at least 1: without heartbeats a dead connection is never noticed",
+            ));
+        }
+        // The parser's message would quote the URL, password included.
+        if w.amqp_url.expose().parse::<lapin::uri::AMQPUri>().is_err() {
+            return Err(invalid(
+                "worker.amqp_url",
+                "is not an AMQP URL (amqp://user:password@host:port/vhost)",
+            ));
+        }
+        if w.retry_delays_secs.contains(&0) {
+            return Err(invalid(
+                "worker.retry_delays_secs",
+                "delays must be at least 1 second",
+            ));
+        }
+        if w.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "worker.listen",
+                format!("`{}` is not an address:port", w.listen),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -510,38 +561,7 @@ impl Config {
                 "must be at most 1024 (0 = one per core)",
             ));
         }
-        let w = &self.worker;
-        if w.concurrency == 0 || w.delivery_limit == 0 || w.job_timeout_secs == 0 {
-            return Err(invalid(
-                "worker",
-                "concurrency, delivery_limit and job_timeout_secs must be at least 1",
-            ));
-        }
-        if w.heartbeat_secs == 0 {
-            return Err(invalid(
-                "worker.heartbeat_secs",
-                "must be at least 1: without heartbeats a dead connection is never noticed",
-            ));
-        }
-        // The parser's message would quote the URL, password included.
-        if w.amqp_url.expose().parse::<lapin::uri::AMQPUri>().is_err() {
-            return Err(invalid(
-                "worker.amqp_url",
-                "is not an AMQP URL (amqp://user:password@host:port/vhost)",
-            ));
-        }
-        if w.retry_delays_secs.contains(&0) {
-            return Err(invalid(
-                "worker.retry_delays_secs",
-                "delays must be at least 1 second",
-            ));
-        }
-        if w.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid(
-                "worker.listen",
-                format!("`{}` is not an address:port", w.listen),
-            ));
-        }
+        self.worker.validate()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",

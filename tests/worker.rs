@@ -818,6 +818,33 @@ fn two_workers_split_a_bucket() {
 }
 
 #[test]
+fn a_large_listing_continues_in_new_jobs() {
+    let (server, count) = library();
+    let names = Names::new("batches");
+    let worker = Worker::start_with(&names, BROKER, &[("INGESTD__WORKER__FAN_OUT_BATCH", "5")]);
+    enqueue(
+        &names,
+        &json!({"schema_version": 1, "type": "sync_files", "data_source": data_source(&server, SECRET_KEY),
+                "ids": [{"bucket": "library", "prefix": "encodings/"}, {"bucket": "library", "prefix": "formats/"}]}),
+    );
+    let (events, outcomes) = outcomes_for(&names, count);
+    assert_eq!(outcomes.len(), count);
+    // Each file once: continuations neither skip nor repeat keys.
+    let syncing = events
+        .iter()
+        .filter(|e| e["event"] == "FILE_SYNCING")
+        .count();
+    assert_eq!(syncing, count);
+    // 23 objects in batches of 5: the first job and four continuations.
+    let (_, metrics) = worker.get("/metrics").unwrap();
+    let expected = format!(
+        "ingestd_jobs_total{{type=\"sync_files\",outcome=\"done\"}} {}",
+        count.div_ceil(5)
+    );
+    assert!(metrics.contains(&expected), "{expected} in {metrics}");
+}
+
+#[test]
 fn a_job_naming_ten_thousand_objects_completes() {
     let (server, _) = library();
     let names = Names::new("tenk");

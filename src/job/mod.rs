@@ -130,6 +130,8 @@ pub struct ObjectSelector {
     pub id: Option<String>,
     /// A key prefix to list.
     pub prefix: Option<String>,
+    /// List only keys after this one: set when a large fan-out continues in a new job.
+    pub start_after: Option<String>,
 }
 
 /// Per-file processing settings (Carbon's `file_sync_config`).
@@ -363,6 +365,9 @@ impl Job {
                     }
                     if selector.id.is_some() && selector.prefix.is_some() {
                         return invalid(format!("`ids[{i}]` has both `id` and `prefix`"));
+                    }
+                    if selector.id.is_some() && selector.start_after.is_some() {
+                        return invalid(format!("`ids[{i}]` has both `id` and `start_after`"));
                     }
                 }
                 job.options.validate(chunking)

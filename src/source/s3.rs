@@ -63,6 +63,8 @@ pub struct S3Source {
     kind: SourceKind,
     /// Set when the target names one object: only it is listed.
     single: Option<ObjectMeta>,
+    /// List only keys after this one (a continued listing).
+    start_after: Option<String>,
     /// The process-wide request rate cap, shared by every source.
     limiter: Arc<RateLimiter>,
 }
@@ -196,8 +198,16 @@ impl S3Source {
             prefix: prefix.to_owned(),
             kind,
             single: None,
+            start_after: None,
             limiter,
         }
+    }
+
+    /// The same source listing only keys after `key` (to continue a listing elsewhere).
+    #[must_use]
+    pub fn after(mut self, key: Option<&str>) -> Self {
+        self.start_after = key.map(str::to_owned);
+        self
     }
 
     /// Every bucket the key can see (the source's own bucket plays no part).
@@ -455,6 +465,8 @@ struct Pages {
     prefix: String,
     /// Objects of the current page not yet handed out.
     buffered: VecDeque<Listed>,
+    /// Keys up to this one are left out (first page only; the token carries it on).
+    start_after: Option<String>,
     /// Where the next page starts; `None` before the first page.
     token: Option<String>,
     /// No more pages.
@@ -477,6 +489,7 @@ impl Source for S3Source {
             limiter: Arc::clone(&self.limiter),
             bucket: self.bucket.clone(),
             prefix: self.prefix.clone(),
+            start_after: self.start_after.clone(),
             buffered: self
                 .single
                 .clone()
@@ -521,6 +534,8 @@ impl Source for S3Source {
                     .prefix(&pages.prefix);
                 if let Some(token) = pages.token.take() {
                     request = request.continuation_token(token);
+                } else if let Some(after) = pages.start_after.take() {
+                    request = request.start_after(after);
                 }
                 pages.limiter.acquire().await;
                 match request.send().await {

@@ -15,7 +15,7 @@ use crate::config::{Config, WorkerConfig};
 use crate::error::{ErrorCode, FileError, SkipReason};
 use crate::job::{
     ChunkRecord, DataSource, Event, EventKind, FileRef, ItemRecord, ItemType, Job, JobKind,
-    ObjectSelector, SCHEMA_VERSION, SyncObject, SyncOptions,
+    ObjectSelector, SCHEMA_VERSION, SyncFiles, SyncObject, SyncOptions,
 };
 use crate::pipeline::{self, Emitted, FileReport, Request};
 use crate::sink::amqp::{Confirms, Message, PublishError, Publisher};
@@ -474,14 +474,35 @@ async fn fan_out(
             }),
         }
     };
-    for selector in selectors {
+    // One delivery publishes at most `fan_out_batch` children, then hands the rest of the
+    // listing to a new job, so no delivery runs for long however large the bucket.
+    let batch = ctx.config.worker.fan_out_batch;
+    let continuation = |rest: Vec<ObjectSelector>| Job {
+        schema_version: SCHEMA_VERSION,
+        job_id: job.job_id.as_ref().map(|parent| format!("{parent}+")),
+        request_id: job.request_id.clone(),
+        customer_id: job.customer_id.clone(),
+        kind: JobKind::SyncFiles(SyncFiles {
+            data_source: ds.clone(),
+            ids: rest,
+            options: options.clone(),
+        }),
+    };
+    let mut published = 0;
+    for (i, selector) in selectors.iter().enumerate() {
+        if published >= batch {
+            out.job(&continuation(selectors[i..].to_vec())).await?;
+            return Ok(Outcome::Done);
+        }
         let bucket = selector.bucket.as_str();
         if let Some(key) = &selector.id {
             out.job(&child(bucket, key.clone(), None)).await?;
+            published += 1;
             continue;
         }
         let prefix = selector.prefix.as_deref().unwrap_or("");
-        let source = match open(ds, bucket, prefix, ctx).await {
+        let opened = open(ds, bucket, prefix, ctx).await;
+        let source = match opened.map(|source| source.after(selector.start_after.as_deref())) {
             Ok(source) => source,
             Err(err) => {
                 if err.retryable() {
@@ -494,11 +515,20 @@ async fn fan_out(
             }
         };
         let mut listing = pin!(source.list());
+        let mut last = selector.start_after.clone();
         while let Some(listed) = listing.next().await {
             match listed {
                 Listed::Object(object) => {
+                    if published >= batch {
+                        let mut rest = selectors[i..].to_vec();
+                        rest[0].start_after = last;
+                        out.job(&continuation(rest)).await?;
+                        return Ok(Outcome::Done);
+                    }
                     out.job(&child(bucket, object.key.clone(), Some(&object)))
                         .await?;
+                    published += 1;
+                    last = Some(object.key);
                 }
                 Listed::Problem {
                     key, error, skip, ..
