@@ -206,6 +206,16 @@ async fn open_session(w: &WorkerConfig) -> Result<Session, String> {
     }
 }
 
+/// Time a polite close may take; a connection that is already broken may never answer.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Closes `connection` politely if it answers within `limit`; a broken one is dropped.
+async fn close(connection: &Connection, why: &str, limit: Duration) {
+    if connection.status().connected() {
+        let _ = tokio::time::timeout(limit, connection.close(200, why.into())).await;
+    }
+}
+
 /// One connection's life: declare, consume, dispatch, until the broker goes or shutdown.
 async fn session(ctx: &Arc<Context>, mut stop: watch::Receiver<bool>) -> Ended {
     let lost = |why: String| Ended::Lost {
@@ -265,8 +275,10 @@ async fn session(ctx: &Arc<Context>, mut stop: watch::Receiver<bool>) -> Ended {
     if let Some(why) = broke {
         // Unacked deliveries go back to the queue when the connection closes.
         tasks.abort_all();
-        let _ = consuming.close(200, "reconnecting".into()).await;
-        let _ = publishing.close(200, "reconnecting".into()).await;
+        // Usually one of them is already broken and would never answer: do not wait long.
+        let brief = Duration::from_millis(250);
+        close(&consuming, "reconnecting", brief).await;
+        close(&publishing, "reconnecting", brief).await;
         return Ended::Lost {
             why,
             // A session that dies as soon as it starts must not reset the backoff.
@@ -293,9 +305,9 @@ async fn session(ctx: &Arc<Context>, mut stop: watch::Receiver<bool>) -> Ended {
         }
     }
     // Closing the channel returns every unacked delivery (prefetched or unfinished) to the queue.
-    let _ = channel.close(200, "shutting down".into()).await;
-    let _ = consuming.close(200, "shutting down".into()).await;
-    let _ = publishing.close(200, "shutting down".into()).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "shutting down".into())).await;
+    close(&consuming, "shutting down", CLOSE_TIMEOUT).await;
+    close(&publishing, "shutting down", CLOSE_TIMEOUT).await;
     Ended::Stopped
 }
 
@@ -341,7 +353,7 @@ pub async fn enqueue(config: &WorkerConfig, job: &Job) -> Result<(), String> {
     let sent = tokio::time::timeout(BROKER_TIMEOUT, sent)
         .await
         .unwrap_or_else(|_| Err("the broker did not confirm the job in time".to_owned()));
-    let _ = connection.close(200, "done".into()).await;
+    close(&connection, "done", CLOSE_TIMEOUT).await;
     sent
 }
 
