@@ -23,6 +23,19 @@ pub enum MediaType {
     Video,
 }
 
+impl MediaType {
+    /// The name on the wire (`TEXT`, `IMAGE`, `AUDIO`, `VIDEO`), as serde writes it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaType::Text => "TEXT",
+            MediaType::Image => "IMAGE",
+            MediaType::Audio => "AUDIO",
+            MediaType::Video => "VIDEO",
+        }
+    }
+}
+
 /// Which extractor handles a format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -400,6 +413,18 @@ fn text_format_from_content(head: &[u8]) -> Option<Format> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn media_type_names_are_the_wire_names() {
+        for media in [
+            MediaType::Text,
+            MediaType::Image,
+            MediaType::Audio,
+            MediaType::Video,
+        ] {
+            assert_eq!(serde_json::to_value(media).unwrap(), media.as_str());
+        }
+    }
 
     const PNG: &[u8] = &[
         0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1A, b'\n', 0, 0, 0, 13, b'I', b'H', b'D', b'R',

@@ -66,6 +66,62 @@ pub struct FileReport {
     pub bytes_read: u64,
 }
 
+/// How a file ended, for counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tally {
+    /// `FILE_READY`, with its counts.
+    Ready {
+        /// Chunk records.
+        chunks: u64,
+        /// Tokens in them.
+        tokens: u64,
+    },
+    /// `FILE_ERROR`.
+    Failed,
+    /// `FILES_SKIPPED`.
+    Skipped,
+}
+
+impl Tally {
+    /// `ready`, `failed` or `skipped`.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Tally::Ready { .. } => "ready",
+            Tally::Failed => "failed",
+            Tally::Skipped => "skipped",
+        }
+    }
+}
+
+impl FileReport {
+    /// How the file ended.
+    #[must_use]
+    pub fn tally(&self) -> Tally {
+        match &self.outcome.kind {
+            EventKind::FileReady {
+                chunk_count,
+                token_count,
+            } => Tally::Ready {
+                chunks: *chunk_count as u64,
+                tokens: *token_count as u64,
+            },
+            EventKind::FileError { .. } => Tally::Failed,
+            _ => Tally::Skipped,
+        }
+    }
+
+    /// The file's media type as reports name it; `OTHER` when it was never detected.
+    #[must_use]
+    pub fn media_label(&self) -> &'static str {
+        self.outcome
+            .file
+            .as_ref()
+            .and_then(|f| f.media_type)
+            .map_or("OTHER", crate::detect::MediaType::as_str)
+    }
+}
+
 /// Text is streamed through the chunker in segments of about this many bytes; objects up to
 /// this size are read whole.
 pub const SEGMENT_BYTES: usize = 4 * 1024 * 1024;

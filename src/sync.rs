@@ -11,7 +11,7 @@ use futures::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::job::{EventKind, FileRef, ProcessedCounts};
-use crate::pipeline::{self, Emitted, Emitter, FileReport, Request};
+use crate::pipeline::{self, Emitted, Emitter, FileReport, Request, Tally};
 use crate::sink::{JsonlSink, SinkError};
 use crate::source::{Listed, Source};
 use crate::telemetry::Progress;
@@ -37,31 +37,17 @@ impl Summary {
     }
 
     fn add(&mut self, report: &FileReport) {
-        let media = report
-            .outcome
-            .file
-            .as_ref()
-            .and_then(|f| f.media_type)
-            .map_or_else(|| "OTHER".to_owned(), |m| format!("{m:?}").to_uppercase());
-        let outcome = match &report.outcome.kind {
-            EventKind::FileReady {
-                chunk_count,
-                token_count,
-            } => {
+        let tally = report.tally();
+        match tally {
+            Tally::Ready { chunks, tokens } => {
                 self.counts.files_ready += 1;
-                self.counts.chunk_count += *chunk_count as u64;
-                self.counts.token_count += *token_count as u64;
-                "ready"
+                self.counts.chunk_count += chunks;
+                self.counts.token_count += tokens;
             }
-            EventKind::FileError { .. } => {
-                self.counts.files_failed += 1;
-                "failed"
-            }
-            _ => {
-                self.counts.files_skipped += 1;
-                "skipped"
-            }
-        };
+            Tally::Failed => self.counts.files_failed += 1,
+            Tally::Skipped => self.counts.files_skipped += 1,
+        }
+        let (outcome, media) = (tally.label(), report.media_label().to_owned());
         *self.by_kind.entry((outcome, media)).or_default() += 1;
         self.bytes_read += report.bytes_read;
     }

@@ -12,6 +12,7 @@ use tokio::sync::{Semaphore, mpsc};
 use super::metrics::Metrics;
 use crate::chunk::Chunker;
 use crate::config::{Config, WorkerConfig};
+use crate::detect::MediaType;
 use crate::error::{ErrorCode, FileError, SkipReason};
 use crate::job::{
     ChunkRecord, DataSource, Event, EventKind, FileRef, ItemRecord, ItemType, Job, JobKind,
@@ -87,30 +88,27 @@ impl<'a> Outputs<'a> {
     }
 
     async fn event(&mut self, event: &Event) -> Result<(), PublishError> {
-        let exchange = self.config.events_exchange.clone();
-        self.publish(&exchange, event.name(), event).await
+        let config = self.config;
+        self.publish(&config.events_exchange, event.name(), event)
+            .await
     }
 
     async fn record(&mut self, record: &ChunkRecord) -> Result<(), PublishError> {
-        let exchange = self.config.chunks_exchange.clone();
-        let routing_key = match record.file.media_type {
-            Some(media) => serde_json::to_value(media)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            None => "OTHER".to_owned(),
-        };
-        self.publish(&exchange, &routing_key, record).await
+        let config = self.config;
+        let routing_key = record.file.media_type.map_or("OTHER", MediaType::as_str);
+        self.publish(&config.chunks_exchange, routing_key, record)
+            .await
     }
 
     async fn item(&mut self, item: &ItemRecord) -> Result<(), PublishError> {
-        let exchange = self.config.events_exchange.clone();
-        self.publish(&exchange, "ITEM", item).await
+        let config = self.config;
+        self.publish(&config.events_exchange, "ITEM", item).await
     }
 
     async fn job(&mut self, job: &Job) -> Result<(), PublishError> {
-        let exchange = self.config.jobs_exchange.clone();
-        self.publish(&exchange, job.kind.name(), job).await
+        let config = self.config;
+        self.publish(&config.jobs_exchange, job.kind.name(), job)
+            .await
     }
 
     /// Waits until the broker has confirmed every output.

@@ -6,8 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::job::EventKind;
-use crate::pipeline::FileReport;
+use crate::pipeline::{FileReport, Tally};
 
 /// Upper bounds (seconds) of the job duration histogram's buckets.
 const DURATION_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0];
@@ -86,26 +85,12 @@ impl Metrics {
 
     /// A file was processed.
     pub fn file_done(&self, report: &FileReport) {
-        let media = report
-            .outcome
-            .file
-            .as_ref()
-            .and_then(|f| f.media_type)
-            .map_or_else(|| "OTHER".to_owned(), |m| format!("{m:?}").to_uppercase());
-        let outcome = match &report.outcome.kind {
-            EventKind::FileReady {
-                chunk_count,
-                token_count,
-            } => {
-                self.chunks
-                    .fetch_add(*chunk_count as u64, Ordering::Relaxed);
-                self.tokens
-                    .fetch_add(*token_count as u64, Ordering::Relaxed);
-                "ready"
-            }
-            EventKind::FileError { .. } => "failed",
-            _ => "skipped",
-        };
+        let tally = report.tally();
+        if let Tally::Ready { chunks, tokens } = tally {
+            self.chunks.fetch_add(chunks, Ordering::Relaxed);
+            self.tokens.fetch_add(tokens, Ordering::Relaxed);
+        }
+        let (media, outcome) = (report.media_label().to_owned(), tally.label());
         self.bytes_read
             .fetch_add(report.bytes_read, Ordering::Relaxed);
         bump(&self.files, (media, outcome));
