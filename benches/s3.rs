@@ -20,6 +20,11 @@
 //! `langchain-text-splitters` for the peer (`scripts/bench-s3.sh` installs them); set
 //! `INGESTD_BENCH_LARGE_MB` to change the size of the large objects.
 
+mod common;
+#[path = "../tests/common/s3.rs"]
+#[allow(dead_code)]
+mod s3;
+
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -30,13 +35,9 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 use futures::StreamExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
-use s3s::auth::SimpleAuth;
-use s3s::service::S3ServiceBuilder;
 
-const ACCESS_KEY: &str = "AKIDINGESTDBENCH";
-const SECRET_KEY: &str = "ingestd-bench-secret";
+use common::{mix, vm_hwm};
+use s3::{ACCESS_KEY, SECRET_KEY};
 const SMALL_OBJECTS: usize = 2000;
 const LARGE_OBJECTS: usize = 3;
 /// Time to first byte added by the latency proxy, about what S3 and Spaces take.
@@ -49,7 +50,7 @@ fn main() {
         .unwrap_or(200);
     let root = tempfile::tempdir().expect("temporary folder");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let addr = serve(root.path());
+    let addr = s3::serve(root.path(), ingestd::config::cpu_slots());
     let endpoint = format!("http://{addr}");
     let direct = client(&endpoint);
     // ingestd's default: four objects in flight per core.
@@ -171,17 +172,9 @@ fn run(command: &mut Command) -> (Duration, u64) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("the child starts");
-    let status_path = format!("/proc/{}/status", child.id());
     let mut peak = 0;
     loop {
-        if let Ok(status) = std::fs::read_to_string(&status_path)
-            && let Some(kb) = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        {
-            peak = peak.max(kb);
-        }
+        peak = peak.max(vm_hwm(child.id()));
         if let Some(status) = child.try_wait().expect("waiting for the child") {
             assert!(status.success(), "{command:?} failed: {status}");
             return (started.elapsed(), peak);
@@ -234,37 +227,6 @@ fn latency_proxy(upstream: SocketAddr, latency: Duration) -> SocketAddr {
 }
 
 /// s3s-fs on a loopback port, on its own thread and runtime.
-fn serve(root: &Path) -> SocketAddr {
-    let fs = s3s_fs::FileSystem::new(root).expect("s3s-fs");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().expect("server runtime");
-        runtime.block_on(async move {
-            let mut builder = S3ServiceBuilder::new(fs);
-            builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-            let service = builder.build();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            tx.send(listener.local_addr().expect("address"))
-                .expect("report address");
-            let http = ConnBuilder::new(TokioExecutor::new());
-            loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    continue;
-                };
-                // Small responses must not wait for delayed ACKs (40 ms each).
-                let _ = socket.set_nodelay(true);
-                let connection = http
-                    .serve_connection(TokioIo::new(socket), service.clone())
-                    .into_owned();
-                tokio::spawn(connection);
-            }
-        });
-    });
-    rx.recv().expect("server address")
-}
-
 fn client(endpoint: &str) -> Client {
     let config = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
@@ -431,14 +393,6 @@ fn prose(seed: u64, len: usize) -> String {
     }
     text.truncate(len);
     text
-}
-
-fn mix(mut x: u64) -> u64 {
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    x ^ (x >> 33)
 }
 
 /// A tiktoken cache holding cl100k_base from the tiktoken-rs sources, so the Python peer runs

@@ -16,6 +16,7 @@
 //!
 //! Run: `cargo bench --bench worker` (needs RabbitMQ; `scripts/test.sh` starts it).
 
+mod common;
 #[path = "../tests/common/s3.rs"]
 #[allow(dead_code)]
 mod s3;
@@ -34,6 +35,8 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::{Value, json};
+
+use common::{mix, vm_hwm};
 
 const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const PREFIX_OBJECTS: usize = 2000;
@@ -131,14 +134,6 @@ fn prose(seed: u64) -> String {
         text.push(if x.is_multiple_of(11) { '\n' } else { ' ' });
     }
     text
-}
-
-fn mix(mut x: u64) -> u64 {
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    x ^ (x >> 33)
 }
 
 fn percentile(sorted: &[f64], percent: usize) -> f64 {
@@ -345,18 +340,6 @@ fn cpu_secs(pid: u32) -> f64 {
             Some(ticks as f64 / 100.0)
         })
         .unwrap_or(f64::NAN)
-}
-
-fn vm_hwm(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn wait_ready(listen: SocketAddr) {

@@ -21,35 +21,7 @@ pub struct Server {
 impl Server {
     pub fn start() -> Server {
         let root = tempfile::tempdir().unwrap();
-        let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let mut builder = S3ServiceBuilder::new(Conditional(fs));
-                builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-                let service = builder.build();
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(listener.local_addr().unwrap()).unwrap();
-                let http = ConnBuilder::new(TokioExecutor::new());
-                loop {
-                    let Ok((socket, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    // Small responses must not wait for delayed ACKs (40 ms each).
-                    let _ = socket.set_nodelay(true);
-                    let connection = http
-                        .serve_connection(TokioIo::new(socket), service.clone())
-                        .into_owned();
-                    tokio::spawn(connection);
-                }
-            });
-        });
-        let addr = rx.recv().unwrap();
+        let addr = serve(root.path(), 1);
         Server { addr, root }
     }
 
@@ -61,6 +33,43 @@ impl Server {
     pub fn bucket_from(&self, bucket: &str, from: &Path) {
         copy_dir(from, &self.root.path().join(bucket));
     }
+}
+
+/// Serves the folders of `root` as buckets on a loopback port, from a thread of its own with
+/// `worker_threads` runtime threads; returns the address.
+pub fn serve(root: &Path, worker_threads: usize) -> SocketAddr {
+    let fs = s3s_fs::FileSystem::new(root).expect("s3s-fs over the folder");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(worker_threads.max(1))
+            .enable_all()
+            .build()
+            .expect("the server's runtime");
+        runtime.block_on(async move {
+            let mut builder = S3ServiceBuilder::new(Conditional(fs));
+            builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+            let service = builder.build();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("a loopback port");
+            tx.send(listener.local_addr().expect("its address"))
+                .expect("reporting the address");
+            let http = ConnBuilder::new(TokioExecutor::new());
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
+                // Small responses must not wait for delayed ACKs (40 ms each).
+                let _ = socket.set_nodelay(true);
+                let connection = http
+                    .serve_connection(TokioIo::new(socket), service.clone())
+                    .into_owned();
+                tokio::spawn(connection);
+            }
+        });
+    });
+    rx.recv().expect("the server's address")
 }
 
 /// s3s-fs, plus `If-Match` on GET as S3 answers it (`412 PreconditionFailed` once the object
@@ -108,6 +117,13 @@ impl s3s::S3 for Conditional {
         req: s3s::S3Request<s3s::dto::ListBucketsInput>,
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListBucketsOutput>> {
         self.0.list_buckets(req).await
+    }
+
+    async fn create_bucket(
+        &self,
+        req: s3s::S3Request<s3s::dto::CreateBucketInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CreateBucketOutput>> {
+        self.0.create_bucket(req).await
     }
 
     async fn put_object(
