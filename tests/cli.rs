@@ -5,7 +5,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use common::{fixture, ingestd, lines, outcome, root};
+use common::{assert_exit, fixture, ingestd, lines, outcome, root};
 use serde_json::Value;
 
 fn expected() -> Value {
@@ -38,12 +38,7 @@ fn every_text_fixture_yields_its_source_text() {
             "4000",
         ],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let texts = texts_by_file(&lines(&out.stdout));
     let expected = expected();
     for (key, text) in expected["exact"].as_object().unwrap() {
@@ -228,12 +223,7 @@ fn whole_parsed_formats_over_their_cap_are_skipped_but_text_streams() {
             "0",
         ],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let events = lines(&out.stderr);
     assert_eq!(outcome(&events, "big.json")["reason"], "TOO_LARGE");
     let ready = outcome(&events, "long.txt");
@@ -272,12 +262,7 @@ fn unreadable_entries_and_symlink_loops_are_reported_not_fatal() {
     std::os::unix::fs::symlink(dir.path().join("missing.txt"), data.join("dangling.txt")).unwrap();
     std::os::unix::fs::symlink(&data, data.join("sub/loop")).unwrap();
     let out = ingestd(dir.path(), &["sync", "data"]);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 3);
     let events = lines(&out.stderr);
     assert_eq!(
         outcome(&events, "dangling.txt")["error_code"],
@@ -358,12 +343,7 @@ fn flags_reach_the_records() {
             "events.jsonl",
         ],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     assert!(
         out.stdout.is_empty() && out.stderr.is_empty(),
         "outputs belong in the files"
@@ -399,12 +379,7 @@ fn flags_reach_the_records() {
 fn shipped_config_is_picked_up_from_the_working_directory() {
     // Run from the repository root: pipeline.toml there is valid and used.
     let out = ingestd(&root(), &["sync", "fixtures/text/formats/talk.vtt"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     assert_eq!(lines(&out.stdout)[0]["chunking"]["chunk_size"], 1500);
 }
 
@@ -445,12 +420,7 @@ fn many_large_files_in_flight_do_not_wait_on_each_other() {
         "8",
     ];
     let out = common::ingestd_within(dir.path(), &args, std::time::Duration::from_mins(2));
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let events = lines(&out.stderr);
     let ready = events.iter().filter(|e| e["event"] == "FILE_READY").count();
     assert_eq!(ready, 9);
@@ -471,12 +441,7 @@ fn blank_or_boundaryless_segments_do_not_stall_the_stream() {
     .unwrap();
     let args = ["sync", "data"];
     let out = common::ingestd_within(dir.path(), &args, std::time::Duration::from_mins(2));
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let records = lines(&out.stdout);
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["text"], "hello world");
@@ -512,12 +477,7 @@ fn streamed_markdown_with_overlap_keeps_its_promises() {
             "20",
         ],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let records = lines(&out.stdout);
     let bpe = tiktoken_rs::cl100k_base().unwrap();
     let mut previous: Option<(usize, usize)> = None;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::s3::{ACCESS_KEY, SECRET_KEY, Server};
-use common::{fixture, ingestd, lines, outcome};
+use common::{assert_exit, fixture, ingestd, lines, outcome};
 
 /// `ingestd ARGS --endpoint-url ENDPOINT` in `dir` with the test access key and `secret`.
 fn s3_command(dir: &Path, endpoint: &str, args: &[&str], secret: &str) -> Command {
@@ -118,12 +118,7 @@ fn wrong_secret_is_access_denied_and_never_echoed() {
     server.bucket_from("docs", &fixture("text"));
     let wrong = "wrong-secret-value-xyz";
     let out = sync_s3(&server, "s3://docs", wrong, &["--allow-private-endpoint"]);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 3);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !stderr.contains(wrong) && !stderr.contains(SECRET_KEY),
@@ -277,12 +272,7 @@ fn a_body_that_breaks_off_resumes_where_it_stopped() {
         "300",
     ];
     let out = ingestd_s3(local.path(), &format!("http://{proxy}"), &args, SECRET_KEY);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     assert_eq!(
         cuts.load(Ordering::SeqCst),
         1,
@@ -305,12 +295,7 @@ fn a_body_that_keeps_breaking_is_a_retryable_source_error() {
     let (proxy, _) = cutting_proxy(server.addr, 20_000, false);
     let args = ["sync", "s3://big", "--allow-private-endpoint"];
     let out = ingestd_s3(local.path(), &format!("http://{proxy}"), &args, SECRET_KEY);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 3);
     let events = lines(&out.stderr);
     let failed = outcome(&events, "big.txt");
     assert_eq!(failed["error_code"], "SOURCE_UNAVAILABLE", "{failed}");
@@ -362,24 +347,14 @@ fn throttling_is_retried_then_reported_as_retryable() {
     // Two refusals: the client's standard retries (3 attempts) get through.
     let (proxy, refused) = throttling_proxy(server.addr, 2);
     let out = sync_through(proxy, dir.path());
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     assert_eq!(refused.load(Ordering::SeqCst), 2);
     assert!(!lines(&out.stdout).is_empty());
 
     // Throttled for good: the listing fails as SOURCE_UNAVAILABLE, retryable.
     let (proxy, _) = throttling_proxy(server.addr, usize::MAX);
     let out = sync_through(proxy, dir.path());
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 3);
     let events = lines(&out.stderr);
     let failed = events
         .iter()
@@ -412,12 +387,7 @@ fn listings_span_pages() {
         SECRET_KEY,
         &["--allow-private-endpoint"],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let records = lines(&out.stdout);
     assert_eq!(records.len(), 1001);
     let mut keys: Vec<&str> = records
@@ -472,12 +442,7 @@ fn sync_while_replacing(lines: usize, cut_after: usize) -> (Output, tempfile::Te
 fn an_object_replaced_before_any_record_left_is_read_again_whole() {
     // 400 KB: read whole before chunking, so nothing has left when the replacement shows.
     let (out, local) = sync_while_replacing(6000, 100_000);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let records = lines(&out.stdout);
     let expected =
         lines(&ingestd(local.path(), &["sync", "doc.txt", "--chunk-size", "300"]).stdout);
@@ -506,12 +471,7 @@ fn an_object_replaced_before_any_record_left_is_read_again_whole() {
 fn an_object_replaced_while_streamed_is_a_retryable_object_changed() {
     // 6.4 MB: streamed in segments; the first segment's records have left when it is cut.
     let (out, _local) = sync_while_replacing(100_000, 5_500_000);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 3);
     let events = lines(&out.stderr);
     let failed = outcome(&events, "doc.txt");
     assert_eq!(failed["error_code"], "OBJECT_CHANGED", "{failed}");
@@ -537,12 +497,7 @@ fn a_missing_key_is_no_such_key() {
         SECRET_KEY,
         &["--allow-private-endpoint"],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 3);
     let events = lines(&out.stderr);
     let failed = outcome(&events, "no-such-report.txt");
     assert_eq!(failed["error_code"], "NO_SUCH_KEY", "{failed}");
@@ -663,12 +618,7 @@ fn credentials_come_from_the_config_when_the_environment_has_none() {
     };
     let config = format!("[s3]\naccess_key_id = \"{ACCESS_KEY}\"\n");
     let out = run(&config, Some(SECRET_KEY));
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     assert!(!lines(&out.stdout).is_empty());
 
     // No secret anywhere: a usage error naming what to set.
@@ -684,12 +634,7 @@ fn the_catalog_lists_buckets_as_items() {
     server.bucket_from("docs", &fixture("text"));
     server.bucket_from("photos.2026", &fixture("text/formats"));
     let out = sync_s3(&server, "s3://", SECRET_KEY, &["--allow-private-endpoint"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let items = lines(&out.stdout);
     let names: Vec<&str> = items
         .iter()
@@ -771,12 +716,7 @@ fn unicode_and_space_keys() {
     };
     let private = ["--allow-private-endpoint"];
     let out = sync_s3(&server, "s3://docs", SECRET_KEY, &private);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let mut all = keys(&out);
     all.sort();
     assert_eq!(
@@ -841,12 +781,7 @@ fn a_stalled_body_is_abandoned_and_resumed() {
         .env("INGESTD__S3__STALL_TIMEOUT_SECS", "2")
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let took = started.elapsed();
     assert_eq!(
         stalls.load(Ordering::SeqCst),

@@ -29,6 +29,16 @@ pub fn ingestd(dir: &Path, args: &[&str]) -> Output {
         .expect("running ingestd")
 }
 
+/// Fails the test, showing the run's stderr, unless it exited with `code`.
+pub fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Parses JSON Lines.
 pub fn lines(bytes: &[u8]) -> Vec<Value> {
     String::from_utf8_lossy(bytes)
