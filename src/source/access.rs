@@ -1,7 +1,8 @@
 //! Reaching S3-compatible endpoints on behalf of a request — the one-shot command's or a job's:
 //! the endpoint policy, the process's client cache and its request rate cap, all from `[s3]`.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::endpoint::{Endpoint, EndpointPolicy};
@@ -17,7 +18,12 @@ pub struct S3Access {
     limiter: Arc<RateLimiter>,
     policy: EndpointPolicy,
     default_endpoint: String,
+    /// Endpoint URLs whose name passed the full check.
+    checked: Arc<Mutex<HashSet<String>>>,
 }
+
+/// Endpoints remembered as checked at most; beyond, the set starts over.
+const MAX_CHECKED: usize = 1024;
 
 impl S3Access {
     /// Access as `[s3]` describes it; `allow_private` adds to `s3.allow_private_endpoints`.
@@ -39,7 +45,26 @@ impl S3Access {
                 allow_private,
             },
             default_endpoint: config.default_endpoint.clone(),
+            checked: Arc::default(),
         }
+    }
+
+    fn resolved(&self, url: &str) -> bool {
+        self.checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(url)
+    }
+
+    fn remember(&self, url: &str) {
+        let mut checked = self
+            .checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if checked.len() >= MAX_CHECKED {
+            checked.clear();
+        }
+        checked.insert(url.to_owned());
     }
 
     /// A source for `bucket`/`prefix` at `endpoint` (the configured default when `None`).
@@ -57,7 +82,14 @@ impl S3Access {
         let raw = endpoint.unwrap_or(&self.default_endpoint);
         let endpoint = Endpoint::parse(raw)
             .map_err(|why| FileError::permanent(ErrorCode::EndpointNotAllowed, why))?;
-        self.policy.check(&endpoint).await?;
+        // Resolving the name once per endpoint is enough: every connection of its client is
+        // checked again by the client's resolver, so a job per object costs no DNS query.
+        if self.resolved(&endpoint.url) {
+            self.policy.check_name(&endpoint)?;
+        } else {
+            self.policy.check(&endpoint).await?;
+            self.remember(&endpoint.url);
+        }
         let client = self.clients.client(&endpoint, credentials);
         Ok(S3Source::new(
             client,

@@ -126,24 +126,13 @@ impl EndpointPolicy {
     /// # Errors
     /// `ENDPOINT_NOT_ALLOWED` naming the host and the reason.
     pub async fn check(&self, endpoint: &Endpoint) -> Result<(), FileError> {
+        self.check_name(endpoint)?;
         let refuse = |why: String| {
             FileError::permanent(
                 ErrorCode::EndpointNotAllowed,
                 format!("endpoint {}: {why}", endpoint.host),
             )
         };
-        if !self.allow_private {
-            if !endpoint.https {
-                return Err(refuse("only https endpoints are allowed".to_owned()));
-            }
-            if !self
-                .allowed_hosts
-                .iter()
-                .any(|pattern| host_matches(pattern, &endpoint.host))
-            {
-                return Err(refuse("host is not in s3.allowed_hosts".to_owned()));
-            }
-        }
         let addresses = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
             .await
             .map_err(|err| {
@@ -159,6 +148,35 @@ impl EndpointPolicy {
                     address.ip()
                 )));
             }
+        }
+        Ok(())
+    }
+}
+
+impl EndpointPolicy {
+    /// The checks that need no DNS: scheme and host against the allowed hosts.
+    ///
+    /// # Errors
+    /// `ENDPOINT_NOT_ALLOWED` naming the host and the reason.
+    pub fn check_name(&self, endpoint: &Endpoint) -> Result<(), FileError> {
+        if self.allow_private {
+            return Ok(());
+        }
+        let refuse = |why: &str| {
+            FileError::permanent(
+                ErrorCode::EndpointNotAllowed,
+                format!("endpoint {}: {why}", endpoint.host),
+            )
+        };
+        if !endpoint.https {
+            return Err(refuse("only https endpoints are allowed"));
+        }
+        if !self
+            .allowed_hosts
+            .iter()
+            .any(|pattern| host_matches(pattern, &endpoint.host))
+        {
+            return Err(refuse("host is not in s3.allowed_hosts"));
         }
         Ok(())
     }
