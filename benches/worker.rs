@@ -199,10 +199,10 @@ fn through_workers(
         let channel = connection.create_channel().await.expect("channel");
         channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
         let mut jobs = vec![json!({"schema_version": 1, "type": "sync_files", "request_id": "prefix",
-            "data_source": data_source, "ids": [{"bucket": "bench", "prefix": "prefix/"}]})];
+            "skip_embedding_generation": true, "data_source": data_source, "ids": [{"bucket": "bench", "prefix": "prefix/"}]})];
         for i in 0..SINGLE_OBJECTS {
             jobs.push(json!({"schema_version": 1, "type": "sync_files", "request_id": format!("single-{i}"),
-                "data_source": data_source, "ids": [{"bucket": "bench", "id": format!("single/doc-{i:05}.txt")}]}));
+                "skip_embedding_generation": true, "data_source": data_source, "ids": [{"bucket": "bench", "id": format!("single/doc-{i:05}.txt")}]}));
         }
         let started = Instant::now();
         let mut published: BTreeMap<String, f64> = BTreeMap::new();

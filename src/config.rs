@@ -70,6 +70,9 @@ pub struct Config {
     /// `[worker]`: the RabbitMQ worker.
     #[serde(default)]
     pub worker: WorkerConfig,
+    /// `[embedding]`: embedding providers and Carbon's model names.
+    #[serde(default)]
+    pub embedding: crate::embed::EmbeddingConfig,
     /// `[log]`: diagnostics.
     #[serde(default)]
     pub log: LogConfig,
@@ -180,6 +183,9 @@ pub struct SyncConfig {
     /// Follow symbolic links when walking a folder (loops are detected and reported).
     #[serde(default = "default_follow_symlinks")]
     pub follow_symlinks: bool,
+    /// Embed chunks with `embedding.default_model` (as `--embed`); one-shot runs skip by default.
+    #[serde(default)]
+    pub embed: bool,
 }
 
 /// Links are followed: a folder of links to documents is a common layout.
@@ -192,6 +198,7 @@ impl Default for SyncConfig {
         SyncConfig {
             concurrency: 0,
             follow_symlinks: default_follow_symlinks(),
+            embed: false,
         }
     }
 }
@@ -562,6 +569,7 @@ impl Config {
             ));
         }
         self.worker.validate()?;
+        self.embedding.validate()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",
@@ -696,6 +704,65 @@ mod tests {
             err.contains("worker.amqp_url") && !err.contains("p4ss"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn embedding_providers_and_models_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pipeline.toml");
+        // The Azure example of docs/configuration.md.
+        std::fs::write(
+            &file,
+            r#"
+[embedding]
+default_model = "AZURE_OPENAI"
+[embedding.providers.azure]
+url = "https://my-resource.openai.azure.com/openai/deployments/my-embedding-deployment"
+auth = "api_key"
+api_key_env = "AZURE_OPENAI_API_KEY"
+api_version = "2024-02-01"
+[embedding.models.AZURE_OPENAI]
+provider = "azure"
+model = "text-embedding-ada-002"
+dimensions = 1536
+"#,
+        )
+        .unwrap();
+        let config = Config::load(Some(&file), no_env()).unwrap();
+        let azure = &config.embedding.providers["azure"];
+        assert_eq!(azure.auth, crate::embed::Auth::ApiKey);
+        assert_eq!(
+            config.embedding.models["AZURE_OPENAI"].max_input_tokens,
+            8191
+        );
+        assert_eq!(
+            config.embedding.models.len(),
+            1,
+            "the file's models replace the defaults"
+        );
+
+        for (toml, field) in [
+            (
+                "[embedding.models.X]\nprovider = \"nowhere\"\nmodel = \"m\"\n",
+                "embedding.models.*.provider",
+            ),
+            (
+                "[embedding.providers.p]\nurl = \"ftp://example.com\"\nauth = \"none\"\n",
+                "embedding.providers.*.url",
+            ),
+            (
+                "[embedding.providers.p]\nurl = \"https://example.com/v1\"\n",
+                "embedding.providers.*.api_key_env",
+            ),
+            (
+                "[embedding]\nmax_batch_inputs = 5000\n",
+                "embedding.max_batch_inputs",
+            ),
+        ] {
+            std::fs::write(&file, toml).unwrap();
+            let err = Config::load(Some(&file), no_env()).unwrap_err().to_string();
+            assert!(err.contains(field), "{toml}: {err}");
+        }
     }
 
     #[test]

@@ -50,6 +50,18 @@ pub enum ErrorCode {
     SinkFailed,
     /// A bug in ingestd (a decoder panicked); the file is reported, the worker goes on.
     Internal,
+    /// Embeddings were asked for, but the model is not configured or its provider has no key.
+    EmbeddingNotConfigured,
+    /// The embedding provider refused the API key.
+    EmbeddingAuth,
+    /// The embedding provider kept answering 429; retryable.
+    EmbeddingRateLimited,
+    /// The embedding provider answered something that is not one valid vector per chunk.
+    EmbeddingBadResponse,
+    /// The embedding provider could not be reached, timed out or kept failing (5xx); retryable.
+    EmbeddingUnavailable,
+    /// The embedding provider refused the request itself (400-class other than auth and 429).
+    EmbeddingRejected,
 }
 
 impl ErrorCode {
@@ -72,6 +84,12 @@ impl ErrorCode {
             ErrorCode::ObjectChanged => "OBJECT_CHANGED",
             ErrorCode::SinkFailed => "SINK_FAILED",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::EmbeddingNotConfigured => "EMBEDDING_NOT_CONFIGURED",
+            ErrorCode::EmbeddingAuth => "EMBEDDING_AUTH",
+            ErrorCode::EmbeddingRateLimited => "EMBEDDING_RATE_LIMITED",
+            ErrorCode::EmbeddingBadResponse => "EMBEDDING_BAD_RESPONSE",
+            ErrorCode::EmbeddingUnavailable => "EMBEDDING_UNAVAILABLE",
+            ErrorCode::EmbeddingRejected => "EMBEDDING_REJECTED",
         }
     }
 }
@@ -157,6 +175,9 @@ mod tests {
             ErrorCode::CorruptFile,
             ErrorCode::InvalidEncoding,
             ErrorCode::NoSuchBucket,
+            ErrorCode::EmbeddingNotConfigured,
+            ErrorCode::EmbeddingRateLimited,
+            ErrorCode::EmbeddingBadResponse,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }

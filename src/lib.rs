@@ -7,7 +7,8 @@
 //! * [`detect`]    — bytes + content type + name → format and media type.
 //! * [`extract`]   — text out of each format family, with limits, off the async runtime.
 //! * [`chunk`]     — token-exact chunking with overlap on semantic boundaries.
-//! * [`pipeline`]  — one object through detect → extract → chunk → records.
+//! * [`embed`]     — vectors for chunk records from OpenAI-compatible providers, batched.
+//! * [`pipeline`]  — one object through detect → extract → chunk → embed → records.
 //! * [`sink`]      — where records and events go: JSON Lines, RabbitMQ with confirms.
 //! * [`sync`]      — the one-shot `ingestd sync` run over a whole source.
 //! * [`worker`]    — `ingestd worker`: jobs from RabbitMQ, retries, dead letters, health.
@@ -17,6 +18,7 @@
 pub mod chunk;
 pub mod config;
 pub mod detect;
+pub mod embed;
 pub mod error;
 pub mod extract;
 pub mod job;

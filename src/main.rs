@@ -12,6 +12,9 @@ use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand, ValueEnum};
 use ingestd::chunk::{Chunker, Encoding};
 use ingestd::config::Config;
+use ingestd::embed::{
+    Auth, Embedder, Embedding, EmbeddingConfig, ModelConfig, OPENAI_API_KEY, ProviderConfig,
+};
 use ingestd::job::Secret;
 use ingestd::job::{ItemRecord, ItemType, SchemaKind, schema};
 use ingestd::pipeline::Request;
@@ -125,6 +128,61 @@ struct SyncArgs {
     /// Request id copied onto every record and event.
     #[arg(long)]
     request_id: Option<String>,
+    /// Embed every chunk with embedding.default_model [default: the config's sync.embed, else
+    /// off]. API keys come from the environment (OPENAI_API_KEY), never from the command line.
+    #[arg(long)]
+    embed: bool,
+    /// An OpenAI-compatible base URL to embed with, e.g. https://api.openai.com/v1 or
+    /// http://127.0.0.1:8080/v1; sends OPENAI_API_KEY when it is set. Implies --embed.
+    #[arg(long, value_name = "URL")]
+    embedding_endpoint: Option<String>,
+    /// A model of embedding.models (OPENAI, OPENAI_ADA_SMALL_1536, …) or, with
+    /// --embedding-endpoint, the server's own model name. Implies --embed.
+    #[arg(long, value_name = "NAME")]
+    embedding_model: Option<String>,
+}
+
+/// The `[embedding]` of a one-shot run: the config's, with the model and endpoint of the
+/// command line. An endpoint becomes a provider of its own that every model is sent to.
+fn embedding_config(args: &SyncArgs, config: &Config) -> Result<EmbeddingConfig, Failure> {
+    let mut embedding = config.embedding.clone();
+    let name = args
+        .embedding_model
+        .clone()
+        .unwrap_or_else(|| embedding.default_model.clone());
+    if let Some(url) = &args.embedding_endpoint {
+        const PROVIDER: &str = "command-line";
+        let keyed = std::env::var(OPENAI_API_KEY).is_ok_and(|key| !key.trim().is_empty());
+        let provider = if keyed {
+            ProviderConfig::new(url, Auth::Bearer, Some(OPENAI_API_KEY.to_owned()))
+        } else {
+            ProviderConfig::new(url, Auth::None, None)
+        };
+        let model = match embedding.models.get(&name) {
+            Some(known) => ModelConfig {
+                provider: PROVIDER.to_owned(),
+                ..known.clone()
+            },
+            // The server's own model: its vectors' length is learned from the first answer.
+            None => ModelConfig {
+                provider: PROVIDER.to_owned(),
+                model: name.clone(),
+                dimensions: None,
+                request_dimensions: false,
+                max_input_tokens: config.chunking.max_chunk_size,
+            },
+        };
+        embedding.providers.insert(PROVIDER.to_owned(), provider);
+        embedding.models.insert(name.clone(), model);
+    }
+    embedding.default_model = name;
+    embedding.validate().map_err(|err| {
+        usage(anyhow!(
+            "--embedding-endpoint: {}",
+            err.to_string().replace("embedding.providers.*.url: ", "")
+        ))
+    })?;
+    Ok(embedding)
 }
 
 fn parse_tag(raw: &str) -> Result<(String, String), String> {
@@ -279,6 +337,25 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
     let runtime = tokio::runtime::Runtime::new()
         .context("starting the async runtime")
         .map_err(fatal)?;
+    let embed = args.embed
+        || args.embedding_endpoint.is_some()
+        || args.embedding_model.is_some()
+        || config.sync.embed;
+    let embedding = if embed {
+        let _runtime = runtime.enter();
+        let embedder = Embedder::start(&embedding_config(&args, &config)?, |var| {
+            std::env::var(var).ok()
+        });
+        match embedder.plan(false, None, size) {
+            Ok(Embedding::Unavailable(err)) => {
+                return Err(usage(anyhow!("{}: {}", err.code, err.message)));
+            }
+            Ok(plan) => plan,
+            Err(why) => return Err(usage(anyhow!(why))),
+        }
+    } else {
+        Embedding::Skip
+    };
     let source = runtime.block_on(open_source(&args, &config))?;
     let chunks: Box<dyn Write + Send> = match &args.out {
         Some(path) => Box::new(BufWriter::new(create(path)?)),
@@ -309,6 +386,7 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
         max_text_object_bytes: config.limits.max_text_object_bytes,
         max_text_bytes: config.limits.max_text_bytes,
         cpu: Arc::new(tokio::sync::Semaphore::new(ingestd::config::cpu_slots())),
+        embedding,
     });
     if let AnySource::S3(catalog) = &source
         && args.target == "s3://"

@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use futures::stream::BoxStream;
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, FuturesOrdered};
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::chunk::Chunker;
 use crate::detect::{self, Detected, Family, TextHint};
+use crate::embed::{Embedding, Route};
 use crate::error::{ErrorCode, FileError, SkipReason};
 use crate::extract::{self, Rejection, StreamDecoder};
 use crate::job::{ChunkRecord, ChunkingInfo, Event, EventKind, FileInfo, FileRef, SCHEMA_VERSION};
@@ -41,6 +43,8 @@ pub struct Request {
     /// Slots for CPU-bound work (decoding, chunking), shared by every file: one per core, so
     /// many files can be in flight without more than that being decoded at once.
     pub cpu: Arc<Semaphore>,
+    /// Whether records get vectors, and from which model.
+    pub embedding: Embedding,
 }
 
 /// What leaves the pipeline for one file, in order: `FILE_SYNCING`, the chunk records, then the
@@ -185,10 +189,26 @@ pub async fn process<S: Source>(
     let started = file
         .request
         .event(EventKind::FileSyncing {}, Some(file.file_ref.clone()));
+    let embedding = file.request.embedding.clone();
     let outcome = if out.send(Emitted::Event(Box::new(started))).await.is_err() {
         Outcome::Failed(closed())
     } else {
-        file.run(source, out).await
+        match &embedding {
+            Embedding::Skip => file.run(source, out).await,
+            Embedding::Unavailable(err) => Outcome::Failed(err.clone()),
+            Embedding::Model(route) => {
+                let (records, chunked) = mpsc::channel(EMBEDDING_WINDOW);
+                let run = async {
+                    let records = records;
+                    file.run(source, &records).await
+                };
+                // A failed embedding closes `chunked`, which stops the run at its next record.
+                match tokio::join!(run, embed_records(route, chunked, out)) {
+                    (_, Err(err)) => Outcome::Failed(err),
+                    (outcome, Ok(())) => outcome,
+                }
+            }
+        }
     };
     let kind = match outcome {
         Outcome::Ready { chunks, tokens } => EventKind::FileReady {
@@ -209,6 +229,45 @@ pub async fn process<S: Source>(
     FileReport {
         outcome,
         bytes_read: file.bytes_read,
+    }
+}
+
+/// Records of one file that may wait for their vectors at once; batches of several files fill
+/// up from this many.
+const EMBEDDING_WINDOW: usize = 512;
+
+/// Passes `chunked` on to `out` in order, each record with its vector from `route`. Records are
+/// queued for embedding as they come, up to [`EMBEDDING_WINDOW`] ahead of the oldest one still
+/// waiting, so chunking goes on while earlier batches are out.
+async fn embed_records(
+    route: &Route,
+    mut chunked: mpsc::Receiver<Emitted>,
+    out: &Emitter,
+) -> Result<(), FileError> {
+    let mut waiting: FuturesOrdered<BoxFuture<'static, Result<Emitted, FileError>>> =
+        FuturesOrdered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            Some(done) = waiting.next(), if !waiting.is_empty() => {
+                out.send(done?).await.map_err(|_| closed())?;
+            }
+            item = chunked.recv(), if open && waiting.len() < EMBEDDING_WINDOW => match item {
+                // Records without text (media files without a transcript) have no vector.
+                Some(Emitted::Record(mut record)) if !record.text.is_empty() => {
+                    let vector = route.submit(record.text.clone(), record.token_count).await?;
+                    let model = route.name().to_owned();
+                    waiting.push_back(Box::pin(async move {
+                        record.embedding = Some(vector.await?);
+                        record.embedding_model = Some(model);
+                        Ok(Emitted::Record(record))
+                    }));
+                }
+                Some(other) => waiting.push_back(Box::pin(std::future::ready(Ok(other)))),
+                None => open = false,
+            },
+            else => return Ok(()),
+        }
     }
 }
 

@@ -119,6 +119,8 @@ struct Worker {
     child: Child,
     health: SocketAddr,
     log: tempfile::NamedTempFile,
+    /// The folder it runs in; a `pipeline.toml` there is its configuration.
+    _dir: tempfile::TempDir,
 }
 
 impl Worker {
@@ -137,24 +139,58 @@ impl Worker {
         worker
     }
 
+    /// Like [`Worker::start_with`], with `config` as its `pipeline.toml`.
+    fn start_configured(
+        names: &Names,
+        amqp_url: &str,
+        extra: &[(&str, &str)],
+        config: &str,
+    ) -> Worker {
+        let worker = Worker::spawn_in(names, amqp_url, extra, Some(config));
+        assert!(
+            worker.wait_ready(true, Duration::from_secs(30)),
+            "the worker never became ready: {}",
+            worker.log()
+        );
+        worker
+    }
+
     /// Starts the process without waiting for it to be ready.
     fn spawn(names: &Names, amqp_url: &str, extra: &[(&str, &str)]) -> Worker {
+        Worker::spawn_in(names, amqp_url, extra, None)
+    }
+
+    fn spawn_in(
+        names: &Names,
+        amqp_url: &str,
+        extra: &[(&str, &str)],
+        config: Option<&str>,
+    ) -> Worker {
         let health = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
+        if let Some(config) = config {
+            std::fs::write(dir.path().join("pipeline.toml"), config).unwrap();
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_ingestd"))
             .args(["worker", "--allow-private-endpoint"])
             .current_dir(dir.path())
             .envs(names.env(health))
             .env("INGESTD_AMQP_URL", amqp_url)
             .env("INGESTD__LOG__LEVEL", "info")
+            .env_remove("OPENAI_API_KEY")
             .envs(extra.iter().copied())
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap();
-        Worker { child, health, log }
+        Worker {
+            child,
+            health,
+            log,
+            _dir: dir,
+        }
     }
 
     /// GET `path` on the health address: (status code, body).
@@ -513,7 +549,7 @@ fn resync_delete_and_catalog_jobs() {
     enqueue(
         &names,
         &json!({"schema_version": 1, "type": "resync_file", "data_source": ds, "bucket": "library",
-                "key": key, "chunk_size": 64, "chunk_overlap": 8}),
+                "key": key, "chunk_size": 64, "chunk_overlap": 8, "skip_embedding_generation": true}),
     );
     let events = collect_until(&names.events(), "the resync outcome", |got| {
         got.iter().map(Got::json).any(|e| is_outcome(&e))
@@ -651,7 +687,7 @@ fn bad_messages_are_dead_lettered_with_reasons_and_good_jobs_complete() {
     let worker = Worker::start(&names, BROKER);
     let good = |key: &str| {
         json!({"schema_version": 1, "type": "sync_object", "data_source": data_source(&server, SECRET_KEY),
-               "bucket": "library", "key": key})
+               "bucket": "library", "key": key, "skip_embedding_generation": true})
         .to_string()
     };
     let secret_in_bad_job = "never-echo-this-secret";
@@ -748,12 +784,12 @@ fn wrong_credentials_and_missing_buckets_are_file_errors_not_retries() {
     let wrong_secret = "wrong-secret-must-not-leak";
     enqueue(
         &names,
-        &json!({"schema_version": 1, "type": "sync_files", "data_source": data_source(&server, wrong_secret),
+        &json!({"schema_version": 1, "type": "sync_files", "skip_embedding_generation": true, "data_source": data_source(&server, wrong_secret),
                 "ids": [{"bucket": "library", "prefix": "formats/"}]}),
     );
     enqueue(
         &names,
-        &json!({"schema_version": 1, "type": "sync_files", "data_source": data_source(&server, SECRET_KEY),
+        &json!({"schema_version": 1, "type": "sync_files", "skip_embedding_generation": true, "data_source": data_source(&server, SECRET_KEY),
                 "ids": [{"bucket": "no-such-bucket"}, {"bucket": "library", "id": "no/such/key.txt"}]}),
     );
     let events = collect_until(&names.events(), "three errors", |got| {
@@ -777,7 +813,12 @@ fn wrong_credentials_and_missing_buckets_are_file_errors_not_retries() {
     std::thread::sleep(Duration::from_secs(2));
     assert!(drain(&names.dead()).is_empty());
     let (_, metrics) = worker.get("/metrics").unwrap();
-    assert!(!metrics.contains("outcome=\"retried\""), "{metrics}");
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("ingestd_jobs_total") && l.contains("outcome=\"retried\"")),
+        "{metrics}"
+    );
     for text in [
         worker.log(),
         events
@@ -807,7 +848,7 @@ fn two_workers_split_a_bucket() {
     let second = Worker::start(&names, BROKER);
     enqueue(
         &names,
-        &json!({"schema_version": 1, "type": "sync_files", "data_source": data_source(&server, SECRET_KEY),
+        &json!({"schema_version": 1, "type": "sync_files", "skip_embedding_generation": true, "data_source": data_source(&server, SECRET_KEY),
                 "ids": [{"bucket": "many"}]}),
     );
     let (_, outcomes) = outcomes_for(&names, count);
@@ -824,7 +865,7 @@ fn a_large_listing_continues_in_new_jobs() {
     let worker = Worker::start_with(&names, BROKER, &[("INGESTD__WORKER__FAN_OUT_BATCH", "5")]);
     enqueue(
         &names,
-        &json!({"schema_version": 1, "type": "sync_files", "data_source": data_source(&server, SECRET_KEY),
+        &json!({"schema_version": 1, "type": "sync_files", "skip_embedding_generation": true, "data_source": data_source(&server, SECRET_KEY),
                 "ids": [{"bucket": "library", "prefix": "encodings/"}, {"bucket": "library", "prefix": "formats/"}]}),
     );
     let (events, outcomes) = outcomes_for(&names, count);
@@ -860,7 +901,7 @@ fn a_job_naming_ten_thousand_objects_completes() {
         .map(|i| json!({"bucket": "library", "id": format!("gone/{i:05}.txt")}))
         .collect();
     ids.push(json!({"bucket": "library", "id": "formats/guide.md"}));
-    let job = json!({"schema_version": 1, "type": "sync_files", "data_source": data_source(&server, SECRET_KEY),
+    let job = json!({"schema_version": 1, "type": "sync_files", "skip_embedding_generation": true, "data_source": data_source(&server, SECRET_KEY),
                      "ids": ids});
     assert!(job.to_string().len() > 400_000, "a large message");
     enqueue(&names, &job);
@@ -911,7 +952,7 @@ fn transient_failures_wait_and_retry_then_park_when_exhausted() {
     let job = |endpoint: SocketAddr, key: &str| {
         let mut ds = data_source(&server, SECRET_KEY);
         ds["endpoint_url"] = json!(format!("http://{endpoint}"));
-        json!({"schema_version": 1, "type": "sync_files", "data_source": ds,
+        json!({"schema_version": 1, "type": "sync_files", "skip_embedding_generation": true, "data_source": ds,
                "ids": [{"bucket": "library", "id": key}]})
     };
     // Unreachable for the first attempt, fine for the second.
@@ -973,7 +1014,7 @@ fn a_job_past_its_deadline_is_abandoned_and_retried() {
     ds["endpoint_url"] = json!(format!("http://{endpoint}"));
     enqueue(
         &names,
-        &json!({"schema_version": 1, "type": "sync_files", "data_source": ds,
+        &json!({"schema_version": 1, "type": "sync_files", "skip_embedding_generation": true, "data_source": ds,
                 "ids": [{"bucket": "library", "id": "formats/guide.md"}]}),
     );
     let dead = collect_until(&names.dead(), "the job that never finished", |got| {
@@ -999,7 +1040,7 @@ fn a_job_past_its_deadline_is_abandoned_and_retried() {
     assert!(worker.wait_ready(true, Duration::from_secs(5)));
     enqueue(
         &names,
-        &json!({"schema_version": 1, "type": "sync_files", "data_source": data_source(&server, SECRET_KEY),
+        &json!({"schema_version": 1, "type": "sync_files", "skip_embedding_generation": true, "data_source": data_source(&server, SECRET_KEY),
                 "ids": [{"bucket": "library", "id": "formats/guide.md"}]}),
     );
     let (_, outcomes) = outcomes_for(&names, 1);
@@ -1047,7 +1088,7 @@ fn outputs_nobody_receives_are_not_dropped() {
     );
     enqueue(
         &names,
-        &json!({"schema_version": 1, "type": "sync_files", "data_source": data_source(&server, SECRET_KEY),
+        &json!({"schema_version": 1, "type": "sync_files", "skip_embedding_generation": true, "data_source": data_source(&server, SECRET_KEY),
                 "ids": [{"bucket": "library", "id": "formats/guide.md"}]}),
     );
     let start = Instant::now();
@@ -1159,7 +1200,7 @@ fn readiness_follows_the_broker_and_cut_connections_lose_nothing() {
     let worker = Worker::start(&names, &cutter.url());
     enqueue(
         &names,
-        &json!({"schema_version": 1, "type": "sync_files", "data_source": data_source(&server, SECRET_KEY),
+        &json!({"schema_version": 1, "type": "sync_files", "skip_embedding_generation": true, "data_source": data_source(&server, SECRET_KEY),
                 "ids": [{"bucket": "many"}]}),
     );
     // Cut the worker off a few times while the bucket is being synced.
@@ -1211,7 +1252,7 @@ fn sigterm_finishes_or_requeues_jobs_and_exits_zero_and_sigkill_loses_nothing() 
     let mut first = Worker::start(&names, BROKER);
     enqueue(
         &names,
-        &json!({"schema_version": 1, "type": "sync_files", "data_source": data_source(&server, SECRET_KEY),
+        &json!({"schema_version": 1, "type": "sync_files", "skip_embedding_generation": true, "data_source": data_source(&server, SECRET_KEY),
                 "ids": [{"bucket": "many"}]}),
     );
     let mut by_first = Vec::new();
@@ -1256,4 +1297,179 @@ fn sigterm_finishes_or_requeues_jobs_and_exits_zero_and_sigkill_loses_nothing() 
         .chain(outcomes.values().map(|e| e["file"]["key"].to_string()))
         .collect();
     assert_eq!(all.len(), count, "every file of the bucket was synced");
+}
+
+/// Chunk records of `key` among `records`, in chunk order.
+fn records_of(records: &[Got], key: &str) -> Vec<Value> {
+    let mut of: Vec<Value> = records
+        .iter()
+        .map(Got::json)
+        .filter(|r| r["file"]["key"] == key)
+        .collect();
+    of.sort_by_key(|r| r["chunk_index"].as_u64());
+    of
+}
+
+/// A worker whose default embedding model `TEST` is served by `provider`, two attempts per
+/// batch.
+fn embedding_worker(names: &Names, provider: &common::embed::Provider) -> Worker {
+    let config = format!(
+        r#"
+[embedding]
+default_model = "TEST"
+batch_linger_ms = 5
+
+[embedding.providers.test]
+url = "{}"
+api_key_env = "INGESTD_TEST_EMBEDDING_KEY"
+max_attempts = 2
+
+[embedding.models.TEST]
+provider = "test"
+model = "test-embedder"
+dimensions = {}
+max_input_tokens = 1000
+"#,
+        provider.url(),
+        common::embed::DIMENSIONS
+    );
+    Worker::start_configured(
+        names,
+        BROKER,
+        &[("INGESTD_TEST_EMBEDDING_KEY", common::embed::API_KEY)],
+        &config,
+    )
+}
+
+#[test]
+fn jobs_embed_unless_they_skip_and_force_embedding_overrides_skip() {
+    use common::embed::{DIMENSIONS, Provider, vector};
+    let (server, _) = library();
+    let provider = Provider::start();
+    let names = Names::new("embed");
+    let _worker = embedding_worker(&names, &provider);
+    let ds = data_source(&server, SECRET_KEY);
+    // One job per case, each on a file of its own; `extra` holds the case's options.
+    let cases = [
+        ("formats/guide.md", json!({}), "embedded"),
+        (
+            "formats/hello.rs",
+            json!({"skip_embedding_generation": true}),
+            "skipped",
+        ),
+        (
+            "formats/script.py",
+            json!({"embedding_model": "NOPE"}),
+            "unconfigured",
+        ),
+    ];
+    for (key, extra, _) in &cases {
+        assert!(
+            fixture("text").join(key).is_file(),
+            "fixture {key} is missing"
+        );
+        let mut job = json!({"schema_version": 1, "type": "sync_files", "data_source": ds,
+                             "ids": [{"bucket": "library", "id": key}], "chunk_size": 64});
+        job.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        enqueue(&names, &job);
+    }
+    // resync_file with force_embedding_generation embeds although the job says skip.
+    enqueue(
+        &names,
+        &json!({"schema_version": 1, "type": "resync_file", "data_source": ds, "bucket": "library",
+                "key": "formats/page.html", "chunk_size": 64, "skip_embedding_generation": true,
+                "force_embedding_generation": true}),
+    );
+    let (_, outcomes) = outcomes_for(&names, 4);
+    let expect_ready = |key: &str| {
+        let outcome = &outcomes[key];
+        assert_eq!(outcome["event"], "FILE_READY", "{outcome}");
+        outcome["chunk_count"].as_u64().unwrap() as usize
+    };
+    let (guide, hello, page) = (
+        expect_ready("formats/guide.md"),
+        expect_ready("formats/hello.rs"),
+        expect_ready("formats/page.html"),
+    );
+    let unconfigured = &outcomes["formats/script.py"];
+    assert_eq!(
+        unconfigured["error_code"], "EMBEDDING_NOT_CONFIGURED",
+        "{unconfigured}"
+    );
+    assert_eq!(unconfigured["retryable"], false);
+    let records = collect_until(&names.chunks(), "every chunk", |got| {
+        got.len() >= guide + hello + page
+    });
+    for key in ["formats/guide.md", "formats/page.html"] {
+        let of = records_of(&records, key);
+        assert!(!of.is_empty());
+        for record in of {
+            let text = record["text"].as_str().unwrap();
+            let got: Vec<f32> = record["embedding"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{key} has no vector: {record}"))
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            assert_eq!(got, vector(text, DIMENSIONS), "{key}");
+            assert_eq!(record["embedding_model"], "TEST");
+        }
+    }
+    for record in records_of(&records, "formats/hello.rs") {
+        assert!(record["embedding"].is_null(), "{record}");
+    }
+    assert!(records_of(&records, "formats/script.py").is_empty());
+}
+
+#[test]
+fn rate_limited_embeddings_retry_through_the_broker() {
+    use common::embed::{API_KEY, Fault, Provider};
+    let (server, _) = library();
+    let provider = Provider::start();
+    let names = Names::new("embed-retry");
+    let worker = embedding_worker(&names, &provider);
+    let ds = data_source(&server, SECRET_KEY);
+    // Rate limited past both attempts: FILE_ERROR (retryable), then the job comes back from
+    // the wait queue a second later and succeeds.
+    provider.fail_next([Fault::RateLimited(Some("0")), Fault::RateLimited(Some("0"))]);
+    let key = "formats/script.py";
+    enqueue(
+        &names,
+        &json!({"schema_version": 1, "type": "sync_files", "data_source": ds, "request_id": "again",
+                "ids": [{"bucket": "library", "id": key}], "chunk_size": 64}),
+    );
+    let events = collect_until(&names.events(), "the retried job's outcome", |got| {
+        got.iter()
+            .map(Got::json)
+            .any(|e| e["request_id"] == "again" && e["event"] == "FILE_READY")
+    });
+    let outcomes: Vec<Value> = events
+        .iter()
+        .map(Got::json)
+        .filter(|e| e["request_id"] == "again" && is_outcome(e))
+        .collect();
+    assert_eq!(outcomes.len(), 2, "{outcomes:#?}");
+    assert_eq!(
+        outcomes[0]["error_code"], "EMBEDDING_RATE_LIMITED",
+        "{}",
+        outcomes[0]
+    );
+    assert_eq!(outcomes[0]["retryable"], true);
+    let chunks = outcomes[1]["chunk_count"].as_u64().unwrap() as usize;
+    let records = collect_until(&names.chunks(), "the retried job's chunks", |got| {
+        records_of(got, key).len() >= chunks
+    });
+    assert!(
+        records_of(&records, key)
+            .iter()
+            .all(|r| r["embedding"].is_array())
+    );
+    let (_, metrics) = worker.get("/metrics").unwrap();
+    assert!(
+        metrics.contains("ingestd_embedding_requests_total{outcome=\"retried\"} 1"),
+        "{metrics}"
+    );
+    assert!(!worker.log().contains(API_KEY), "the key was logged");
 }

@@ -13,6 +13,7 @@ use super::metrics::Metrics;
 use crate::chunk::Chunker;
 use crate::config::{Config, WorkerConfig};
 use crate::detect::MediaType;
+use crate::embed::Embedder;
 use crate::error::{ErrorCode, FileError, SkipReason};
 use crate::job::{
     ChunkRecord, DataSource, Event, EventKind, FileRef, ItemRecord, ItemType, Job, JobKind,
@@ -32,6 +33,8 @@ pub struct Context {
     pub cpu: Arc<Semaphore>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Embedding models and their providers.
+    pub embedder: Embedder,
 }
 
 /// How a job ended, when its outputs were all confirmed.
@@ -143,6 +146,7 @@ pub async fn execute(
                     bucket,
                     key,
                     listed: None,
+                    force_embedding: false,
                 };
                 return sync_object(job, &sync.data_source, target, &sync.options, ctx, out).await;
             }
@@ -164,6 +168,7 @@ pub async fn execute(
                 bucket: &one.bucket,
                 key: &one.key,
                 listed,
+                force_embedding: false,
             };
             sync_object(job, &one.data_source, target, &one.options, ctx, out).await
         }
@@ -172,6 +177,7 @@ pub async fn execute(
                 bucket: &one.bucket,
                 key: &one.key,
                 listed: None,
+                force_embedding: one.force_embedding_generation,
             };
             sync_object(job, &one.data_source, target, &one.options, ctx, out).await
         }
@@ -326,19 +332,30 @@ fn request(
     job: &Job,
     ds: &DataSource,
     options: &SyncOptions,
+    force_embedding: bool,
     ctx: &Context,
 ) -> Result<Arc<Request>, Outcome> {
     let chunking = &ctx.config.chunking;
     let limits = &ctx.config.limits;
+    let invalid = |reason: String| Outcome::Refuse {
+        code: "INVALID_JOB",
+        reason,
+    };
     let chunker = Chunker::new(
         options.encoding.unwrap_or(chunking.encoding),
         options.chunk_size.unwrap_or(chunking.chunk_size),
         options.chunk_overlap.unwrap_or(chunking.chunk_overlap),
     )
-    .map_err(|err| Outcome::Refuse {
-        code: "INVALID_JOB",
-        reason: err.to_string(),
-    })?;
+    .map_err(|err| invalid(err.to_string()))?;
+    // `force_embedding_generation` (resync_file) embeds even when the job says skip.
+    let embedding = ctx
+        .embedder
+        .plan(
+            options.skip_embedding_generation && !force_embedding,
+            options.embedding_model.as_deref(),
+            chunker.size(),
+        )
+        .map_err(invalid)?;
     Ok(Arc::new(Request {
         chunker: Arc::new(chunker),
         prepend_filename: options
@@ -352,6 +369,7 @@ fn request(
         max_text_object_bytes: limits.max_text_object_bytes,
         max_text_bytes: limits.max_text_bytes,
         cpu: Arc::clone(&ctx.cpu),
+        embedding,
     }))
 }
 
@@ -361,6 +379,8 @@ struct Target<'a> {
     key: &'a str,
     /// What the listing said of it (fan-out children): then it is not looked up again.
     listed: Option<ObjectMeta>,
+    /// Embed even when the options skip (`resync_file`'s `force_embedding_generation`).
+    force_embedding: bool,
 }
 
 /// One object through the pipeline, its outputs published as they come.
@@ -376,8 +396,9 @@ async fn sync_object(
         bucket,
         key,
         listed,
+        force_embedding,
     } = target;
-    let request = match request(job, ds, options, ctx) {
+    let request = match request(job, ds, options, force_embedding, ctx) {
         Ok(request) => request,
         Err(refusal) => return Ok(refusal),
     };

@@ -2,10 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::embed::Stats;
 use crate::pipeline::{FileReport, Tally};
 
 /// Upper bounds (seconds) of the job duration histogram's buckets.
@@ -25,6 +26,8 @@ pub struct Metrics {
     reconnects: AtomicU64,
     /// Counts per bucket of [`DURATION_BUCKETS`] (not cumulative), then the sum in µs.
     durations: Mutex<([u64; DURATION_BUCKETS.len() + 1], u64)>,
+    /// Requests to embedding providers.
+    embedding: Arc<Stats>,
 }
 
 fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
@@ -35,6 +38,15 @@ fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
 }
 
 impl Metrics {
+    /// Metrics that also show the embedding providers' `stats`.
+    #[must_use]
+    pub fn new(embedding: Arc<Stats>) -> Self {
+        Metrics {
+            embedding,
+            ..Metrics::default()
+        }
+    }
+
     /// Marks the worker ready (consuming) or not.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
@@ -142,6 +154,7 @@ impl Metrics {
             "Bytes read from sources.",
             self.bytes_read.load(Ordering::Relaxed).to_string(),
         );
+        self.render_embedding(&mut out);
         let labelled = |out: &mut String,
                         name: &str,
                         help: &str,
@@ -191,5 +204,34 @@ impl Metrics {
         let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
         let _ = writeln!(out, "{name}_count {cumulative}");
         out
+    }
+
+    /// The embedding providers' counters.
+    fn render_embedding(&self, out: &mut String) {
+        let embedding = &self.embedding;
+        let _ = writeln!(
+            out,
+            "# HELP ingestd_embedding_requests_total Requests to embedding providers by outcome \
+             (retried: failed and tried again; failed: gave up).\n\
+             # TYPE ingestd_embedding_requests_total counter"
+        );
+        for (outcome, count) in [
+            ("ok", &embedding.succeeded),
+            ("retried", &embedding.retried),
+            ("failed", &embedding.failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "ingestd_embedding_requests_total{{outcome=\"{outcome}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ingestd_embedding_inputs_total Chunks embedded.\n\
+             # TYPE ingestd_embedding_inputs_total counter\n\
+             ingestd_embedding_inputs_total {}",
+            embedding.inputs.load(Ordering::Relaxed)
+        );
     }
 }

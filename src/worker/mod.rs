@@ -25,6 +25,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{Config, WorkerConfig};
+use crate::embed::Embedder;
 use crate::job::Job;
 use crate::sink::amqp::{Confirms, Message, Publisher};
 use crate::source::S3Access;
@@ -70,7 +71,8 @@ pub async fn run(
     allow_private_endpoint: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
-    let metrics = Arc::new(Metrics::default());
+    let embedder = Embedder::start(&config.embedding, |var| std::env::var(var).ok());
+    let metrics = Arc::new(Metrics::new(embedder.stats()));
     let address = config.worker.listen.clone();
     let listener = TcpListener::bind(&address)
         .await
@@ -80,6 +82,7 @@ pub async fn run(
         access: S3Access::new(&config.s3, allow_private_endpoint),
         cpu: Arc::new(Semaphore::new(crate::config::cpu_slots())),
         metrics: Arc::clone(&metrics),
+        embedder,
         config,
     });
     let (stop_tx, stop) = watch::channel(false);

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod embed;
 pub mod s3;
 
 use std::path::{Path, PathBuf};
@@ -21,10 +22,17 @@ pub fn fixture(relative: &str) -> PathBuf {
 
 /// Runs `ingestd` with `args` in `dir` (so no stray `pipeline.toml` is picked up).
 pub fn ingestd(dir: &Path, args: &[&str]) -> Output {
+    ingestd_with(dir, args, &[])
+}
+
+/// Like [`ingestd`], with these environment variables (and no key of the caller's own).
+pub fn ingestd_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ingestd"))
         .args(args)
         .current_dir(dir)
         .env_remove("RUST_LOG")
+        .env_remove("OPENAI_API_KEY")
+        .envs(env.iter().copied())
         .output()
         .expect("running ingestd")
 }

@@ -1,0 +1,539 @@
+//! The OpenAI-compatible `POST /embeddings` wire format (OpenAI, Azure OpenAI,
+//! text-embeddings-inference, Ollama, vLLM, Infinity): one batch per request, retried on 429,
+//! 5xx and timeouts, the answer checked before any vector is used.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, HeaderValue};
+use serde::{Deserialize, Serialize};
+
+use super::config::{Auth, ModelConfig, ProviderConfig};
+use crate::error::{ErrorCode, FileError};
+use crate::job::Secret;
+
+/// First retry delay; doubled per attempt, with full jitter.
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+
+/// Longest delay between attempts when the provider does not say.
+const BACKOFF_CAP: Duration = Duration::from_secs(20);
+
+/// Bytes of JSON per vector value a response may use (`-0.0123456789012345,` is 20).
+const RESPONSE_BYTES_PER_VALUE: usize = 32;
+
+/// Longest provider message quoted in an error.
+const QUOTED_MESSAGE_CHARS: usize = 300;
+
+/// Requests and outcomes of every provider, for `/metrics` and benchmarks.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// HTTP requests sent.
+    pub requests: AtomicU64,
+    /// Requests answered with vectors.
+    pub succeeded: AtomicU64,
+    /// Requests that failed and were tried again.
+    pub retried: AtomicU64,
+    /// Batches that failed for good.
+    pub failed: AtomicU64,
+    /// Texts embedded.
+    pub inputs: AtomicU64,
+}
+
+/// One provider: its endpoint, key and request slots.
+pub(super) struct Provider {
+    name: String,
+    client: reqwest::Client,
+    /// `<url>/embeddings` with its query.
+    endpoint: reqwest::Url,
+    /// The endpoint as errors show it (no query, no user info).
+    shown: String,
+    key: Option<(Auth, Secret)>,
+    max_attempts: u32,
+    max_retry_wait: Duration,
+    /// Requests in flight at once.
+    pub(super) slots: Arc<tokio::sync::Semaphore>,
+    stats: Arc<Stats>,
+}
+
+/// A model of a provider, as requests name and answers are checked against it.
+pub(super) struct Model {
+    name: String,
+    dimensions: Option<usize>,
+    request_dimensions: bool,
+    /// Set by the first answer when the configuration does not say.
+    learned: OnceLock<usize>,
+}
+
+impl Model {
+    pub(super) fn new(config: &ModelConfig) -> Self {
+        Model {
+            name: config.model.clone(),
+            dimensions: config.dimensions,
+            request_dimensions: config.request_dimensions,
+            learned: OnceLock::new(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct EmbeddingsRequest<'a> {
+    input: &'a [&'a str],
+    model: &'a str,
+    encoding_format: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dimensions: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingsResponse {
+    data: Vec<EmbeddingData>,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingData {
+    index: Option<usize>,
+    embedding: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ErrorDetail {
+    Object { message: Option<String> },
+    Text(String),
+}
+
+/// Why one attempt failed.
+enum Failure {
+    /// Worth another attempt, after at least `after` when the provider said so.
+    Retry {
+        error: FileError,
+        after: Option<Duration>,
+    },
+    /// Another attempt would fail the same way.
+    Stop(FileError),
+}
+
+impl Provider {
+    /// A client for `config`; `key` is its API key when it sends one.
+    ///
+    /// # Errors
+    /// When the URL is unusable or the HTTP client cannot be built.
+    pub(super) fn new(
+        name: &str,
+        config: &ProviderConfig,
+        key: Option<Secret>,
+        stats: Arc<Stats>,
+    ) -> Result<Self, String> {
+        let mut endpoint = reqwest::Url::parse(config.url.trim_end_matches('/'))
+            .map_err(|err| format!("provider `{name}`: url: {err}"))?;
+        endpoint
+            .path_segments_mut()
+            .map_err(|()| format!("provider `{name}`: url cannot take a path"))?
+            .push("embeddings");
+        if let Some(version) = &config.api_version {
+            endpoint
+                .query_pairs_mut()
+                .append_pair("api-version", version);
+        }
+        let shown = format!(
+            "{}://{}{}",
+            endpoint.scheme(),
+            endpoint.host_str().unwrap_or(""),
+            endpoint.path()
+        );
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10).min(Duration::from_secs(config.timeout_secs)))
+            .timeout(Duration::from_secs(config.timeout_secs))
+            .user_agent(concat!("ingestd/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|err| format!("provider `{name}`: HTTP client: {err}"))?;
+        Ok(Provider {
+            name: name.to_owned(),
+            client,
+            endpoint,
+            shown,
+            key: key.map(|key| (config.auth, key)),
+            max_attempts: config.max_attempts,
+            max_retry_wait: Duration::from_secs(config.max_retry_wait_secs),
+            slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
+            stats,
+        })
+    }
+
+    /// One vector per input, in order; retried while the failure may pass.
+    ///
+    /// # Errors
+    /// The last attempt's classified failure.
+    pub(super) async fn embed(
+        &self,
+        model: &Model,
+        inputs: &[&str],
+    ) -> Result<Vec<Vec<f32>>, FileError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let failure = match self.attempt(model, inputs).await {
+                Ok(vectors) => {
+                    self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .inputs
+                        .fetch_add(inputs.len() as u64, Ordering::Relaxed);
+                    return Ok(vectors);
+                }
+                Err(failure) => failure,
+            };
+            let (error, after) = match failure {
+                Failure::Stop(error) => {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    return Err(error);
+                }
+                Failure::Retry { error, after } => (error, after),
+            };
+            let wait = after.unwrap_or_else(|| backoff(attempt));
+            if attempt >= self.max_attempts || wait > self.max_retry_wait {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                let why = if wait > self.max_retry_wait {
+                    format!(
+                        "; the provider asked to wait {} s, over max_retry_wait_secs",
+                        wait.as_secs()
+                    )
+                } else {
+                    format!(" after {attempt} attempts")
+                };
+                return Err(FileError {
+                    message: format!("{}{why}", error.message),
+                    ..error
+                });
+            }
+            self.stats.retried.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(provider = %self.name, attempt, wait_ms = wait.as_millis(), error = %error.message, "embedding request retried");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn attempt(&self, model: &Model, inputs: &[&str]) -> Result<Vec<Vec<f32>>, Failure> {
+        let what = format!(
+            "embedding {} chunk(s) with {} at {}",
+            inputs.len(),
+            model.name,
+            self.shown
+        );
+        let body = EmbeddingsRequest {
+            input: inputs,
+            model: &model.name,
+            encoding_format: "float",
+            dimensions: model.dimensions.filter(|_| model.request_dimensions),
+        };
+        let mut request = self.client.post(self.endpoint.clone()).json(&body);
+        if let Some((auth, key)) = &self.key {
+            let value = match auth {
+                Auth::Bearer => format!("Bearer {}", key.expose()),
+                Auth::ApiKey | Auth::None => key.expose().to_owned(),
+            };
+            let Ok(mut value) = HeaderValue::from_str(&value) else {
+                return Err(Failure::Stop(FileError::permanent(
+                    ErrorCode::EmbeddingAuth,
+                    format!(
+                        "{what}: the API key of provider `{}` holds characters a header cannot",
+                        self.name
+                    ),
+                )));
+            };
+            value.set_sensitive(true);
+            request = match auth {
+                Auth::Bearer => request.header(reqwest::header::AUTHORIZATION, value),
+                Auth::ApiKey => request.header("api-key", value),
+                Auth::None => request,
+            };
+        }
+        let mut response = request.send().await.map_err(|err| transport(&what, err))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let dims = model
+            .dimensions
+            .or_else(|| model.learned.get().copied())
+            .unwrap_or(4096);
+        let cap = (inputs.len() * dims * RESPONSE_BYTES_PER_VALUE).max(1 << 20);
+        let mut bytes = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(piece)) => {
+                    if bytes.len() + piece.len() > cap {
+                        return Err(Failure::Stop(FileError::permanent(
+                            ErrorCode::EmbeddingBadResponse,
+                            format!("{what}: the answer is larger than {cap} bytes"),
+                        )));
+                    }
+                    bytes.extend_from_slice(&piece);
+                }
+                Ok(None) => break,
+                Err(err) => return Err(transport(&what, err)),
+            }
+        }
+        if !status.is_success() {
+            return Err(self.refused(&what, status, &headers, &bytes));
+        }
+        let vectors =
+            parse(&bytes, inputs.len()).map_err(|why| bad_response(&format!("{what}: {why}")))?;
+        check(model, &vectors).map_err(|why| bad_response(&format!("{what}: {why}")))?;
+        Ok(vectors)
+    }
+
+    /// A failure the provider answered with.
+    fn refused(&self, what: &str, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Failure {
+        let answered = format!("{what}: the provider answered {status}");
+        match status.as_u16() {
+            // The provider's text may quote the key: it is left out.
+            401 | 403 => Failure::Stop(FileError::permanent(
+                ErrorCode::EmbeddingAuth,
+                format!(
+                    "{answered}: the API key of provider `{}` was refused",
+                    self.name
+                ),
+            )),
+            429 => Failure::Retry {
+                error: FileError::transient(
+                    ErrorCode::EmbeddingRateLimited,
+                    format!("{answered}{}", self.quote(body)),
+                ),
+                after: retry_after(headers, SystemTime::now()),
+            },
+            408 | 409 | 500..=599 => Failure::Retry {
+                error: FileError::transient(
+                    ErrorCode::EmbeddingUnavailable,
+                    format!("{answered}{}", self.quote(body)),
+                ),
+                after: retry_after(headers, SystemTime::now()),
+            },
+            _ => Failure::Stop(FileError::permanent(
+                ErrorCode::EmbeddingRejected,
+                format!("{answered}{}", self.quote(body)),
+            )),
+        }
+    }
+
+    /// `: <the provider's message>`, short, with the key blanked out wherever it appears.
+    fn quote(&self, body: &[u8]) -> String {
+        let message = match serde_json::from_slice::<ErrorBody>(body) {
+            Ok(ErrorBody {
+                error: ErrorDetail::Object { message: Some(m) } | ErrorDetail::Text(m),
+            }) => m,
+            _ => String::from_utf8_lossy(body).into_owned(),
+        };
+        let mut message: String = message
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(QUOTED_MESSAGE_CHARS)
+            .collect();
+        if let Some((_, key)) = &self.key
+            && !key.expose().is_empty()
+        {
+            message = message.replace(key.expose(), "***");
+        }
+        if message.trim().is_empty() {
+            String::new()
+        } else {
+            format!(": {}", message.trim())
+        }
+    }
+}
+
+fn transport(what: &str, err: reqwest::Error) -> Failure {
+    // reqwest's errors name the URL; `what` already does, without its query.
+    let err = err.without_url();
+    let why = if err.is_timeout() {
+        "timed out".to_owned()
+    } else if err.is_connect() {
+        format!("could not connect: {}", source_chain(&err))
+    } else {
+        source_chain(&err)
+    };
+    Failure::Retry {
+        error: FileError::transient(ErrorCode::EmbeddingUnavailable, format!("{what}: {why}")),
+        after: None,
+    }
+}
+
+/// The error and its causes, `: `-joined (reqwest's own text is terse).
+fn source_chain(err: &reqwest::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn bad_response(message: &str) -> Failure {
+    Failure::Stop(FileError::permanent(
+        ErrorCode::EmbeddingBadResponse,
+        message.to_owned(),
+    ))
+}
+
+/// The vectors of an answer, in input order.
+fn parse(bytes: &[u8], inputs: usize) -> Result<Vec<Vec<f32>>, String> {
+    let response: EmbeddingsResponse = serde_json::from_slice(bytes)
+        .map_err(|err| format!("the answer is not an embeddings response: {err}"))?;
+    if response.data.len() != inputs {
+        return Err(format!(
+            "the answer holds {} vectors for {inputs} inputs",
+            response.data.len()
+        ));
+    }
+    let mut vectors: Vec<Option<Vec<f32>>> = vec![None; inputs];
+    for (position, item) in response.data.into_iter().enumerate() {
+        let index = item.index.unwrap_or(position);
+        match vectors.get_mut(index) {
+            Some(slot @ None) => *slot = Some(item.embedding),
+            Some(Some(_)) => return Err(format!("the answer repeats index {index}")),
+            None => return Err(format!("the answer has index {index} for {inputs} inputs")),
+        }
+    }
+    // Every slot is filled: as many distinct indexes as inputs, each in range.
+    Ok(vectors.into_iter().flatten().collect())
+}
+
+/// Every vector has the model's length and only finite values.
+fn check(model: &Model, vectors: &[Vec<f32>]) -> Result<(), String> {
+    let want = match model.dimensions {
+        Some(n) => n,
+        None => *model
+            .learned
+            .get_or_init(|| vectors.first().map_or(0, Vec::len)),
+    };
+    for (i, vector) in vectors.iter().enumerate() {
+        if vector.len() != want || want == 0 {
+            return Err(format!(
+                "vector {i} has {} dimensions; {} has {want}",
+                vector.len(),
+                model.name
+            ));
+        }
+        if vector.iter().any(|v| !v.is_finite()) {
+            return Err(format!("vector {i} holds a value that is not finite"));
+        }
+    }
+    Ok(())
+}
+
+/// The wait a 429 or 503 asks for: `retry-after-ms` (OpenAI, Azure), else `Retry-After` in
+/// seconds or as an HTTP date.
+fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
+        && ms.is_finite()
+        && ms >= 0.0
+    {
+        return Some(Duration::from_secs_f64(ms / 1000.0));
+    }
+    let value = text("retry-after")?;
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
+/// Exponential backoff with full jitter before attempt `attempt + 1`.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(BACKOFF_CAP);
+    ceiling.mul_f64(jitter())
+}
+
+/// A number in [0.5, 1): enough spread that replicas do not retry in step.
+fn jitter() -> f64 {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    let mixed = u64::from(nanos).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+    0.5 + 0.5 * (mixed as f64 / (1u64 << 53) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(dimensions: Option<usize>) -> Model {
+        Model {
+            name: "m".to_owned(),
+            dimensions,
+            request_dimensions: false,
+            learned: OnceLock::new(),
+        }
+    }
+
+    #[test]
+    fn answers_are_put_in_input_order_and_checked() {
+        let body =
+            br#"{"data": [{"index": 1, "embedding": [3, 4]}, {"index": 0, "embedding": [1, 2]}]}"#;
+        assert_eq!(
+            parse(body, 2).unwrap(),
+            vec![vec![1.0, 2.0], vec![3.0, 4.0]]
+        );
+        assert!(parse(body, 3).unwrap_err().contains("2 vectors for 3"));
+        let repeated =
+            br#"{"data": [{"index": 0, "embedding": [1]}, {"index": 0, "embedding": [2]}]}"#;
+        assert!(parse(repeated, 2).unwrap_err().contains("repeats"));
+        let beyond = br#"{"data": [{"index": 5, "embedding": [1]}]}"#;
+        assert!(parse(beyond, 1).unwrap_err().contains("index 5"));
+        assert!(parse(b"<html>", 1).is_err());
+
+        assert!(check(&model(Some(2)), &[vec![1.0, 2.0]]).is_ok());
+        assert!(check(&model(Some(3)), &[vec![1.0, 2.0]]).is_err());
+        assert!(check(&model(Some(2)), &[vec![1.0, f32::NAN]]).is_err());
+        let learning = model(None);
+        assert!(check(&learning, &[vec![1.0, 2.0]]).is_ok());
+        assert!(check(&learning, &[vec![1.0, 2.0, 3.0]]).is_err());
+    }
+
+    #[test]
+    fn retry_after_is_read_in_all_three_forms() {
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers, now), None);
+        headers.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(7)));
+        headers.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:20 GMT"),
+        );
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(20)));
+        headers.insert("retry-after-ms", HeaderValue::from_static("1500"));
+        assert_eq!(
+            retry_after(&headers, now),
+            Some(Duration::from_millis(1500))
+        );
+        headers.insert("retry-after-ms", HeaderValue::from_static("soon"));
+        headers.insert("retry-after", HeaderValue::from_static("never"));
+        assert_eq!(retry_after(&headers, now), None);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for attempt in 1..30 {
+            let wait = backoff(attempt);
+            assert!(wait <= BACKOFF_CAP, "{attempt}: {wait:?}");
+            let ceiling = BACKOFF_BASE.saturating_mul(1 << (attempt - 1).min(16));
+            assert!(wait >= ceiling.min(BACKOFF_CAP) / 2, "{attempt}: {wait:?}");
+        }
+    }
+}

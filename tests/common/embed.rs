@@ -1,0 +1,308 @@
+//! A local embedding provider speaking OpenAI's `POST /v1/embeddings` wire format, started
+//! in-process by the tests that need one. Vectors are derived from the input text (see
+//! [`vector`]), so a test can tell which text got which vector. Switches inject the failures
+//! real providers produce: 401, 429 with `Retry-After`, 500, slow answers, wrong counts, wrong
+//! dimensions, values that are not finite, bad JSON and 400 for chosen inputs.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use serde_json::{Value, json};
+
+/// The key the server accepts.
+pub const API_KEY: &str = "sk-ingestd-test-key-never-printed";
+
+/// Dimensions of the test models' vectors, unless a request asks for others.
+pub const DIMENSIONS: usize = 8;
+
+/// One failure to answer with instead of vectors.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// 429, with this `Retry-After` when given.
+    RateLimited(Option<&'static str>),
+    /// 500.
+    ServerError,
+    /// Vectors, after this long.
+    Slow(Duration),
+    /// One vector fewer than inputs.
+    WrongCount,
+    /// Vectors one value short.
+    WrongDimensions,
+    /// A value beyond f32 (`1e39`, infinity once read as f32) in the first vector.
+    NotFinite,
+    /// A body that is not JSON.
+    BadJson,
+}
+
+/// What one request asked for.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Path and query.
+    pub uri: String,
+    /// `model` of the body.
+    pub model: String,
+    /// The texts, in order.
+    pub inputs: Vec<String>,
+    /// `dimensions` of the body.
+    pub dimensions: Option<usize>,
+    /// Which header carried a key: `bearer`, `api-key` or `none`.
+    pub auth: &'static str,
+    /// What the server answered.
+    pub status: u16,
+    /// When the request arrived.
+    pub at: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    /// Faults for the next requests, in order.
+    next: Mutex<VecDeque<Fault>>,
+    /// A fault for every request once `next` is empty.
+    always: Mutex<Option<Fault>>,
+    /// Inputs containing this are refused with 400.
+    poison: Mutex<Option<String>>,
+    seen: Mutex<Vec<Seen>>,
+}
+
+/// A running provider.
+pub struct Provider {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+}
+
+impl Provider {
+    /// Starts a provider on a loopback port, on a thread of its own.
+    pub fn start() -> Provider {
+        let state = Arc::new(State::default());
+        let shared = Arc::clone(&state);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("the provider's runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("a loopback port");
+                tx.send(listener.local_addr().expect("its address"))
+                    .expect("reporting the address");
+                let http = ConnBuilder::new(TokioExecutor::new());
+                loop {
+                    let Ok((socket, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let _ = socket.set_nodelay(true);
+                    let state = Arc::clone(&shared);
+                    let service = hyper::service::service_fn(move |request| {
+                        let state = Arc::clone(&state);
+                        async move { Ok::<_, Infallible>(answer(&state, request).await) }
+                    });
+                    let connection = http
+                        .serve_connection(TokioIo::new(socket), service)
+                        .into_owned();
+                    tokio::spawn(connection);
+                }
+            });
+        });
+        let addr = rx.recv().expect("the provider's address");
+        Provider { addr, state }
+    }
+
+    /// The OpenAI-style base URL (`http://127.0.0.1:<port>/v1`).
+    pub fn url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Answers the next requests with these faults, one each, then normally.
+    pub fn fail_next(&self, faults: impl IntoIterator<Item = Fault>) {
+        lock(&self.state.next).extend(faults);
+    }
+
+    /// Answers every request with `fault` (after those of [`Provider::fail_next`]); `None`
+    /// answers normally again.
+    pub fn fail_always(&self, fault: Option<Fault>) {
+        *lock(&self.state.always) = fault;
+    }
+
+    /// Refuses with 400 every request holding an input that contains `marker`.
+    pub fn poison(&self, marker: &str) {
+        *lock(&self.state.poison) = Some(marker.to_owned());
+    }
+
+    /// Every request so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        lock(&self.state.seen).clone()
+    }
+
+    /// How many times each distinct batch of inputs was sent.
+    pub fn attempts(&self) -> Vec<usize> {
+        let mut counts = std::collections::BTreeMap::<Vec<String>, usize>::new();
+        for seen in self.seen() {
+            *counts.entry(seen.inputs).or_default() += 1;
+        }
+        counts.into_values().collect()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The vector the provider gives `text`: `dimensions` values from the text's BLAKE3 stream,
+/// each a multiple of 1/1024 in [-1, 1), so it survives JSON exactly.
+pub fn vector(text: &str, dimensions: usize) -> Vec<f32> {
+    let mut reader = blake3::Hasher::new().update(text.as_bytes()).finalize_xof();
+    let mut bytes = vec![0u8; dimensions * 2];
+    reader.fill(&mut bytes);
+    bytes
+        .chunks(2)
+        .map(|pair| f32::from(u16::from_le_bytes([pair[0], pair[1]]) % 2048) / 1024.0 - 1.0)
+        .collect()
+}
+
+fn reply(status: u16, body: Vec<u8>, headers: &[(&str, &str)]) -> Response<Full<Bytes>> {
+    let mut response = Response::builder()
+        .status(StatusCode::from_u16(status).expect("a status"))
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        response = response.header(*name, *value);
+    }
+    response
+        .body(Full::new(Bytes::from(body)))
+        .expect("a response")
+}
+
+fn error(status: u16, message: &str, headers: &[(&str, &str)]) -> Response<Full<Bytes>> {
+    let body = json!({"error": {"message": message, "type": "invalid_request_error"}});
+    reply(status, body.to_string().into_bytes(), headers)
+}
+
+async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let at = Instant::now();
+    let uri = request.uri().to_string();
+    let headers = request.headers().clone();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (auth, key) = match (header("authorization"), header("api-key")) {
+        (Some(bearer), _) => ("bearer", bearer.strip_prefix("Bearer ").map(str::to_owned)),
+        (None, Some(key)) => ("api-key", Some(key.to_owned())),
+        (None, None) => ("none", None),
+    };
+    let body = match request.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return error(400, "unreadable body", &[]),
+    };
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return error(400, "the body is not JSON", &[]);
+    };
+    let inputs: Vec<String> = match &body["input"] {
+        Value::String(one) => vec![one.clone()],
+        Value::Array(many) => many
+            .iter()
+            .map(|v| v.as_str().unwrap_or_default().to_owned())
+            .collect(),
+        _ => return error(400, "`input` must be a string or an array of strings", &[]),
+    };
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    let dimensions = body["dimensions"].as_u64().map(|n| n as usize);
+    let fault = lock(&state.next)
+        .pop_front()
+        .or_else(|| lock(&state.always).clone());
+    let poisoned = lock(&state.poison)
+        .as_ref()
+        .is_some_and(|marker| inputs.iter().any(|i| i.contains(marker.as_str())));
+    let response = if !uri.ends_with("/embeddings") && !uri.contains("/embeddings?") {
+        error(404, "no such route", &[])
+    } else if auth != "none" && key.as_deref() != Some(API_KEY) {
+        let shown = key.unwrap_or_default();
+        // Like OpenAI's: the key, partly masked, in the message.
+        error(
+            401,
+            &format!(
+                "Incorrect API key provided: {shown}. You can find your API key in your settings."
+            ),
+            &[],
+        )
+    } else if poisoned {
+        error(400, "this input is refused by the test provider", &[])
+    } else {
+        vectors(fault.as_ref(), &inputs, &model, dimensions)
+    };
+    lock(&state.seen).push(Seen {
+        uri,
+        model,
+        inputs,
+        dimensions,
+        auth,
+        status: response.status().as_u16(),
+        at,
+    });
+    // Seen before the pause: a client that gives up waiting drops this handler.
+    if let Some(Fault::Slow(pause)) = fault {
+        tokio::time::sleep(pause).await;
+    }
+    response
+}
+
+fn vectors(
+    fault: Option<&Fault>,
+    inputs: &[String],
+    model: &str,
+    dimensions: Option<usize>,
+) -> Response<Full<Bytes>> {
+    let dims = dimensions.unwrap_or(DIMENSIONS);
+    let mut data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, text)| json!({"object": "embedding", "index": index, "embedding": vector(text, dims)}))
+        .collect();
+    match fault {
+        Some(Fault::RateLimited(after)) => {
+            let headers: Vec<(&str, &str)> =
+                after.map(|a| ("retry-after", a)).into_iter().collect();
+            return error(429, "Rate limit reached for requests", &headers);
+        }
+        Some(Fault::ServerError) => return error(500, "The server had an error", &[]),
+        Some(Fault::BadJson) => return reply(200, b"<html>upstream hiccup</html>".to_vec(), &[]),
+        Some(Fault::WrongCount) => {
+            data.pop();
+        }
+        Some(Fault::WrongDimensions) => {
+            for item in &mut data {
+                if let Some(values) = item["embedding"].as_array_mut() {
+                    values.pop();
+                }
+            }
+        }
+        Some(Fault::NotFinite) => {
+            if let Some(values) = data[0]["embedding"].as_array_mut() {
+                values.pop();
+            }
+        }
+        // A slow answer is paused by the caller.
+        Some(Fault::Slow(_)) | None => {}
+    }
+    let mut body = json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": 0, "total_tokens": 0},
+    })
+    .to_string();
+    if matches!(fault, Some(Fault::NotFinite)) {
+        // JSON has no NaN or infinity; a number beyond f32 is how a broken server sends one.
+        body = body.replacen("\"embedding\":[", "\"embedding\":[1e39,", 1);
+    }
+    reply(200, body.into_bytes(), &[])
+}
