@@ -205,11 +205,14 @@ impl Default for SyncConfig {
 
 impl SyncConfig {
     /// Files in flight: configured, or four per core — enough to hide each object's request
-    /// latency, while CPU work stays at one per core ([`cpu_slots`]).
+    /// latency, while CPU work stays at one per core ([`cpu_slots`]) — and eight per core when
+    /// `embedding`, whose round trip to the provider each file waits for too.
     #[must_use]
-    pub fn effective_concurrency(&self) -> usize {
+    pub fn effective_concurrency(&self, embedding: bool) -> usize {
         if self.concurrency > 0 {
             self.concurrency
+        } else if embedding {
+            8 * cpu_slots()
         } else {
             4 * cpu_slots()
         }

@@ -395,7 +395,7 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
     }
     let concurrency = args
         .concurrency
-        .unwrap_or_else(|| config.sync.effective_concurrency());
+        .unwrap_or_else(|| config.sync.effective_concurrency(embed));
     let summary = runtime
         .block_on(ingestd::sync::run(
             source,

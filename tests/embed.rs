@@ -181,6 +181,7 @@ fn every_chunk_leaves_with_the_vector_of_its_own_text_in_bounded_batches() {
         assert_eq!(request.status, 200);
         assert_eq!(request.model, "test-embedder");
         assert_eq!(request.auth, "bearer");
+        assert_eq!(request.encoding_format, "base64");
         assert!(
             request.inputs.len() <= max_inputs,
             "{} inputs",
@@ -251,32 +252,42 @@ fn transient_failures_are_retried_until_every_chunk_has_its_vector() {
 
 #[test]
 fn provider_failures_fail_their_files_with_stable_codes() {
+    let float = "encoding_format = \"float\"";
     let cases = [
         (
             Fault::RateLimited(Some("0")),
             "EMBEDDING_RATE_LIMITED",
             true,
+            "",
         ),
-        (Fault::ServerError, "EMBEDDING_UNAVAILABLE", true),
+        (Fault::ServerError, "EMBEDDING_UNAVAILABLE", true, ""),
         (
             Fault::Slow(Duration::from_secs(3)),
             "EMBEDDING_UNAVAILABLE",
             true,
+            "",
         ),
-        (Fault::WrongCount, "EMBEDDING_BAD_RESPONSE", false),
-        (Fault::WrongDimensions, "EMBEDDING_BAD_RESPONSE", false),
-        (Fault::NotFinite, "EMBEDDING_BAD_RESPONSE", false),
-        (Fault::BadJson, "EMBEDDING_BAD_RESPONSE", false),
+        (Fault::WrongCount, "EMBEDDING_BAD_RESPONSE", false, ""),
+        (Fault::WrongDimensions, "EMBEDDING_BAD_RESPONSE", false, ""),
+        (
+            Fault::WrongDimensions,
+            "EMBEDDING_BAD_RESPONSE",
+            false,
+            float,
+        ),
+        (Fault::NotFinite, "EMBEDDING_BAD_RESPONSE", false, ""),
+        (Fault::NotFinite, "EMBEDDING_BAD_RESPONSE", false, float),
+        (Fault::BadJson, "EMBEDDING_BAD_RESPONSE", false, ""),
     ];
     let files = corpus(2);
     let runs: Vec<_> = cases
         .into_iter()
-        .map(|(fault, code, retryable)| {
+        .map(|(fault, code, retryable, more)| {
             let files = files.path().to_owned();
             std::thread::spawn(move || {
                 let provider = Provider::start();
                 let dir = tempfile::tempdir().unwrap();
-                configure(dir.path(), &provider, (64, 100_000), "");
+                configure(dir.path(), &provider, (64, 100_000), more);
                 provider.fail_always(Some(fault.clone()));
                 let (out, records, events) = sync(dir.path(), &files, API_KEY, &["--embed"]);
                 (
@@ -511,7 +522,7 @@ fn azure_deployments_get_the_api_key_header_and_api_version() {
         dir.path(),
         &provider,
         (64, 100_000),
-        "auth = \"api_key\"\napi_version = \"2024-02-01\"",
+        "auth = \"api_key\"\napi_version = \"2024-02-01\"\nencoding_format = \"float\"",
     );
     let config = std::fs::read_to_string(&path).unwrap().replace(
         &format!("url = \"{}\"", provider.url()),
@@ -529,5 +540,6 @@ fn azure_deployments_get_the_api_key_header_and_api_version() {
             "/openai/deployments/ada/embeddings?api-version=2024-02-01"
         );
         assert_eq!(request.auth, "api-key");
+        assert_eq!(request.encoding_format, "float");
     }
 }

@@ -1,4 +1,6 @@
-//! Helpers shared by the benchmarks.
+//! Helpers shared by the benchmarks (each uses some of them).
+
+#![allow(dead_code)]
 
 /// A 64-bit mixer (splitmix64's finaliser): deterministic pseudo-random numbers from a seed.
 pub fn mix(mut x: u64) -> u64 {

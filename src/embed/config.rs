@@ -46,6 +46,10 @@ pub struct ProviderConfig {
     /// Azure's `api-version` query parameter.
     #[serde(default)]
     pub api_version: Option<String>,
+    /// How vectors are asked for: `base64` (little-endian f32, compact and fast to read) or
+    /// `float` (JSON numbers), for servers that know only that. Either form is read in answers.
+    #[serde(default)]
+    pub encoding_format: EncodingFormat,
     /// Requests in flight at once to this provider.
     #[serde(default = "default_max_concurrent_requests")]
     pub max_concurrent_requests: usize,
@@ -72,6 +76,28 @@ pub enum Auth {
     ApiKey,
     /// No key (a server on a private network).
     None,
+}
+
+/// How a provider is asked to send vectors (`encoding_format` of the request).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodingFormat {
+    /// Base64 of little-endian f32 values.
+    #[default]
+    Base64,
+    /// JSON numbers.
+    Float,
+}
+
+impl EncodingFormat {
+    /// The wire name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EncodingFormat::Base64 => "base64",
+            EncodingFormat::Float => "float",
+        }
+    }
 }
 
 /// `[embedding.models.<NAME>]`: what a job's `embedding_model` means.
@@ -124,6 +150,7 @@ impl ProviderConfig {
             auth,
             api_key_env,
             api_version: None,
+            encoding_format: EncodingFormat::Base64,
             max_concurrent_requests: default_max_concurrent_requests(),
             timeout_secs: default_timeout_secs(),
             max_attempts: default_max_attempts(),
@@ -179,7 +206,7 @@ impl Default for EmbeddingConfig {
             default_model: "OPENAI".to_owned(),
             max_batch_inputs: 256,
             max_batch_tokens: 100_000,
-            batch_linger_ms: 10,
+            batch_linger_ms: 5,
             providers: BTreeMap::from([("openai".to_owned(), openai)]),
             models,
         }

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use config::{Auth, EmbeddingConfig, ModelConfig, OPENAI_API_KEY, ProviderConfig};
+pub use config::{
+    Auth, EmbeddingConfig, EncodingFormat, ModelConfig, OPENAI_API_KEY, ProviderConfig,
+};
 pub use openai::Stats;
 
 use crate::error::{ErrorCode, FileError};

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 
-use super::config::{Auth, ModelConfig, ProviderConfig};
+use super::config::{Auth, EncodingFormat, ModelConfig, ProviderConfig};
 use crate::error::{ErrorCode, FileError};
 use crate::job::Secret;
 
@@ -50,6 +50,7 @@ pub(super) struct Provider {
     /// The endpoint as errors show it (no query, no user info).
     shown: String,
     key: Option<(Auth, Secret)>,
+    encoding_format: EncodingFormat,
     max_attempts: u32,
     max_retry_wait: Duration,
     /// Requests in flight at once.
@@ -94,7 +95,57 @@ struct EmbeddingsResponse {
 #[derive(Deserialize)]
 struct EmbeddingData {
     index: Option<usize>,
-    embedding: Vec<f32>,
+    embedding: Vector,
+}
+
+/// A vector as JSON numbers or as base64 of little-endian f32 values, whichever was sent.
+struct Vector(Result<Vec<f32>, String>);
+
+impl<'de> Deserialize<'de> for Vector {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Vector;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of numbers or a base64 string")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vector, A::Error> {
+                let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(1536));
+                while let Some(value) = seq.next_element::<f32>()? {
+                    values.push(value);
+                }
+                Ok(Vector(Ok(values)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Vector, E> {
+                Ok(Vector(decode_base64(text)))
+            }
+        }
+        deserializer.deserialize_any(Visit)
+    }
+}
+
+/// Little-endian f32 values from base64.
+fn decode_base64(text: &str) -> Result<Vec<f32>, String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|err| format!("a vector is not valid base64: {err}"))?;
+    if bytes.len() % 4 != 0 {
+        return Err(format!(
+            "a base64 vector holds {} bytes, not a whole number of f32 values",
+            bytes.len()
+        ));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
 }
 
 #[derive(Deserialize)]
@@ -160,6 +211,7 @@ impl Provider {
             endpoint,
             shown,
             key: key.map(|key| (config.auth, key)),
+            encoding_format: config.encoding_format,
             max_attempts: config.max_attempts,
             max_retry_wait: Duration::from_secs(config.max_retry_wait_secs),
             slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
@@ -229,7 +281,7 @@ impl Provider {
         let body = EmbeddingsRequest {
             input: inputs,
             model: &model.name,
-            encoding_format: "float",
+            encoding_format: self.encoding_format.as_str(),
             dimensions: model.dimensions.filter(|_| model.request_dimensions),
         };
         let mut request = self.client.post(self.endpoint.clone()).json(&body);
@@ -394,8 +446,9 @@ fn parse(bytes: &[u8], inputs: usize) -> Result<Vec<Vec<f32>>, String> {
     let mut vectors: Vec<Option<Vec<f32>>> = vec![None; inputs];
     for (position, item) in response.data.into_iter().enumerate() {
         let index = item.index.unwrap_or(position);
+        let vector = item.embedding.0?;
         match vectors.get_mut(index) {
-            Some(slot @ None) => *slot = Some(item.embedding),
+            Some(slot @ None) => *slot = Some(vector),
             Some(Some(_)) => return Err(format!("the answer repeats index {index}")),
             None => return Err(format!("the answer has index {index} for {inputs} inputs")),
         }
@@ -496,6 +549,13 @@ mod tests {
         let beyond = br#"{"data": [{"index": 5, "embedding": [1]}]}"#;
         assert!(parse(beyond, 1).unwrap_err().contains("index 5"));
         assert!(parse(b"<html>", 1).is_err());
+        // 1.0 and -2.0 as little-endian f32, base64: the form OpenAI sends when asked.
+        let encoded = br#"{"data": [{"index": 0, "embedding": "AACAPwAAAMA="}]}"#;
+        assert_eq!(parse(encoded, 1).unwrap(), vec![vec![1.0, -2.0]]);
+        let ragged = br#"{"data": [{"index": 0, "embedding": "AACAPwAA"}]}"#;
+        assert!(parse(ragged, 1).unwrap_err().contains("whole number"));
+        let garbage = br#"{"data": [{"index": 0, "embedding": "not base64!"}]}"#;
+        assert!(parse(garbage, 1).unwrap_err().contains("base64"));
 
         assert!(check(&model(Some(2)), &[vec![1.0, 2.0]]).is_ok());
         assert!(check(&model(Some(3)), &[vec![1.0, 2.0]]).is_err());

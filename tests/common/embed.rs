@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -53,6 +54,8 @@ pub struct Seen {
     pub inputs: Vec<String>,
     /// `dimensions` of the body.
     pub dimensions: Option<usize>,
+    /// `encoding_format` of the body.
+    pub encoding_format: String,
     /// Which header carried a key: `bearer`, `api-key` or `none`.
     pub auth: &'static str,
     /// What the server answered.
@@ -69,6 +72,9 @@ struct State {
     always: Mutex<Option<Fault>>,
     /// Inputs containing this are refused with 400.
     poison: Mutex<Option<String>>,
+    /// Answer every input with the same vector, built once (benchmarks: a provider that
+    /// costs next to nothing).
+    constant: std::sync::atomic::AtomicBool,
     seen: Mutex<Vec<Seen>>,
 }
 
@@ -137,6 +143,13 @@ impl Provider {
     /// Refuses with 400 every request holding an input that contains `marker`.
     pub fn poison(&self, marker: &str) {
         *lock(&self.state.poison) = Some(marker.to_owned());
+    }
+
+    /// Answers every input with one fixed vector from now on, at almost no cost.
+    pub fn answer_instantly(&self) {
+        self.state
+            .constant
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Every request so far.
@@ -236,14 +249,21 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         )
     } else if poisoned {
         error(400, "this input is refused by the test provider", &[])
+    } else if state.constant.load(std::sync::atomic::Ordering::Relaxed) {
+        let base64 = body["encoding_format"] == "base64";
+        constant(inputs.len(), dimensions.unwrap_or(DIMENSIONS), base64)
     } else {
-        vectors(fault.as_ref(), &inputs, &model, dimensions)
+        vectors(fault.as_ref(), &inputs, &body)
     };
     lock(&state.seen).push(Seen {
         uri,
         model,
         inputs,
         dimensions,
+        encoding_format: body["encoding_format"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
         auth,
         status: response.status().as_u16(),
         at,
@@ -255,18 +275,41 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     response
 }
 
-fn vectors(
-    fault: Option<&Fault>,
-    inputs: &[String],
-    model: &str,
-    dimensions: Option<usize>,
-) -> Response<Full<Bytes>> {
-    let dims = dimensions.unwrap_or(DIMENSIONS);
-    let mut data: Vec<Value> = inputs
-        .iter()
-        .enumerate()
-        .map(|(index, text)| json!({"object": "embedding", "index": index, "embedding": vector(text, dims)}))
-        .collect();
+/// A vector as the request asked for it: base64 of little-endian f32 values, or numbers.
+fn encode(values: &[f32], base64: bool) -> Value {
+    if base64 {
+        use base64::Engine as _;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+    } else {
+        json!(values)
+    }
+}
+
+/// `count` copies of one vector, the body written as text.
+fn constant(count: usize, dimensions: usize, base64: bool) -> Response<Full<Bytes>> {
+    let values = encode(&vector("", dimensions), base64).to_string();
+    let mut body = String::with_capacity(count * (values.len() + 48) + 64);
+    body.push_str(r#"{"object":"list","data":["#);
+    for index in 0..count {
+        if index > 0 {
+            body.push(',');
+        }
+        let _ = write!(
+            body,
+            r#"{{"object":"embedding","index":{index},"embedding":{values}}}"#
+        );
+    }
+    body.push_str(r#"],"model":"constant"}"#);
+    reply(200, body.into_bytes(), &[])
+}
+
+fn vectors(fault: Option<&Fault>, inputs: &[String], request: &Value) -> Response<Full<Bytes>> {
+    let dims = request["dimensions"]
+        .as_u64()
+        .map_or(DIMENSIONS, |n| n as usize);
+    let base64 = request["encoding_format"] == "base64";
+    let mut vectors: Vec<Vec<f32>> = inputs.iter().map(|text| vector(text, dims)).collect();
     match fault {
         Some(Fault::RateLimited(after)) => {
             let headers: Vec<(&str, &str)> =
@@ -276,32 +319,37 @@ fn vectors(
         Some(Fault::ServerError) => return error(500, "The server had an error", &[]),
         Some(Fault::BadJson) => return reply(200, b"<html>upstream hiccup</html>".to_vec(), &[]),
         Some(Fault::WrongCount) => {
-            data.pop();
+            vectors.pop();
         }
         Some(Fault::WrongDimensions) => {
-            for item in &mut data {
-                if let Some(values) = item["embedding"].as_array_mut() {
-                    values.pop();
-                }
-            }
-        }
-        Some(Fault::NotFinite) => {
-            if let Some(values) = data[0]["embedding"].as_array_mut() {
+            for values in &mut vectors {
                 values.pop();
             }
+        }
+        // As numbers, the value is written in below: JSON has no infinity.
+        Some(Fault::NotFinite) if base64 => vectors[0][0] = f32::INFINITY,
+        Some(Fault::NotFinite) => {
+            vectors[0].remove(0);
         }
         // A slow answer is paused by the caller.
         Some(Fault::Slow(_)) | None => {}
     }
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(index, values)| {
+            json!({"object": "embedding", "index": index, "embedding": encode(values, base64)})
+        })
+        .collect();
     let mut body = json!({
         "object": "list",
         "data": data,
-        "model": model,
+        "model": request["model"],
         "usage": {"prompt_tokens": 0, "total_tokens": 0},
     })
     .to_string();
-    if matches!(fault, Some(Fault::NotFinite)) {
-        // JSON has no NaN or infinity; a number beyond f32 is how a broken server sends one.
+    if matches!(fault, Some(Fault::NotFinite)) && !base64 {
+        // A number beyond f32 is how a broken server sends infinity.
         body = body.replacen("\"embedding\":[", "\"embedding\":[1e39,", 1);
     }
     reply(200, body.into_bytes(), &[])
