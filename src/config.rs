@@ -746,7 +746,7 @@ dimensions = 1536
 
         for (toml, field) in [
             (
-                "[embedding.models.X]\nprovider = \"nowhere\"\nmodel = \"m\"\n",
+                "[embedding]\ndefault_model = \"X\"\n[embedding.models.X]\nprovider = \"nowhere\"\nmodel = \"m\"\n",
                 "embedding.models.*.provider",
             ),
             (
@@ -760,6 +760,10 @@ dimensions = 1536
             (
                 "[embedding]\nmax_batch_inputs = 5000\n",
                 "embedding.max_batch_inputs",
+            ),
+            (
+                "[embedding]\ndefault_model = \"NOPE\"\n",
+                "embedding.default_model",
             ),
         ] {
             std::fs::write(&file, toml).unwrap();

@@ -232,9 +232,10 @@ pub async fn process<S: Source>(
     }
 }
 
-/// Records of one file that may wait for their vectors at once; batches of several files fill
-/// up from this many.
+/// Records of one file that may wait for their vectors at once, and their bytes of text (held
+/// twice: on the record and in the batch); batches of several files fill up from them.
 const EMBEDDING_WINDOW: usize = 512;
+const EMBEDDING_WINDOW_BYTES: usize = 4 * 1024 * 1024;
 
 /// Passes `chunked` on to `out` in order, each record with its vector from `route`. Records are
 /// queued for embedding as they come, up to [`EMBEDDING_WINDOW`] ahead of the oldest one still
@@ -247,14 +248,21 @@ async fn embed_records(
     let mut waiting: FuturesOrdered<BoxFuture<'static, Result<Emitted, FileError>>> =
         FuturesOrdered::new();
     let mut open = true;
+    let mut held = 0;
     loop {
+        let room = waiting.len() < EMBEDDING_WINDOW && held < EMBEDDING_WINDOW_BYTES;
         tokio::select! {
             Some(done) = waiting.next(), if !waiting.is_empty() => {
-                out.send(done?).await.map_err(|_| closed())?;
+                let done = done?;
+                if let Emitted::Record(record) = &done {
+                    held -= record.text.len();
+                }
+                out.send(done).await.map_err(|_| closed())?;
             }
-            item = chunked.recv(), if open && waiting.len() < EMBEDDING_WINDOW => match item {
+            item = chunked.recv(), if open && room => match item {
                 // Records without text (media files without a transcript) have no vector.
                 Some(Emitted::Record(mut record)) if !record.text.is_empty() => {
+                    held += record.text.len();
                     let vector = route.submit(record.text.clone(), record.token_count).await?;
                     let model = route.name().to_owned();
                     waiting.push_back(Box::pin(async move {

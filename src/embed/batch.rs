@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::openai::{Model, Provider};
-use crate::error::{ErrorCode, FileError};
+use super::openai::{Failed, Model, Provider};
+use crate::error::FileError;
 
 /// One chunk waiting for its vector.
 pub(super) struct Pending {
@@ -66,42 +66,72 @@ pub(super) async fn run(
             tokens += next.tokens;
             batch.push(next);
         }
-        // Files that failed meanwhile no longer want their vectors.
-        batch.retain(|pending| !pending.reply.is_closed());
-        if batch.is_empty() {
-            continue;
-        }
         let (provider, model) = (Arc::clone(&provider), Arc::clone(&model));
         tokio::spawn(async move {
-            settle(&provider, &model, batch).await;
+            let _ = settle(&provider, &model, batch).await;
             drop(slot);
         });
     }
 }
 
-/// Sends `batch` and answers each chunk. A batch the provider rejects (400-class) is split in
-/// halves and each half tried again, so one bad input fails only its own file.
-async fn settle(provider: &Provider, model: &Model, batch: Vec<Pending>) {
-    let result = {
-        let texts: Vec<&str> = batch.iter().map(|p| p.text.as_str()).collect();
-        provider.embed(model, &texts).await
-    };
-    match result {
+/// Sends `batch` and answers each chunk.
+///
+/// A batch whose content the provider refuses (400, 413, 422) is split in halves and each half
+/// tried, so one bad input fails only its own file. When a whole half fails with the same
+/// refusal, the request itself is at fault, not an input: the other half is tried once, and not
+/// split further. Returns the refusal when every chunk of the batch was refused with it.
+async fn settle(provider: &Provider, model: &Model, mut batch: Vec<Pending>) -> Option<String> {
+    // Files that failed meanwhile no longer want their vectors.
+    batch.retain(|pending| !pending.reply.is_closed());
+    if batch.is_empty() {
+        return None;
+    }
+    let failed = match send(provider, model, &batch).await {
         Ok(vectors) => {
             for (pending, vector) in batch.into_iter().zip(vectors) {
                 let _ = pending.reply.send(Ok(vector));
             }
+            return None;
         }
-        Err(err) if err.code == ErrorCode::EmbeddingRejected && batch.len() > 1 => {
-            let mut first = batch;
-            let second = first.split_off(first.len() / 2);
-            Box::pin(settle(provider, model, first)).await;
-            Box::pin(settle(provider, model, second)).await;
-        }
-        Err(err) => {
-            for pending in batch {
-                let _ = pending.reply.send(Err(err.clone()));
+        Err(failed) => failed,
+    };
+    let Some(refusal) = failed.refused.clone().filter(|_| batch.len() > 1) else {
+        answer_all(batch, &failed.error);
+        return failed.refused;
+    };
+    let mut first = batch;
+    let second = first.split_off(first.len() / 2);
+    if Box::pin(settle(provider, model, first)).await.as_ref() != Some(&refusal) {
+        // Some of the first half passed: the inputs are at fault, one by one.
+        Box::pin(settle(provider, model, second)).await;
+        return None;
+    }
+    match send(provider, model, &second).await {
+        Ok(vectors) => {
+            for (pending, vector) in second.into_iter().zip(vectors) {
+                let _ = pending.reply.send(Ok(vector));
             }
+            None
         }
+        Err(failed) => {
+            answer_all(second, &failed.error);
+            failed.refused
+        }
+    }
+}
+
+async fn send(
+    provider: &Provider,
+    model: &Model,
+    batch: &[Pending],
+) -> Result<Vec<Vec<f32>>, Failed> {
+    let texts: Vec<&str> = batch.iter().map(|p| p.text.as_str()).collect();
+    provider.embed(model, &texts).await
+}
+
+/// Fails every chunk of `batch` with `error`.
+fn answer_all(batch: Vec<Pending>, error: &FileError) {
+    for pending in batch {
+        let _ = pending.reply.send(Err(error.clone()));
     }
 }

@@ -266,6 +266,16 @@ impl EmbeddingConfig {
                 );
             }
         }
+        if !self.models.is_empty() && !self.models.contains_key(&self.default_model) {
+            return invalid(
+                "embedding.default_model",
+                format!(
+                    "`{}` is not in [embedding.models] (a file's models replace the built-in \
+                     ones)",
+                    self.default_model
+                ),
+            );
+        }
         for (name, model) in &self.models {
             if !self.providers.contains_key(&model.provider) {
                 return invalid(

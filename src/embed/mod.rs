@@ -21,8 +21,9 @@ pub use openai::Stats;
 use crate::error::{ErrorCode, FileError};
 use crate::job::Secret;
 
-/// Chunks that may wait for a model's batcher before senders pause.
-const QUEUE: usize = 4096;
+/// Chunks that may wait for a model's batcher before senders pause (each is also held by a
+/// file's window of records waiting for vectors, which bounds their bytes).
+const QUEUE: usize = 1024;
 
 /// Whether and how one request's chunks are embedded.
 #[derive(Debug, Clone)]
@@ -120,7 +121,7 @@ impl Embedder {
             .collect::<BTreeMap<_, _>>();
         for (name, route) in &routes {
             if let Err(why) = route {
-                tracing::info!(model = %name, "embedding model unavailable: {why}");
+                tracing::warn!(model = %name, "embedding model unavailable: {why}");
             }
         }
         Embedder {

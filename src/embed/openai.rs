@@ -14,7 +14,7 @@ use super::config::{Auth, EncodingFormat, ModelConfig, ProviderConfig};
 use crate::error::{ErrorCode, FileError};
 use crate::job::Secret;
 
-/// First retry delay; doubled per attempt, with full jitter.
+/// First retry delay; doubled per attempt, with equal jitter (half fixed, half random).
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 
 /// Longest delay between attempts when the provider does not say.
@@ -26,11 +26,12 @@ const RESPONSE_BYTES_PER_VALUE: usize = 32;
 /// Longest provider message quoted in an error.
 const QUOTED_MESSAGE_CHARS: usize = 300;
 
-/// Requests and outcomes of every provider, for `/metrics` and benchmarks.
+/// Longest wait a `Retry-After` is taken at its word for (longer ones end the attempts anyway).
+const LONGEST_RETRY_AFTER: Duration = Duration::from_hours(24);
+
+/// Requests and outcomes of every provider, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// HTTP requests sent.
-    pub requests: AtomicU64,
     /// Requests answered with vectors.
     pub succeeded: AtomicU64,
     /// Requests that failed and were tried again.
@@ -169,6 +170,17 @@ enum Failure {
     },
     /// Another attempt would fail the same way.
     Stop(FileError),
+    /// The provider refused what was sent (400, 413, 422): an input may be at fault. `reason`
+    /// is the provider's answer alone, the same whatever the batch.
+    Refused { error: FileError, reason: String },
+}
+
+/// A batch that failed for good.
+pub(super) struct Failed {
+    pub(super) error: FileError,
+    /// The provider refused the request's content, with this answer: without one bad input,
+    /// the rest may pass.
+    pub(super) refused: Option<String>,
 }
 
 impl Provider {
@@ -227,11 +239,10 @@ impl Provider {
         &self,
         model: &Model,
         inputs: &[&str],
-    ) -> Result<Vec<Vec<f32>>, FileError> {
+    ) -> Result<Vec<Vec<f32>>, Failed> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let failure = match self.attempt(model, inputs).await {
                 Ok(vectors) => {
                     self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
@@ -243,32 +254,37 @@ impl Provider {
                 Err(failure) => failure,
             };
             let (error, after) = match failure {
-                Failure::Stop(error) => {
-                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    return Err(error);
-                }
+                Failure::Stop(error) => return Err(self.failed(error, None)),
+                Failure::Refused { error, reason } => return Err(self.failed(error, Some(reason))),
                 Failure::Retry { error, after } => (error, after),
             };
-            let wait = after.unwrap_or_else(|| backoff(attempt));
-            if attempt >= self.max_attempts || wait > self.max_retry_wait {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                let why = if wait > self.max_retry_wait {
+            // The provider's word is waited out up to max_retry_wait, never less than backoff.
+            let too_long = after.is_some_and(|after| after > self.max_retry_wait);
+            let wait = after.map_or(backoff(attempt), |after| after.max(backoff(attempt)));
+            if attempt >= self.max_attempts || too_long {
+                let why = if too_long {
                     format!(
                         "; the provider asked to wait {} s, over max_retry_wait_secs",
-                        wait.as_secs()
+                        after.unwrap_or_default().as_secs()
                     )
                 } else {
                     format!(" after {attempt} attempts")
                 };
-                return Err(FileError {
+                let error = FileError {
                     message: format!("{}{why}", error.message),
                     ..error
-                });
+                };
+                return Err(self.failed(error, None));
             }
             self.stats.retried.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(provider = %self.name, attempt, wait_ms = wait.as_millis(), error = %error.message, "embedding request retried");
             tokio::time::sleep(wait).await;
         }
+    }
+
+    fn failed(&self, error: FileError, refused: Option<String>) -> Failed {
+        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        Failed { error, refused }
     }
 
     async fn attempt(&self, model: &Model, inputs: &[&str]) -> Result<Vec<Vec<f32>>, Failure> {
@@ -365,6 +381,17 @@ impl Provider {
                 ),
                 after: retry_after(headers, SystemTime::now()),
             },
+            400 | 413 | 422 => {
+                let reason = format!("{status}{}", self.quote(body));
+                Failure::Refused {
+                    error: FileError::permanent(
+                        ErrorCode::EmbeddingRejected,
+                        format!("{what}: the provider answered {reason}"),
+                    ),
+                    reason,
+                }
+            }
+            // A wrong URL or model (404) and the like: no input is at fault.
             _ => Failure::Stop(FileError::permanent(
                 ErrorCode::EmbeddingRejected,
                 format!("{answered}{}", self.quote(body)),
@@ -380,16 +407,16 @@ impl Provider {
             }) => m,
             _ => String::from_utf8_lossy(body).into_owned(),
         };
-        let mut message: String = message
+        // The key is blanked out before the text is cut, so no part of it survives the cut.
+        let message = match &self.key {
+            Some((_, key)) if !key.expose().is_empty() => message.replace(key.expose(), "***"),
+            _ => message,
+        };
+        let message: String = message
             .chars()
             .filter(|c| !c.is_control())
             .take(QUOTED_MESSAGE_CHARS)
             .collect();
-        if let Some((_, key)) = &self.key
-            && !key.expose().is_empty()
-        {
-            message = message.replace(key.expose(), "***");
-        }
         if message.trim().is_empty() {
             String::new()
         } else {
@@ -457,14 +484,11 @@ fn parse(bytes: &[u8], inputs: usize) -> Result<Vec<Vec<f32>>, String> {
     Ok(vectors.into_iter().flatten().collect())
 }
 
-/// Every vector has the model's length and only finite values.
+/// Every vector has the model's length and only finite values. A model whose length is not
+/// configured takes it from the first answer that passes.
 fn check(model: &Model, vectors: &[Vec<f32>]) -> Result<(), String> {
-    let want = match model.dimensions {
-        Some(n) => n,
-        None => *model
-            .learned
-            .get_or_init(|| vectors.first().map_or(0, Vec::len)),
-    };
+    let known = model.dimensions.or_else(|| model.learned.get().copied());
+    let want = known.unwrap_or_else(|| vectors.first().map_or(0, Vec::len));
     for (i, vector) in vectors.iter().enumerate() {
         if vector.len() != want || want == 0 {
             return Err(format!(
@@ -476,6 +500,9 @@ fn check(model: &Model, vectors: &[Vec<f32>]) -> Result<(), String> {
         if vector.iter().any(|v| !v.is_finite()) {
             return Err(format!("vector {i} holds a value that is not finite"));
         }
+    }
+    if known.is_none() {
+        let _ = model.learned.set(want);
     }
     Ok(())
 }
@@ -489,18 +516,26 @@ fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
+    // Whatever the header says, the wait is a real duration of at most a day.
+    let seconds = |secs: f64| {
+        (secs.is_finite() && secs >= 0.0)
+            .then(|| Duration::from_secs_f64(secs.min(LONGEST_RETRY_AFTER.as_secs_f64())))
+    };
     if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
-        && ms.is_finite()
-        && ms >= 0.0
+        && let Some(wait) = seconds(ms / 1000.0)
     {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+        return Some(wait);
     }
     let value = text("retry-after")?;
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return seconds(secs);
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or_default())
+    Some(
+        at.duration_since(now)
+            .unwrap_or_default()
+            .min(LONGEST_RETRY_AFTER),
+    )
 }
 
 /// Exponential backoff with full jitter before attempt `attempt + 1`.
@@ -561,6 +596,13 @@ mod tests {
         assert!(check(&model(Some(3)), &[vec![1.0, 2.0]]).is_err());
         assert!(check(&model(Some(2)), &[vec![1.0, f32::NAN]]).is_err());
         let learning = model(None);
+        assert!(check(&learning, &[vec![1.0, f32::NAN]]).is_err());
+        assert!(check(&learning, &[vec![]]).is_err());
+        assert_eq!(
+            learning.learned.get(),
+            None,
+            "a failed answer teaches nothing"
+        );
         assert!(check(&learning, &[vec![1.0, 2.0]]).is_ok());
         assert!(check(&learning, &[vec![1.0, 2.0, 3.0]]).is_err());
     }
@@ -584,6 +626,11 @@ mod tests {
         );
         headers.insert("retry-after-ms", HeaderValue::from_static("soon"));
         headers.insert("retry-after", HeaderValue::from_static("never"));
+        assert_eq!(retry_after(&headers, now), None);
+        // Absurd values are clamped, not a panic.
+        headers.insert("retry-after", HeaderValue::from_static("1e20"));
+        assert_eq!(retry_after(&headers, now), Some(LONGEST_RETRY_AFTER));
+        headers.insert("retry-after", HeaderValue::from_static("-5"));
         assert_eq!(retry_after(&headers, now), None);
     }
 

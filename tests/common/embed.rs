@@ -41,6 +41,8 @@ pub enum Fault {
     NotFinite,
     /// A body that is not JSON.
     BadJson,
+    /// 400 for the whole request, whatever its inputs (a parameter the server does not take).
+    BadRequest,
 }
 
 /// What one request asked for.
@@ -248,7 +250,13 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
             &[],
         )
     } else if poisoned {
-        error(400, "this input is refused by the test provider", &[])
+        // Like some proxies: the caller's key echoed in the refusal.
+        let echoed = key.unwrap_or_default();
+        error(
+            400,
+            &format!("this input is refused (request by {echoed})"),
+            &[],
+        )
     } else if state.constant.load(std::sync::atomic::Ordering::Relaxed) {
         let base64 = body["encoding_format"] == "base64";
         constant(inputs.len(), dimensions.unwrap_or(DIMENSIONS), base64)
@@ -317,6 +325,7 @@ fn vectors(fault: Option<&Fault>, inputs: &[String], request: &Value) -> Respons
             return error(429, "Rate limit reached for requests", &headers);
         }
         Some(Fault::ServerError) => return error(500, "The server had an error", &[]),
+        Some(Fault::BadRequest) => return error(400, "dimensions is not supported here", &[]),
         Some(Fault::BadJson) => return reply(200, b"<html>upstream hiccup</html>".to_vec(), &[]),
         Some(Fault::WrongCount) => {
             vectors.pop();
