@@ -6,7 +6,7 @@
 //!
 //! Two shapes: Carbon's default chunk size (1500 tokens) and small chunks (256 tokens, about six
 //! times the vectors per byte), both with 1536-dimension vectors (ada-002,
-//! text-embedding-3-small). Each run is repeated and the median taken; the two modes alternate
+//! text-embedding-3-small). Each run is repeated five times and the median taken; the two modes alternate
 //! so noise hits both alike.
 //!
 //! Reported: chunks/s with and without embedding, the embedding path's cost in percent, the
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use common::mix;
 
 const FILES: u64 = 400;
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 const DIMENSIONS: usize = 1536;
 
 fn main() {

@@ -146,6 +146,14 @@ pub struct LimitsConfig {
     /// Extracted text larger than this is a `LIMIT_EXCEEDED` error.
     #[serde(default = "default_max_text_bytes")]
     pub max_text_bytes: usize,
+    /// Images claiming more pixels than this are a `LIMIT_EXCEEDED` error.
+    #[serde(default = "default_max_image_pixels")]
+    pub max_image_pixels: u64,
+}
+
+/// 100 megapixels: beyond the largest camera sensors, far below a decompression bomb.
+fn default_max_image_pixels() -> u64 {
+    100_000_000
 }
 
 /// 10 GiB: beyond this an object is an archive or a dump, not a document.
@@ -169,6 +177,7 @@ impl Default for LimitsConfig {
             max_object_bytes: default_max_object_bytes(),
             max_text_object_bytes: default_max_text_object_bytes(),
             max_text_bytes: default_max_text_bytes(),
+            max_image_pixels: default_max_image_pixels(),
         }
     }
 }

@@ -392,6 +392,7 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
         max_object_bytes: config.limits.max_object_bytes,
         max_text_object_bytes: config.limits.max_text_object_bytes,
         max_text_bytes: config.limits.max_text_bytes,
+        max_image_pixels: config.limits.max_image_pixels,
         cpu: Arc::new(tokio::sync::Semaphore::new(ingestd::config::cpu_slots())),
         embedding,
     });

@@ -40,6 +40,8 @@ pub struct Request {
     pub max_text_object_bytes: u64,
     /// Extracted text larger than this fails the file.
     pub max_text_bytes: usize,
+    /// Images claiming more pixels than this fail the file.
+    pub max_image_pixels: u64,
     /// Slots for CPU-bound work (decoding, chunking), shared by every file: one per core, so
     /// many files can be in flight without more than that being decoded at once.
     pub cpu: Arc<Semaphore>,
@@ -382,6 +384,11 @@ impl Processing {
         let detected = detect::detect(&head, mime.as_deref(), &self.object.key);
         self.file_ref.media_type = detected.format.media_type();
         self.file_ref.format = Some(detected.format.name().to_owned());
+        if detected.format.family() == Family::Image {
+            // Described from the head: the rest of the object is never read.
+            drop(body);
+            return self.describe_image(head, detected, out).await;
+        }
         let hint = detected.text_hint.unwrap_or(TextHint::Bytes);
         let text = detected.format.family() == Family::Text;
         // A large text object streams when its format is taken as it is and its encoding can
@@ -466,6 +473,65 @@ impl Processing {
         match self.blocking(work).await {
             Ok(outcome) => outcome,
             Err(err) => Outcome::Failed(err),
+        }
+    }
+
+    /// One record for an image: no text, its facts in `media`.
+    async fn describe_image(
+        &mut self,
+        head: Vec<u8>,
+        detected: Detected,
+        out: &Emitter,
+    ) -> Outcome {
+        let (mut object, kind, request) =
+            (self.object.clone(), self.kind, Arc::clone(&self.request));
+        let slot = self.cpu_slot().await;
+        let work = tokio::task::spawn_blocking(move || {
+            let described =
+                extract::image::describe(&head, detected.format.name(), request.max_image_pixels);
+            drop(slot);
+            if object.etag.is_none() {
+                object.etag = Some(content_etag(&head));
+            }
+            Ok((described, file_info(&object, detected, kind)))
+        });
+        let (media, file) = match self.blocking(work).await {
+            Ok((Ok(media), file)) => (media, file),
+            Ok((Err(rejection), _)) => return rejection.into(),
+            Err(err) => return Outcome::Failed(err),
+        };
+        let request = &self.request;
+        let chunking = ChunkingInfo {
+            chunk_size: request.chunker.size(),
+            chunk_overlap: request.chunker.overlap(),
+            encoding: request.chunker.encoding(),
+        };
+        let record = ChunkRecord {
+            schema_version: SCHEMA_VERSION,
+            chunk_id: chunk_id(&file, &chunking, false, 0, &(0..0)),
+            request_id: request.request_id.clone(),
+            customer_id: request.customer_id.clone(),
+            data_source_id: request.data_source_id.clone(),
+            file,
+            chunk_index: 0,
+            text: String::new(),
+            token_count: 0,
+            range: [0, 0],
+            page: None,
+            time_range_ms: None,
+            tags: request.tags.clone(),
+            embedding: None,
+            embedding_model: None,
+            chunking,
+            media: Some(media),
+        };
+        if out.send(Emitted::Record(Box::new(record))).await.is_err() {
+            return Outcome::Failed(closed());
+        }
+        self.emitted = 1;
+        Outcome::Ready {
+            chunks: 1,
+            tokens: 0,
         }
     }
 
@@ -672,6 +738,7 @@ fn cut(
             embedding: None,
             embedding_model: None,
             chunking,
+            media: None,
         };
         at.index += 1;
         at.tokens += token_count;

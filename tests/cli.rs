@@ -2,10 +2,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use common::{assert_exit, fixture, ingestd, lines, outcome, root};
+use common::{assert_exit, fixture, ingestd, ingestd_within, lines, outcome, root};
 use serde_json::Value;
 
 fn expected() -> Value {
@@ -143,12 +143,8 @@ fn bad_files_get_classified_events_and_exit_code_3() {
         "reason",
         "UNSUPPORTED_FORMAT",
     );
-    check(
-        "png_named.txt",
-        "FILES_SKIPPED",
-        "reason",
-        "UNSUPPORTED_FORMAT",
-    );
+    // A PNG header with nothing valid in it, named .txt: detected as PNG, refused as one.
+    check("png_named.txt", "FILE_ERROR", "error_code", "CORRUPT_FILE");
     assert_eq!(
         outcome(&events, "png_named.txt")["file"]["media_type"],
         "IMAGE"
@@ -167,7 +163,7 @@ fn bad_files_get_classified_events_and_exit_code_3() {
             last["files_failed"].as_u64(),
             last["files_skipped"].as_u64()
         ),
-        (Some(2), Some(3))
+        (Some(3), Some(2))
     );
 }
 
@@ -505,5 +501,81 @@ fn streamed_markdown_with_overlap_keeps_its_promises() {
     assert!(
         doc[previous.unwrap().1..].trim().is_empty(),
         "text lost at the end"
+    );
+}
+
+#[test]
+fn images_are_described_from_their_headers_with_what_the_tools_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = fixture("media/images");
+    let out = ingestd(dir.path(), &["sync", images.to_str().unwrap()]);
+    assert_exit(&out, 0);
+    let expected: BTreeMap<String, [u64; 2]> =
+        serde_json::from_str(&std::fs::read_to_string(fixture("media/images.json")).unwrap())
+            .unwrap();
+    let records = lines(&out.stdout);
+    let events = lines(&out.stderr);
+    assert_eq!(records.len(), expected.len(), "one record per image");
+    for record in &records {
+        let key = record["file"]["key"].as_str().unwrap();
+        let [width, height] = expected[key];
+        assert_eq!(record["file"]["media_type"], "IMAGE", "{key}");
+        assert_eq!(record["media"]["width"], width, "{key}: {record}");
+        assert_eq!(record["media"]["height"], height, "{key}: {record}");
+        assert!(record["media"]["color_type"].is_string(), "{key}");
+        assert_eq!(record["text"], "", "{key}");
+        assert_eq!(record["token_count"], 0, "{key}");
+        let ready = outcome(&events, key);
+        assert_eq!(ready["event"], "FILE_READY", "{key}: {ready}");
+        assert_eq!(ready["chunk_count"], 1);
+    }
+    let formats: BTreeSet<&str> = records
+        .iter()
+        .map(|r| r["file"]["format"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        formats,
+        BTreeSet::from(["bmp", "gif", "ico", "jpeg", "png", "tiff", "webp"])
+    );
+}
+
+#[test]
+fn broken_and_hostile_images_get_their_codes_and_the_next_file_is_chunked() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = fixture("media/bad");
+    let out = ingestd_within(
+        dir.path(),
+        &["sync", bad.to_str().unwrap()],
+        std::time::Duration::from_secs(30),
+    );
+    assert_exit(&out, 3);
+    let events = lines(&out.stderr);
+    for (key, event, field, code) in [
+        ("truncated.png", "FILE_ERROR", "error_code", "CORRUPT_FILE"),
+        ("zero.png", "FILE_ERROR", "error_code", "CORRUPT_FILE"),
+        ("cut.jpg", "FILE_ERROR", "error_code", "CORRUPT_FILE"),
+        ("absurd.png", "FILE_ERROR", "error_code", "LIMIT_EXCEEDED"),
+        ("bomb.png", "FILE_ERROR", "error_code", "LIMIT_EXCEEDED"),
+        ("noise.jpg", "FILES_SKIPPED", "reason", "UNSUPPORTED_FORMAT"),
+        (
+            "phone.heic",
+            "FILES_SKIPPED",
+            "reason",
+            "UNSUPPORTED_FORMAT",
+        ),
+        ("after.txt", "FILE_READY", "event", "FILE_READY"),
+    ] {
+        let e = outcome(&events, key);
+        assert_eq!(e["event"], event, "{key}: {e}");
+        assert_eq!(e[field], code, "{key}: {e}");
+    }
+    let records = lines(&out.stdout);
+    assert_eq!(records.len(), 1, "only the text file has a record");
+    assert_eq!(records[0]["file"]["key"], "after.txt");
+    // The bomb was refused from its header: nowhere near its 400 million pixels were decoded.
+    let bomb = outcome(&events, "bomb.png");
+    assert!(
+        bomb["message"].as_str().unwrap().contains("20000×20000"),
+        "{bomb}"
     );
 }

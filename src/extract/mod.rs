@@ -3,6 +3,7 @@
 
 mod charset;
 mod html;
+pub mod image;
 mod text;
 
 pub use charset::StreamDecoder;

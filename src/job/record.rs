@@ -45,6 +45,38 @@ pub struct ChunkRecord {
     pub embedding_model: Option<String>,
     /// How the text was chunked.
     pub chunking: ChunkingInfo,
+    /// Facts about an image, audio or video file; absent for text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<MediaInfo>,
+}
+
+/// What is known of an image, audio or video file, whichever facts apply.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MediaInfo {
+    /// Width in pixels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    /// Height in pixels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// Colour type of an image as stored (`Rgb8`, `Rgba8`, `L8`, `Rgb16`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub color_type: Option<String>,
+    /// Duration in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Codec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codec: Option<String>,
+    /// Audio sample rate in Hz.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_rate: Option<u32>,
+    /// Audio channels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<u16>,
+    /// Video frames per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_rate: Option<f64>,
 }
 
 /// The object a record or event is about.

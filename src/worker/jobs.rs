@@ -368,6 +368,7 @@ fn request(
         max_object_bytes: limits.max_object_bytes,
         max_text_object_bytes: limits.max_text_object_bytes,
         max_text_bytes: limits.max_text_bytes,
+        max_image_pixels: limits.max_image_pixels,
         cpu: Arc::clone(&ctx.cpu),
         embedding,
     }))

@@ -1,0 +1,126 @@
+//! Images described from their header alone: format, dimensions and colour type. No pixel is
+//! decoded, so a decompression bomb costs no more than a thumbnail.
+
+use std::io::Cursor;
+
+use image::{ImageDecoder, ImageFormat, ImageReader, Limits};
+
+use super::Rejection;
+use crate::error::{ErrorCode, FileError, SkipReason};
+use crate::job::MediaInfo;
+
+/// Bytes a decoder may allocate while it reads a header (a GIF's palette, a TIFF's directory).
+const HEADER_ALLOCATION: u64 = 16 * 1024 * 1024;
+
+/// Dimensions and colour type of an image in `format` (a name of [`crate::detect`]), read from
+/// `bytes`, which hold at least its header. Images of more than `max_pixels` pixels are
+/// refused.
+///
+/// # Errors
+/// `UNSUPPORTED_FORMAT` (skipped) for formats no decoder here reads; `CORRUPT_FILE` for a header
+/// that does not parse; `LIMIT_EXCEEDED` for too many pixels.
+pub fn describe(bytes: &[u8], format: &str, max_pixels: u64) -> Result<MediaInfo, Rejection> {
+    let Some(image_format) = decodable(format) else {
+        return Err(Rejection::Skip {
+            reason: SkipReason::UnsupportedFormat,
+            message: format!("{format} images are recognised but cannot be read here"),
+        });
+    };
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(HEADER_ALLOCATION);
+    let header = std::panic::catch_unwind(|| {
+        let mut reader = ImageReader::with_format(Cursor::new(bytes), image_format);
+        reader.limits(limits);
+        reader
+            .into_decoder()
+            .map(|decoder| (decoder.dimensions(), decoder.original_color_type()))
+    });
+    let corrupt = |why: String| {
+        Rejection::Error(FileError::permanent(
+            ErrorCode::CorruptFile,
+            format!("{format} header: {}", why.trim()),
+        ))
+    };
+    let ((width, height), color) = match header {
+        Ok(Ok(header)) => header,
+        Ok(Err(image::ImageError::Limits(err))) => {
+            return Err(Rejection::Error(FileError::permanent(
+                ErrorCode::LimitExceeded,
+                format!("{format} header: {}", err.to_string().trim()),
+            )));
+        }
+        Ok(Err(image::ImageError::Unsupported(err))) => {
+            return Err(Rejection::Skip {
+                reason: SkipReason::UnsupportedFormat,
+                message: format!("{format} image: {err}"),
+            });
+        }
+        Ok(Err(err)) => return Err(corrupt(err.to_string())),
+        Err(_) => return Err(corrupt("the decoder crashed on it".to_owned())),
+    };
+    if width == 0 || height == 0 {
+        return Err(corrupt(format!("it claims {width}×{height} pixels")));
+    }
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > max_pixels {
+        return Err(Rejection::Error(FileError::permanent(
+            ErrorCode::LimitExceeded,
+            format!(
+                "the {format} image claims {width}×{height} pixels, over \
+                 limits.max_image_pixels ({max_pixels})"
+            ),
+        )));
+    }
+    Ok(MediaInfo {
+        width: Some(width),
+        height: Some(height),
+        color_type: Some(format!("{color:?}")),
+        ..MediaInfo::default()
+    })
+}
+
+/// The decoder for a detected image format, when one is built in.
+fn decodable(format: &str) -> Option<ImageFormat> {
+    Some(match format {
+        "jpeg" => ImageFormat::Jpeg,
+        "png" => ImageFormat::Png,
+        "gif" => ImageFormat::Gif,
+        "webp" => ImageFormat::WebP,
+        "bmp" => ImageFormat::Bmp,
+        "tiff" => ImageFormat::Tiff,
+        "ico" => ImageFormat::Ico,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(width: u32, height: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        image::RgbaImage::new(width, height)
+            .write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)
+            .unwrap();
+        bytes
+    }
+
+    fn code(result: Result<MediaInfo, Rejection>) -> String {
+        match result {
+            Ok(media) => format!("{media:?}"),
+            Err(Rejection::Error(err)) => err.code.to_string(),
+            Err(Rejection::Skip { reason, .. }) => reason.as_str().to_owned(),
+        }
+    }
+
+    #[test]
+    fn headers_give_dimensions_and_colour_and_bad_ones_their_codes() {
+        let media = describe(&png(7, 3), "png", 1000).unwrap();
+        assert_eq!((media.width, media.height), (Some(7), Some(3)));
+        assert_eq!(media.color_type.as_deref(), Some("Rgba8"));
+        assert_eq!(code(describe(&png(40, 30), "png", 1000)), "LIMIT_EXCEEDED");
+        assert_eq!(code(describe(&png(7, 3)[..20], "png", 1000)), "CORRUPT_FILE");
+        assert_eq!(code(describe(b"GIF89a", "gif", 1000)), "CORRUPT_FILE");
+        assert_eq!(code(describe(&png(7, 3), "psd", 1000)), "UNSUPPORTED_FORMAT");
+    }
+}
