@@ -64,6 +64,9 @@ pub struct Config {
     /// `[sync]`: the one-shot `ingestd sync` command.
     #[serde(default)]
     pub sync: SyncConfig,
+    /// `[images]`: what image records say.
+    #[serde(default)]
+    pub images: ImagesConfig,
     /// `[s3]`: S3 and Spaces endpoints and client behaviour.
     #[serde(default)]
     pub s3: S3Config,
@@ -180,6 +183,14 @@ impl Default for LimitsConfig {
             max_image_pixels: default_max_image_pixels(),
         }
     }
+}
+
+/// `[images]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagesConfig {
+    /// Put EXIF GPS coordinates on records (off: where a photo was taken is personal data).
+    pub include_gps: bool,
 }
 
 /// `[sync]`.

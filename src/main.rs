@@ -393,6 +393,7 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
         max_text_object_bytes: config.limits.max_text_object_bytes,
         max_text_bytes: config.limits.max_text_bytes,
         max_image_pixels: config.limits.max_image_pixels,
+        image_gps: config.images.include_gps,
         cpu: Arc::new(tokio::sync::Semaphore::new(ingestd::config::cpu_slots())),
         embedding,
     });

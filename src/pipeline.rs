@@ -42,6 +42,8 @@ pub struct Request {
     pub max_text_bytes: usize,
     /// Images claiming more pixels than this fail the file.
     pub max_image_pixels: u64,
+    /// Put EXIF GPS coordinates on image records.
+    pub image_gps: bool,
     /// Slots for CPU-bound work (decoding, chunking), shared by every file: one per core, so
     /// many files can be in flight without more than that being decoded at once.
     pub cpu: Arc<Semaphore>,
@@ -487,8 +489,12 @@ impl Processing {
             (self.object.clone(), self.kind, Arc::clone(&self.request));
         let slot = self.cpu_slot().await;
         let work = tokio::task::spawn_blocking(move || {
-            let described =
-                extract::image::describe(&head, detected.format.name(), request.max_image_pixels);
+            let described = extract::image::describe(
+                &head,
+                detected.format.name(),
+                request.max_image_pixels,
+                request.image_gps,
+            );
             drop(slot);
             if object.etag.is_none() {
                 object.etag = Some(content_etag(&head));

@@ -529,6 +529,45 @@ fn images_are_described_from_their_headers_with_what_the_tools_say() {
         assert_eq!(ready["event"], "FILE_READY", "{key}: {ready}");
         assert_eq!(ready["chunk_count"], 1);
     }
+    // The photo's EXIF, as exiftool wrote and reads it; GPS only when configured.
+    let exif: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("media/exif.json")).unwrap())
+            .unwrap();
+    let exif = &exif["photo.jpg"];
+    let photo = records
+        .iter()
+        .find(|r| r["file"]["key"] == "photo.jpg")
+        .unwrap();
+    for field in ["orientation", "captured_at", "camera_make", "camera_model"] {
+        assert_eq!(
+            photo["media"]["exif"][field], exif[field],
+            "{field}: {photo}"
+        );
+    }
+    assert!(
+        photo["media"]["exif"].get("latitude").is_none(),
+        "GPS is off by default"
+    );
+    std::fs::write(
+        dir.path().join("gps.toml"),
+        "[images]\ninclude_gps = true\n",
+    )
+    .unwrap();
+    let photo_path = images.join("photo.jpg");
+    let out = ingestd(
+        dir.path(),
+        &["sync", photo_path.to_str().unwrap(), "--config", "gps.toml"],
+    );
+    assert_exit(&out, 0);
+    let located = &lines(&out.stdout)[0]["media"]["exif"];
+    for field in ["latitude", "longitude"] {
+        let (got, want) = (
+            located[field].as_f64().unwrap(),
+            exif[field].as_f64().unwrap(),
+        );
+        assert!((got - want).abs() < 1e-6, "{field}: {got} vs {want}");
+    }
+
     let formats: BTreeSet<&str> = records
         .iter()
         .map(|r| r["file"]["format"].as_str().unwrap())

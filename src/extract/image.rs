@@ -7,19 +7,24 @@ use image::{ImageDecoder, ImageFormat, ImageReader, Limits};
 
 use super::Rejection;
 use crate::error::{ErrorCode, FileError, SkipReason};
-use crate::job::MediaInfo;
+use crate::job::{Exif, MediaInfo};
 
 /// Bytes a decoder may allocate while it reads a header (a GIF's palette, a TIFF's directory).
 const HEADER_ALLOCATION: u64 = 16 * 1024 * 1024;
 
-/// Dimensions and colour type of an image in `format` (a name of [`crate::detect`]), read from
-/// `bytes`, which hold at least its header. Images of more than `max_pixels` pixels are
-/// refused.
+/// Dimensions, colour type and EXIF (GPS only when `gps`) of an image in `format` (a name of
+/// [`crate::detect`]), read from `bytes`, which hold at least its header. Images of more than
+/// `max_pixels` pixels are refused.
 ///
 /// # Errors
 /// `UNSUPPORTED_FORMAT` (skipped) for formats no decoder here reads; `CORRUPT_FILE` for a header
 /// that does not parse; `LIMIT_EXCEEDED` for too many pixels.
-pub fn describe(bytes: &[u8], format: &str, max_pixels: u64) -> Result<MediaInfo, Rejection> {
+pub fn describe(
+    bytes: &[u8],
+    format: &str,
+    max_pixels: u64,
+    gps: bool,
+) -> Result<MediaInfo, Rejection> {
     let Some(image_format) = decodable(format) else {
         return Err(Rejection::Skip {
             reason: SkipReason::UnsupportedFormat,
@@ -75,8 +80,57 @@ pub fn describe(bytes: &[u8], format: &str, max_pixels: u64) -> Result<MediaInfo
         width: Some(width),
         height: Some(height),
         color_type: Some(format!("{color:?}")),
+        exif: exif(bytes, gps),
         ..MediaInfo::default()
     })
+}
+
+/// The EXIF fields that matter, when the image has any. EXIF that does not parse is left out:
+/// the image itself is fine.
+fn exif(bytes: &[u8], gps: bool) -> Option<Exif> {
+    use exif::{In, Tag, Value};
+    let parsed = std::panic::catch_unwind(|| {
+        exif::Reader::new().read_from_container(&mut std::io::BufReader::new(Cursor::new(bytes)))
+    })
+    .ok()?
+    .ok()?;
+    let field = |tag| parsed.get_field(tag, In::PRIMARY);
+    let text = |tag| match &field(tag)?.value {
+        Value::Ascii(parts) => parts
+            .first()
+            .map(|part| String::from_utf8_lossy(part).trim().to_owned())
+            .filter(|s| !s.is_empty()),
+        _ => None,
+    };
+    let degrees = |tag, reference, negative: &str| {
+        let Value::Rational(parts) = &field(tag)?.value else {
+            return None;
+        };
+        let [d, m, s] = parts.as_slice() else {
+            return None;
+        };
+        let value = d.to_f64() + m.to_f64() / 60.0 + s.to_f64() / 3600.0;
+        let sign = if text(reference).as_deref() == Some(negative) {
+            -1.0
+        } else {
+            1.0
+        };
+        value.is_finite().then_some(sign * value)
+    };
+    let found = Exif {
+        orientation: field(Tag::Orientation).and_then(|f| f.value.get_uint(0)),
+        // `2024:05:01 10:20:30` → `2024-05-01 10:20:30`.
+        captured_at: text(Tag::DateTimeOriginal).map(|t| t.replacen(':', "-", 2)),
+        camera_make: text(Tag::Make),
+        camera_model: text(Tag::Model),
+        latitude: gps
+            .then(|| degrees(Tag::GPSLatitude, Tag::GPSLatitudeRef, "S"))
+            .flatten(),
+        longitude: gps
+            .then(|| degrees(Tag::GPSLongitude, Tag::GPSLongitudeRef, "W"))
+            .flatten(),
+    };
+    (found != Exif::default()).then_some(found)
 }
 
 /// The decoder for a detected image format, when one is built in.
@@ -115,12 +169,24 @@ mod tests {
 
     #[test]
     fn headers_give_dimensions_and_colour_and_bad_ones_their_codes() {
-        let media = describe(&png(7, 3), "png", 1000).unwrap();
+        let media = describe(&png(7, 3), "png", 1000, false).unwrap();
         assert_eq!((media.width, media.height), (Some(7), Some(3)));
         assert_eq!(media.color_type.as_deref(), Some("Rgba8"));
-        assert_eq!(code(describe(&png(40, 30), "png", 1000)), "LIMIT_EXCEEDED");
-        assert_eq!(code(describe(&png(7, 3)[..20], "png", 1000)), "CORRUPT_FILE");
-        assert_eq!(code(describe(b"GIF89a", "gif", 1000)), "CORRUPT_FILE");
-        assert_eq!(code(describe(&png(7, 3), "psd", 1000)), "UNSUPPORTED_FORMAT");
+        assert_eq!(
+            code(describe(&png(40, 30), "png", 1000, false)),
+            "LIMIT_EXCEEDED"
+        );
+        assert_eq!(
+            code(describe(&png(7, 3)[..20], "png", 1000, false)),
+            "CORRUPT_FILE"
+        );
+        assert_eq!(
+            code(describe(b"GIF89a", "gif", 1000, false)),
+            "CORRUPT_FILE"
+        );
+        assert_eq!(
+            code(describe(&png(7, 3), "psd", 1000, false)),
+            "UNSUPPORTED_FORMAT"
+        );
     }
 }

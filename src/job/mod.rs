@@ -15,7 +15,7 @@ use crate::chunk::MIN_CHUNK_SIZE;
 use crate::config::ChunkingConfig;
 
 pub use event::{Event, EventKind, FileRef, ProcessedCounts};
-pub use record::{ChunkRecord, ChunkingInfo, FileInfo, ItemRecord, ItemType, MediaInfo};
+pub use record::{ChunkRecord, ChunkingInfo, Exif, FileInfo, ItemRecord, ItemType, MediaInfo};
 
 /// The `schema_version` this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;

@@ -77,6 +77,33 @@ pub struct MediaInfo {
     /// Video frames per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frame_rate: Option<f64>,
+    /// The EXIF fields that matter, for photos.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exif: Option<Exif>,
+}
+
+/// EXIF fields of a photo; each is present only when the file has it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Exif {
+    /// Orientation, 1–8 (1 upright, 6 rotated 90° clockwise, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orientation: Option<u32>,
+    /// When the photo was taken (`DateTimeOriginal`), `YYYY-MM-DD HH:MM:SS` in the camera's
+    /// local time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captured_at: Option<String>,
+    /// Camera maker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub camera_make: Option<String>,
+    /// Camera model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub camera_model: Option<String>,
+    /// Latitude in decimal degrees (north positive); only with `images.include_gps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latitude: Option<f64>,
+    /// Longitude in decimal degrees (east positive); only with `images.include_gps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longitude: Option<f64>,
 }
 
 /// The object a record or event is about.

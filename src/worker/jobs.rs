@@ -369,6 +369,7 @@ fn request(
         max_text_object_bytes: limits.max_text_object_bytes,
         max_text_bytes: limits.max_text_bytes,
         max_image_pixels: limits.max_image_pixels,
+        image_gps: ctx.config.images.include_gps,
         cpu: Arc::clone(&ctx.cpu),
         embedding,
     }))
