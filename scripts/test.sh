@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine. Installs and starts what the tests need first:
 # the Rust toolchain must be there (rustup's stable with rustfmt and clippy); RabbitMQ is
-# installed from Debian's packages and started when nothing answers on 127.0.0.1:5672. The
-# S3-compatible server is started by the tests themselves.
+# installed from Debian's packages and started when nothing answers on 127.0.0.1:5672, and
+# Tesseract (tesseract-ocr) when it is missing. The S3-compatible server and the embedding
+# provider are started by the tests themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +35,15 @@ if ! broker_up; then
         echo "test.sh: RabbitMQ does not answer on 127.0.0.1:5672; the worker tests need it" >&2
         exit 1
     fi
+fi
+
+# The OCR tests run the real Tesseract with its English data.
+if ! command -v tesseract >/dev/null; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    echo "test.sh: installing tesseract-ocr for the OCR tests" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq tesseract-ocr >/dev/null
 fi
 
 # Benchmarks are run on purpose (cargo bench), not as tests.

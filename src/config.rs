@@ -186,11 +186,43 @@ impl Default for LimitsConfig {
 }
 
 /// `[images]`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ImagesConfig {
     /// Put EXIF GPS coordinates on records (off: where a photo was taken is personal data).
     pub include_gps: bool,
+    /// The Tesseract program run for `use_ocr`.
+    pub tesseract: String,
+    /// Tesseract languages (`eng`, `eng+deu`); their traineddata must be installed.
+    pub ocr_languages: String,
+    /// Seconds one image's recognition may take before it is killed (`LIMIT_EXCEEDED`).
+    pub ocr_timeout_secs: u64,
+    /// Images larger than this (bytes) are not read whole for OCR (`LIMIT_EXCEEDED`).
+    pub max_ocr_bytes: u64,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            include_gps: false,
+            tesseract: "tesseract".to_owned(),
+            ocr_languages: "eng".to_owned(),
+            ocr_timeout_secs: 60,
+            max_ocr_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+impl ImagesConfig {
+    /// How to run OCR for jobs and runs that ask for it.
+    #[must_use]
+    pub fn ocr(&self) -> crate::extract::ocr::Ocr {
+        crate::extract::ocr::Ocr {
+            program: self.tesseract.clone(),
+            languages: self.ocr_languages.clone(),
+            timeout: std::time::Duration::from_secs(self.ocr_timeout_secs),
+        }
+    }
 }
 
 /// `[sync]`.
@@ -593,6 +625,12 @@ impl Config {
         }
         self.worker.validate()?;
         self.embedding.validate()?;
+        if self.images.ocr_timeout_secs == 0 || self.images.max_ocr_bytes == 0 {
+            return Err(invalid(
+                "images",
+                "ocr_timeout_secs and max_ocr_bytes must be at least 1",
+            ));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",

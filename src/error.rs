@@ -62,6 +62,8 @@ pub enum ErrorCode {
     EmbeddingUnavailable,
     /// The embedding provider refused the request itself (400-class other than auth and 429).
     EmbeddingRejected,
+    /// OCR was asked for, but Tesseract cannot be run.
+    OcrUnavailable,
 }
 
 impl ErrorCode {
@@ -90,6 +92,7 @@ impl ErrorCode {
             ErrorCode::EmbeddingBadResponse => "EMBEDDING_BAD_RESPONSE",
             ErrorCode::EmbeddingUnavailable => "EMBEDDING_UNAVAILABLE",
             ErrorCode::EmbeddingRejected => "EMBEDDING_REJECTED",
+            ErrorCode::OcrUnavailable => "OCR_UNAVAILABLE",
         }
     }
 }

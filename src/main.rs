@@ -78,6 +78,7 @@ enum SchemaArg {
 }
 
 #[derive(clap::Args)]
+#[allow(clippy::struct_excessive_bools)] // on/off flags of the command line
 struct SyncArgs {
     /// A file or folder (walked recursively), or s3://bucket[/prefix/ or /key].
     target: String,
@@ -128,6 +129,9 @@ struct SyncArgs {
     /// Request id copied onto every record and event.
     #[arg(long)]
     request_id: Option<String>,
+    /// Recognise the text in images with Tesseract (images.tesseract) and chunk it.
+    #[arg(long)]
+    ocr: bool,
     /// Embed every chunk with embedding.default_model [default: the config's sync.embed, else
     /// off]. API keys come from the environment (OPENAI_API_KEY), never from the command line.
     #[arg(long)]
@@ -394,6 +398,8 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
         max_text_bytes: config.limits.max_text_bytes,
         max_image_pixels: config.limits.max_image_pixels,
         image_gps: config.images.include_gps,
+        ocr: args.ocr.then(|| config.images.ocr()),
+        max_ocr_bytes: config.images.max_ocr_bytes,
         cpu: Arc::new(tokio::sync::Semaphore::new(ingestd::config::cpu_slots())),
         embedding,
     });

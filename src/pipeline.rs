@@ -16,7 +16,9 @@ use crate::detect::{self, Detected, Family, TextHint};
 use crate::embed::{Embedding, Route};
 use crate::error::{ErrorCode, FileError, SkipReason};
 use crate::extract::{self, Rejection, StreamDecoder};
-use crate::job::{ChunkRecord, ChunkingInfo, Event, EventKind, FileInfo, FileRef, SCHEMA_VERSION};
+use crate::job::{
+    ChunkRecord, ChunkingInfo, Event, EventKind, FileInfo, FileRef, MediaInfo, SCHEMA_VERSION,
+};
 use crate::source::{ObjectMeta, Source, SourceKind};
 
 /// Everything that is the same for every file of one request.
@@ -44,6 +46,10 @@ pub struct Request {
     pub max_image_pixels: u64,
     /// Put EXIF GPS coordinates on image records.
     pub image_gps: bool,
+    /// Recognise the text in images (`use_ocr`), and how.
+    pub ocr: Option<crate::extract::ocr::Ocr>,
+    /// Images larger than this are not read whole for OCR.
+    pub max_ocr_bytes: u64,
     /// Slots for CPU-bound work (decoding, chunking), shared by every file: one per core, so
     /// many files can be in flight without more than that being decoded at once.
     pub cpu: Arc<Semaphore>,
@@ -387,9 +393,7 @@ impl Processing {
         self.file_ref.media_type = detected.format.media_type();
         self.file_ref.format = Some(detected.format.name().to_owned());
         if detected.format.family() == Family::Image {
-            // Described from the head: the rest of the object is never read.
-            drop(body);
-            return self.describe_image(head, detected, out).await;
+            return self.describe_image(head, body, ended, detected, out).await;
         }
         let hint = detected.text_hint.unwrap_or(TextHint::Bytes);
         let text = detected.format.family() == Family::Text;
@@ -465,6 +469,7 @@ impl Processing {
                 text: &extracted.text,
                 structure: extracted.structure,
                 last: true,
+                media: None,
             };
             cut(&segment, &file, &request, &mut at, slot, &sender)?;
             Ok(Outcome::Ready {
@@ -478,20 +483,36 @@ impl Processing {
         }
     }
 
-    /// One record for an image: no text, its facts in `media`.
+    /// An image: one record with its facts in `media` and no text, or with `use_ocr` the
+    /// recognised text chunked like any text, each record carrying `media`.
     async fn describe_image(
         &mut self,
-        head: Vec<u8>,
+        mut head: Vec<u8>,
+        mut body: BoxStream<'static, Result<Bytes, FileError>>,
+        ended: bool,
         detected: Detected,
         out: &Emitter,
     ) -> Outcome {
+        let format = detected.format.name();
+        let ocr = self
+            .request
+            .ocr
+            .clone()
+            .filter(|_| extract::ocr::readable(format));
+        // Described from the head alone; OCR needs the whole image.
+        if ocr.is_some()
+            && let Err(err) = self.read_whole_image(&mut head, &mut body, ended).await
+        {
+            return Outcome::Failed(err);
+        }
+        drop(body);
         let (mut object, kind, request) =
             (self.object.clone(), self.kind, Arc::clone(&self.request));
         let slot = self.cpu_slot().await;
         let work = tokio::task::spawn_blocking(move || {
             let described = extract::image::describe(
                 &head,
-                detected.format.name(),
+                format,
                 request.max_image_pixels,
                 request.image_gps,
             );
@@ -499,13 +520,30 @@ impl Processing {
             if object.etag.is_none() {
                 object.etag = Some(content_etag(&head));
             }
-            Ok((described, file_info(&object, detected, kind)))
+            Ok((described, file_info(&object, detected, kind), head))
         });
-        let (media, file) = match self.blocking(work).await {
-            Ok((Ok(media), file)) => (media, file),
-            Ok((Err(rejection), _)) => return rejection.into(),
+        let (media, file, image) = match self.blocking(work).await {
+            Ok((Ok(media), file, image)) => (media, file, image),
+            Ok((Err(rejection), _, _)) => return rejection.into(),
             Err(err) => return Outcome::Failed(err),
         };
+        let text = match &ocr {
+            Some(ocr) => {
+                // Tesseract runs on one core: it takes a CPU slot like any decoder.
+                let slot = self.cpu_slot().await;
+                let recognised = ocr.recognise(&image).await;
+                drop(slot);
+                match recognised {
+                    Ok(text) => text,
+                    Err(err) => return Outcome::Failed(err),
+                }
+            }
+            None => String::new(),
+        };
+        drop(image);
+        if !text.is_empty() {
+            return self.cut_recognised(text, file, media, out).await;
+        }
         let request = &self.request;
         let chunking = ChunkingInfo {
             chunk_size: request.chunker.size(),
@@ -538,6 +576,64 @@ impl Processing {
         Outcome::Ready {
             chunks: 1,
             tokens: 0,
+        }
+    }
+
+    /// Reads the rest of an image into `head` for OCR, up to `max_ocr_bytes`.
+    async fn read_whole_image(
+        &mut self,
+        head: &mut Vec<u8>,
+        body: &mut BoxStream<'static, Result<Bytes, FileError>>,
+        ended: bool,
+    ) -> Result<(), FileError> {
+        let limit = self.request.max_ocr_bytes;
+        let cap = usize::try_from(limit)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
+        let whole = ended || self.fill(body, head, cap).await?;
+        if whole && head.len() as u64 <= limit {
+            return Ok(());
+        }
+        Err(FileError::permanent(
+            ErrorCode::LimitExceeded,
+            format!(
+                "the image is over images.max_ocr_bytes ({limit}) and is not read whole for OCR"
+            ),
+        ))
+    }
+
+    /// Text recognised in an image, chunked like plain text; every record carries `media`.
+    async fn cut_recognised(
+        &mut self,
+        text: String,
+        file: FileInfo,
+        media: MediaInfo,
+        out: &Emitter,
+    ) -> Outcome {
+        let (request, sender) = (Arc::clone(&self.request), out.clone());
+        let slot = self.cpu_slot().await;
+        let work = tokio::task::spawn_blocking(move || {
+            let mut at = Cursor::default();
+            let segment = Segment {
+                text: &text,
+                structure: crate::chunk::Structure::Plain,
+                last: true,
+                media: Some(&media),
+            };
+            cut(&segment, &file, &request, &mut at, slot, &sender)?;
+            Ok(Outcome::Ready {
+                chunks: at.index,
+                tokens: at.tokens,
+            })
+        });
+        match self.blocking(work).await {
+            Ok(outcome) => {
+                if let Outcome::Ready { chunks, .. } = outcome {
+                    self.emitted = chunks;
+                }
+                outcome
+            }
+            Err(err) => Outcome::Failed(err),
         }
     }
 
@@ -581,6 +677,7 @@ impl Processing {
                     text: &text,
                     structure,
                     last,
+                    media: None,
                 };
                 let done = cut(&segment, &file, &request, &mut at, slot, &sender)?;
                 text.drain(..done);
@@ -662,6 +759,8 @@ struct Segment<'a> {
     structure: crate::chunk::Structure,
     /// No text follows.
     last: bool,
+    /// Facts of the image the text was recognised in.
+    media: Option<&'a MediaInfo>,
 }
 
 /// Cuts a segment (which starts at `at.offset` in the file's text) under a CPU `slot`, frees
@@ -680,6 +779,7 @@ fn cut(
         text,
         structure,
         last,
+        ..
     } = segment;
     let chunker = &request.chunker;
     let prefix = request.prepend_filename.then(|| {
@@ -744,7 +844,7 @@ fn cut(
             embedding: None,
             embedding_model: None,
             chunking,
-            media: None,
+            media: segment.media.cloned(),
         };
         at.index += 1;
         at.tokens += token_count;

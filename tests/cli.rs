@@ -618,3 +618,98 @@ fn broken_and_hostile_images_get_their_codes_and_the_next_file_is_chunked() {
         "{bomb}"
     );
 }
+
+/// The words rendered into the OCR fixtures.
+fn rendered_words() -> Vec<String> {
+    let listed: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("media/ocr.json")).unwrap()).unwrap();
+    listed["words"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn ocr_recognises_the_rendered_words_with_the_real_tesseract() {
+    let dir = tempfile::tempdir().unwrap();
+    let signs = fixture("media/ocr");
+    let out = ingestd(dir.path(), &["sync", signs.to_str().unwrap(), "--ocr"]);
+    assert_exit(&out, 0);
+    let records = lines(&out.stdout);
+    for key in ["sign.png", "sign.jpg"] {
+        let of: Vec<&Value> = records.iter().filter(|r| r["file"]["key"] == key).collect();
+        assert!(!of.is_empty(), "{key} has no records");
+        let text: String = of.iter().map(|r| r["text"].as_str().unwrap()).collect();
+        for word in rendered_words() {
+            assert!(text.contains(&word), "{key}: `{word}` not in {text:?}");
+        }
+        for record in of {
+            assert!(record["token_count"].as_u64().unwrap() > 0);
+            assert_eq!(record["media"]["width"], 900, "{record}");
+            assert_eq!(record["media"]["height"], 220, "{record}");
+        }
+    }
+    // Without --ocr: one record per image, no text.
+    let out = ingestd(dir.path(), &["sync", signs.to_str().unwrap()]);
+    assert_exit(&out, 0);
+    let records = lines(&out.stdout);
+    assert_eq!(records.len(), 2);
+    assert!(records.iter().all(|r| r["text"] == ""));
+}
+
+#[test]
+fn ocr_that_cannot_run_or_runs_too_long_fails_the_file_and_the_next_is_chunked() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("in");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::copy(fixture("media/ocr/sign.png"), folder.join("a-sign.png")).unwrap();
+    std::fs::write(
+        folder.join("b-after.txt"),
+        "Text after the image is chunked.\n",
+    )
+    .unwrap();
+    // A Tesseract that never answers (a real child process, killed at the limit).
+    let stuck = dir.path().join("stuck-tesseract");
+    std::fs::write(&stuck, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    let mut permissions = std::fs::metadata(&stuck).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&stuck, permissions).unwrap();
+    for (config, code, words) in [
+        (
+            format!(
+                "[images]\ntesseract = \"{}\"\nocr_timeout_secs = 1\n",
+                stuck.display()
+            ),
+            "LIMIT_EXCEEDED",
+            "ocr_timeout_secs",
+        ),
+        (
+            "[images]\ntesseract = \"/nonexistent/tesseract\"\n".to_owned(),
+            "OCR_UNAVAILABLE",
+            "tesseract-ocr",
+        ),
+        (
+            "[images]\nmax_ocr_bytes = 1000\n".to_owned(),
+            "LIMIT_EXCEEDED",
+            "max_ocr_bytes",
+        ),
+    ] {
+        std::fs::write(dir.path().join("pipeline.toml"), &config).unwrap();
+        let out = ingestd_within(
+            dir.path(),
+            &["sync", folder.to_str().unwrap(), "--ocr"],
+            std::time::Duration::from_secs(30),
+        );
+        assert_exit(&out, 3);
+        let events = lines(&out.stderr);
+        let failed = outcome(&events, "a-sign.png");
+        assert_eq!(failed["error_code"], code, "{config}: {failed}");
+        assert!(
+            failed["message"].as_str().unwrap().contains(words),
+            "{failed}"
+        );
+        assert_eq!(outcome(&events, "b-after.txt")["event"], "FILE_READY");
+    }
+}

@@ -1473,3 +1473,48 @@ fn rate_limited_embeddings_retry_through_the_broker() {
     );
     assert!(!worker.log().contains(API_KEY), "the key was logged");
 }
+
+#[test]
+fn image_jobs_describe_images_and_recognise_their_text_with_use_ocr() {
+    let server = Server::start();
+    server.bucket_from("scans", &fixture("media/ocr"));
+    let names = Names::new("ocr");
+    let _worker = Worker::start(&names, BROKER);
+    for (key, ocr) in [("sign.png", true), ("sign.jpg", false)] {
+        enqueue(
+            &names,
+            &json!({"schema_version": 1, "type": "sync_files", "skip_embedding_generation": true,
+                    "data_source": data_source(&server, SECRET_KEY), "use_ocr": ocr,
+                    "ids": [{"bucket": "scans", "id": key}]}),
+        );
+    }
+    let (_, outcomes) = outcomes_for(&names, 2);
+    let chunks: u64 = outcomes
+        .values()
+        .map(|o| {
+            assert_eq!(o["event"], "FILE_READY", "{o}");
+            o["chunk_count"].as_u64().unwrap()
+        })
+        .sum();
+    let records = collect_until(&names.chunks(), "the image records", |got| {
+        got.len() as u64 >= chunks
+    });
+    let recognised: String = records_of(&records, "sign.png")
+        .iter()
+        .map(|r| r["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        recognised.contains("Quarterly harbour ledger"),
+        "{recognised:?}"
+    );
+    let described = records_of(&records, "sign.jpg");
+    assert_eq!(described.len(), 1);
+    assert_eq!(described[0]["text"], "");
+    assert_eq!(described[0]["media"]["width"], 900);
+    assert!(
+        records
+            .iter()
+            .map(Got::json)
+            .all(|r| r["file"]["media_type"] == "IMAGE")
+    );
+}

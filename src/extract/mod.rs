@@ -4,6 +4,7 @@
 mod charset;
 mod html;
 pub mod image;
+pub mod ocr;
 mod text;
 
 pub use charset::StreamDecoder;

@@ -370,6 +370,11 @@ fn request(
         max_text_bytes: limits.max_text_bytes,
         max_image_pixels: limits.max_image_pixels,
         image_gps: ctx.config.images.include_gps,
+        ocr: options
+            .use_ocr
+            .unwrap_or(false)
+            .then(|| ctx.config.images.ocr()),
+        max_ocr_bytes: ctx.config.images.max_ocr_bytes,
         cpu: Arc::clone(&ctx.cpu),
         embedding,
     }))
