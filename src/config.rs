@@ -197,8 +197,9 @@ pub struct ImagesConfig {
     pub ocr_languages: String,
     /// Seconds one image's recognition may take before it is killed (`LIMIT_EXCEEDED`).
     pub ocr_timeout_secs: u64,
-    /// Images larger than this (bytes) are not read whole for OCR (`LIMIT_EXCEEDED`).
-    pub max_ocr_bytes: u64,
+    /// Images larger than this (bytes) are not read whole — for OCR, or to find a header that is
+    /// not at the start, as in many TIFFs (`LIMIT_EXCEEDED`).
+    pub max_read_bytes: u64,
 }
 
 impl Default for ImagesConfig {
@@ -208,7 +209,7 @@ impl Default for ImagesConfig {
             tesseract: "tesseract".to_owned(),
             ocr_languages: "eng".to_owned(),
             ocr_timeout_secs: 60,
-            max_ocr_bytes: 32 * 1024 * 1024,
+            max_read_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -625,10 +626,10 @@ impl Config {
         }
         self.worker.validate()?;
         self.embedding.validate()?;
-        if self.images.ocr_timeout_secs == 0 || self.images.max_ocr_bytes == 0 {
+        if self.images.ocr_timeout_secs == 0 || self.images.max_read_bytes == 0 {
             return Err(invalid(
                 "images",
-                "ocr_timeout_secs and max_ocr_bytes must be at least 1",
+                "ocr_timeout_secs and max_read_bytes must be at least 1",
             ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {

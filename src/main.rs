@@ -399,7 +399,7 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
         max_image_pixels: config.limits.max_image_pixels,
         image_gps: config.images.include_gps,
         ocr: args.ocr.then(|| config.images.ocr()),
-        max_ocr_bytes: config.images.max_ocr_bytes,
+        max_image_read_bytes: config.images.max_read_bytes,
         cpu: Arc::new(tokio::sync::Semaphore::new(ingestd::config::cpu_slots())),
         embedding,
     });

@@ -48,8 +48,8 @@ pub struct Request {
     pub image_gps: bool,
     /// Recognise the text in images (`use_ocr`), and how.
     pub ocr: Option<crate::extract::ocr::Ocr>,
-    /// Images larger than this are not read whole for OCR.
-    pub max_ocr_bytes: u64,
+    /// Images larger than this are not read whole (for OCR, or a header not at the start).
+    pub max_image_read_bytes: u64,
     /// Slots for CPU-bound work (decoding, chunking), shared by every file: one per core, so
     /// many files can be in flight without more than that being decoded at once.
     pub cpu: Arc<Semaphore>,
@@ -500,33 +500,48 @@ impl Processing {
             .clone()
             .filter(|_| extract::ocr::readable(format));
         // Described from the head alone; OCR needs the whole image.
-        if ocr.is_some()
-            && let Err(err) = self.read_whole_image(&mut head, &mut body, ended).await
-        {
-            return Outcome::Failed(err);
-        }
-        drop(body);
-        let (mut object, kind, request) =
-            (self.object.clone(), self.kind, Arc::clone(&self.request));
-        let slot = self.cpu_slot().await;
-        let work = tokio::task::spawn_blocking(move || {
-            let described = extract::image::describe(
-                &head,
-                format,
-                request.max_image_pixels,
-                request.image_gps,
-            );
-            drop(slot);
-            if object.etag.is_none() {
-                object.etag = Some(content_etag(&head));
+        let mut whole = ended;
+        if ocr.is_some() {
+            if let Err(err) = self.read_whole_image(&mut head, &mut body, ended).await {
+                return Outcome::Failed(err);
             }
-            Ok((described, file_info(&object, detected, kind), head))
-        });
-        let (media, file, image) = match self.blocking(work).await {
-            Ok((Ok(media), file, image)) => (media, file, image),
-            Ok((Err(rejection), _, _)) => return rejection.into(),
-            Err(err) => return Outcome::Failed(err),
+            whole = true;
+        }
+        let (media, file, image) = loop {
+            let (mut object, kind, request) =
+                (self.object.clone(), self.kind, Arc::clone(&self.request));
+            let slot = self.cpu_slot().await;
+            let work = tokio::task::spawn_blocking(move || {
+                let described = extract::image::describe(
+                    &head,
+                    format,
+                    request.max_image_pixels,
+                    request.image_gps,
+                );
+                drop(slot);
+                if object.etag.is_none() {
+                    object.etag = Some(content_etag(&head));
+                }
+                Ok((described, file_info(&object, detected, kind), head))
+            });
+            match self.blocking(work).await {
+                Ok((Ok(media), file, image)) => break (media, file, image),
+                // A header that is not at the start (many TIFFs keep their directory at the
+                // end): read the rest, within images.max_read_bytes, and look again.
+                Ok((Err(Rejection::Error(err)), _, image))
+                    if err.code == ErrorCode::CorruptFile && !whole =>
+                {
+                    head = image;
+                    if let Err(err) = self.read_whole_image(&mut head, &mut body, false).await {
+                        return Outcome::Failed(err);
+                    }
+                    whole = true;
+                }
+                Ok((Err(rejection), _, _)) => return rejection.into(),
+                Err(err) => return Outcome::Failed(err),
+            }
         };
+        drop(body);
         let text = match &ocr {
             Some(ocr) => {
                 // Tesseract runs on one core: it takes a CPU slot like any decoder.
@@ -579,14 +594,15 @@ impl Processing {
         }
     }
 
-    /// Reads the rest of an image into `head` for OCR, up to `max_ocr_bytes`.
+    /// Reads the rest of an image into `head` (for OCR, or a header not at its start), up to
+    /// `max_image_read_bytes`.
     async fn read_whole_image(
         &mut self,
         head: &mut Vec<u8>,
         body: &mut BoxStream<'static, Result<Bytes, FileError>>,
         ended: bool,
     ) -> Result<(), FileError> {
-        let limit = self.request.max_ocr_bytes;
+        let limit = self.request.max_image_read_bytes;
         let cap = usize::try_from(limit)
             .unwrap_or(usize::MAX)
             .saturating_add(1);
@@ -597,7 +613,8 @@ impl Processing {
         Err(FileError::permanent(
             ErrorCode::LimitExceeded,
             format!(
-                "the image is over images.max_ocr_bytes ({limit}) and is not read whole for OCR"
+                "the image is over images.max_read_bytes ({limit}); it is not read whole (for \
+                 OCR, or to find a header that is not at its start)"
             ),
         ))
     }

@@ -691,9 +691,9 @@ fn ocr_that_cannot_run_or_runs_too_long_fails_the_file_and_the_next_is_chunked()
             "tesseract-ocr",
         ),
         (
-            "[images]\nmax_ocr_bytes = 1000\n".to_owned(),
+            "[images]\nmax_read_bytes = 1000\n".to_owned(),
             "LIMIT_EXCEEDED",
-            "max_ocr_bytes",
+            "max_read_bytes",
         ),
     ] {
         std::fs::write(dir.path().join("pipeline.toml"), &config).unwrap();
@@ -712,4 +712,39 @@ fn ocr_that_cannot_run_or_runs_too_long_fails_the_file_and_the_next_is_chunked()
         );
         assert_eq!(outcome(&events, "b-after.txt")["event"], "FILE_READY");
     }
+}
+
+#[test]
+fn a_large_tiff_with_its_directory_at_the_end_is_read_on_to_find_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("scans");
+    std::fs::create_dir(&folder).unwrap();
+    // The image crate writes a TIFF's directory after its pixels: beyond the first 4 MiB here.
+    let scan = image::RgbImage::from_fn(1400, 1100, |x, y| image::Rgb([x as u8, y as u8, 7]));
+    let path = folder.join("scan.tiff");
+    scan.save_with_format(&path, image::ImageFormat::Tiff)
+        .unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() > 4 * 1024 * 1024);
+    let out = ingestd(dir.path(), &["sync", folder.to_str().unwrap()]);
+    assert_exit(&out, 0);
+    let records = lines(&out.stdout);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["media"]["width"], 1400);
+    assert_eq!(records[0]["media"]["height"], 1100);
+    // Within images.max_read_bytes only: a smaller bound refuses it, naming the setting.
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        "[images]\nmax_read_bytes = 4194304\n",
+    )
+    .unwrap();
+    let out = ingestd(dir.path(), &["sync", folder.to_str().unwrap()]);
+    assert_exit(&out, 3);
+    let failed = outcome(&lines(&out.stderr), "scan.tiff").clone();
+    assert_eq!(failed["error_code"], "LIMIT_EXCEEDED", "{failed}");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_read_bytes")
+    );
 }

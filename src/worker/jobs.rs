@@ -374,7 +374,7 @@ fn request(
             .use_ocr
             .unwrap_or(false)
             .then(|| ctx.config.images.ocr()),
-        max_ocr_bytes: ctx.config.images.max_ocr_bytes,
+        max_image_read_bytes: ctx.config.images.max_read_bytes,
         cpu: Arc::clone(&ctx.cpu),
         embedding,
     }))
