@@ -528,14 +528,25 @@ impl Processing {
                 Ok((Ok(media), file, image)) => break (media, file, image),
                 // A header that is not at the start (many TIFFs keep their directory at the
                 // end): read the rest, within images.max_read_bytes, and look again.
-                Ok((Err(Rejection::Error(err)), _, image))
-                    if err.code == ErrorCode::CorruptFile && !whole =>
+                Ok((Err(Rejection::Error(corrupt)), _, image))
+                    if corrupt.code == ErrorCode::CorruptFile && !whole =>
                 {
                     head = image;
-                    if let Err(err) = self.read_whole_image(&mut head, &mut body, false).await {
-                        return Outcome::Failed(err);
+                    match self.read_whole_image(&mut head, &mut body, false).await {
+                        Ok(()) => whole = true,
+                        // Too large to search: it stays a header that does not parse.
+                        Err(err) if err.code == ErrorCode::LimitExceeded => {
+                            return Outcome::Failed(FileError {
+                                message: format!(
+                                    "{} (not found in the first {} bytes; the rest is over \
+                                     images.max_read_bytes)",
+                                    corrupt.message, SEGMENT_BYTES
+                                ),
+                                ..corrupt
+                            });
+                        }
+                        Err(err) => return Outcome::Failed(err),
                     }
-                    whole = true;
                 }
                 Ok((Err(rejection), _, _)) => return rejection.into(),
                 Err(err) => return Outcome::Failed(err),
@@ -559,13 +570,26 @@ impl Processing {
         if !text.is_empty() {
             return self.cut_recognised(text, file, media, out).await;
         }
+        let record = self.media_record(file, media);
+        if out.send(Emitted::Record(Box::new(record))).await.is_err() {
+            return Outcome::Failed(closed());
+        }
+        self.emitted = 1;
+        Outcome::Ready {
+            chunks: 1,
+            tokens: 0,
+        }
+    }
+
+    /// The one record of an image without text: its facts in `media`.
+    fn media_record(&self, file: FileInfo, media: MediaInfo) -> ChunkRecord {
         let request = &self.request;
         let chunking = ChunkingInfo {
             chunk_size: request.chunker.size(),
             chunk_overlap: request.chunker.overlap(),
             encoding: request.chunker.encoding(),
         };
-        let record = ChunkRecord {
+        ChunkRecord {
             schema_version: SCHEMA_VERSION,
             chunk_id: chunk_id(&file, &chunking, false, 0, &(0..0)),
             request_id: request.request_id.clone(),
@@ -583,14 +607,6 @@ impl Processing {
             embedding_model: None,
             chunking,
             media: Some(media),
-        };
-        if out.send(Emitted::Record(Box::new(record))).await.is_err() {
-            return Outcome::Failed(closed());
-        }
-        self.emitted = 1;
-        Outcome::Ready {
-            chunks: 1,
-            tokens: 0,
         }
     }
 

@@ -731,7 +731,8 @@ fn a_large_tiff_with_its_directory_at_the_end_is_read_on_to_find_it() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["media"]["width"], 1400);
     assert_eq!(records[0]["media"]["height"], 1100);
-    // Within images.max_read_bytes only: a smaller bound refuses it, naming the setting.
+    // Within images.max_read_bytes only: beyond it the header is not found, and the message
+    // says why.
     std::fs::write(
         dir.path().join("pipeline.toml"),
         "[images]\nmax_read_bytes = 4194304\n",
@@ -740,7 +741,7 @@ fn a_large_tiff_with_its_directory_at_the_end_is_read_on_to_find_it() {
     let out = ingestd(dir.path(), &["sync", folder.to_str().unwrap()]);
     assert_exit(&out, 3);
     let failed = outcome(&lines(&out.stderr), "scan.tiff").clone();
-    assert_eq!(failed["error_code"], "LIMIT_EXCEEDED", "{failed}");
+    assert_eq!(failed["error_code"], "CORRUPT_FILE", "{failed}");
     assert!(
         failed["message"]
             .as_str()
