@@ -26,7 +26,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::mix;
+use common::{median, prose};
 
 const FILES: u64 = 400;
 const RUNS: usize = 5;
@@ -36,7 +36,8 @@ fn main() {
     let corpus = tempfile::tempdir().expect("temporary folder");
     let mut bytes = 0;
     for i in 0..FILES {
-        let text = prose(i);
+        // 4–64 KB each.
+        let text = prose(i, 4096, 60 * 1024);
         bytes += text.len();
         std::fs::write(corpus.path().join(format!("doc-{i:04}.txt")), text).expect("file");
     }
@@ -145,26 +146,4 @@ fn sync(work: &Path, corpus: &Path, chunk_size: &str, embed: bool) -> (Duration,
     let records = std::fs::read(&out).expect("records");
     let count = memchr::memchr_iter(b'\n', &records).count();
     (elapsed, count, records.len())
-}
-
-fn median(times: &mut [Duration]) -> Duration {
-    times.sort_unstable();
-    times[times.len() / 2]
-}
-
-/// 4–64 KB of text, different for every seed.
-fn prose(seed: u64) -> String {
-    let words = [
-        "river", "stone", "ledger", "harbour", "signal", "copper", "meadow", "lantern", "quarry",
-        "thread", "orbit", "candle", "summit", "garden", "engine", "violet",
-    ];
-    let len = 4096 + (mix(seed) % (60 * 1024)) as usize;
-    let mut text = String::with_capacity(len + 16);
-    let mut x = mix(seed ^ 0x9e37);
-    while text.len() < len {
-        x = mix(x);
-        text.push_str(words[(x % 16) as usize]);
-        text.push(if x.is_multiple_of(11) { '\n' } else { ' ' });
-    }
-    text
 }

@@ -10,10 +10,13 @@
 //!
 //! Run: `cargo bench --bench images`.
 
+mod common;
+
 use std::io::Cursor;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use common::median;
 use image::{ImageFormat, RgbImage};
 
 const RUNS: usize = 5;
@@ -93,11 +96,6 @@ fn main() {
         "describing is {:.1}x faster than decoding",
         decode.as_secs_f64() / describe.as_secs_f64()
     );
-}
-
-fn median(times: &mut [Duration]) -> Duration {
-    times.sort_unstable();
-    times[times.len() / 2]
 }
 
 /// Writes the mixed images into `folder`: their encoded bytes, and their total size.

@@ -36,7 +36,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::{Value, json};
 
-use common::{mix, vm_hwm};
+use common::{prose, vm_hwm};
 
 const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const PREFIX_OBJECTS: usize = 2000;
@@ -49,7 +49,9 @@ fn main() {
     for (folder, count) in [("prefix", PREFIX_OBJECTS), ("single", SINGLE_OBJECTS)] {
         std::fs::create_dir_all(dir.path().join(folder)).expect("folder");
         for i in 0..count {
-            let text = prose(i as u64 + if folder == "single" { 1 << 32 } else { 0 });
+            let seed = i as u64 + if folder == "single" { 1 << 32 } else { 0 };
+            // 1–16 KB each.
+            let text = prose(seed, 1024, 15 * 1024);
             bytes += text.len();
             std::fs::write(
                 dir.path().join(folder).join(format!("doc-{i:05}.txt")),
@@ -117,23 +119,6 @@ fn main() {
         times[0].as_secs_f64() / times[1].as_secs_f64(),
         (times[0].as_secs_f64() / one_shot.as_secs_f64() - 1.0) * 100.0
     );
-}
-
-/// Text of 1–16 KB, different for every seed.
-fn prose(seed: u64) -> String {
-    let words = [
-        "river", "stone", "ledger", "harbour", "signal", "copper", "meadow", "lantern", "quarry",
-        "thread", "orbit", "candle", "summit", "garden", "engine", "violet",
-    ];
-    let len = 1024 + (mix(seed) % (15 * 1024)) as usize;
-    let mut text = String::with_capacity(len + 16);
-    let mut x = mix(seed ^ 0x9e37);
-    while text.len() < len {
-        x = mix(x);
-        text.push_str(words[(x % 16) as usize]);
-        text.push(if x.is_multiple_of(11) { '\n' } else { ' ' });
-    }
-    text
 }
 
 fn percentile(sorted: &[f64], percent: usize) -> f64 {

@@ -584,11 +584,7 @@ impl Processing {
     /// The one record of an image without text: its facts in `media`.
     fn media_record(&self, file: FileInfo, media: MediaInfo) -> ChunkRecord {
         let request = &self.request;
-        let chunking = ChunkingInfo {
-            chunk_size: request.chunker.size(),
-            chunk_overlap: request.chunker.overlap(),
-            encoding: request.chunker.encoding(),
-        };
+        let chunking = request.chunking();
         ChunkRecord {
             schema_version: SCHEMA_VERSION,
             chunk_id: chunk_id(&file, &chunking, false, 0, &(0..0)),
@@ -824,11 +820,7 @@ fn cut(
     let capacity = prefix.as_ref().map_or(chunker.size(), |p| {
         chunker.size().saturating_sub(chunker.count(p) + 1).max(1)
     });
-    let chunking = ChunkingInfo {
-        chunk_size: chunker.size(),
-        chunk_overlap: chunker.overlap(),
-        encoding: chunker.encoding(),
-    };
+    let chunking = request.chunking();
     let chunks = chunker.chunk_within(text, structure, capacity);
     let keep = if last {
         chunks.len()
@@ -943,6 +935,16 @@ fn split_content_type(content_type: Option<&str>) -> (Option<String>, Option<Str
 }
 
 impl Request {
+    /// The chunking options records of this request are made with.
+    #[must_use]
+    pub fn chunking(&self) -> ChunkingInfo {
+        ChunkingInfo {
+            chunk_size: self.chunker.size(),
+            chunk_overlap: self.chunker.overlap(),
+            encoding: self.chunker.encoding(),
+        }
+    }
+
     /// An event of this request, about `file` when it concerns one.
     #[must_use]
     pub fn event(&self, kind: EventKind, file: Option<FileRef>) -> Event {

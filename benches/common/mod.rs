@@ -23,3 +23,26 @@ pub fn vm_hwm(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Text of `min` to `min + spread` bytes from a small vocabulary, different for every seed.
+pub fn prose(seed: u64, min: usize, spread: usize) -> String {
+    let words = [
+        "river", "stone", "ledger", "harbour", "signal", "copper", "meadow", "lantern", "quarry",
+        "thread", "orbit", "candle", "summit", "garden", "engine", "violet",
+    ];
+    let len = min + (mix(seed) % spread as u64) as usize;
+    let mut text = String::with_capacity(len + 16);
+    let mut x = mix(seed ^ 0x9e37);
+    while text.len() < len {
+        x = mix(x);
+        text.push_str(words[(x % 16) as usize]);
+        text.push(if x.is_multiple_of(11) { '\n' } else { ' ' });
+    }
+    text
+}
+
+/// The median of some timings (sorts them).
+pub fn median(times: &mut [std::time::Duration]) -> std::time::Duration {
+    times.sort_unstable();
+    times[times.len() / 2]
+}
