@@ -18,6 +18,9 @@
 //! Run: `cargo bench --bench embed`.
 
 mod common;
+#[path = "../tests/common/http.rs"]
+#[allow(dead_code)]
+mod http;
 #[path = "../tests/common/embed.rs"]
 #[allow(dead_code)]
 mod provider;

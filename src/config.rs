@@ -76,6 +76,9 @@ pub struct Config {
     /// `[embedding]`: embedding providers and Carbon's model names.
     #[serde(default)]
     pub embedding: crate::embed::EmbeddingConfig,
+    /// `[transcription]`: the speech-to-text provider for audio and video.
+    #[serde(default)]
+    pub transcription: crate::transcribe::TranscriptionConfig,
     /// `[log]`: diagnostics.
     #[serde(default)]
     pub log: LogConfig,
@@ -152,6 +155,33 @@ pub struct LimitsConfig {
     /// Images claiming more pixels than this are a `LIMIT_EXCEEDED` error.
     #[serde(default = "default_max_image_pixels")]
     pub max_image_pixels: u64,
+    /// Audio and video lasting longer than this (seconds), by their header or their stream,
+    /// are a `LIMIT_EXCEEDED` error.
+    #[serde(default = "default_max_media_duration_secs")]
+    pub max_media_duration_secs: u64,
+    /// Bytes an audio or video file's headers, index and tags (cover art included) may take to
+    /// read; more is a `LIMIT_EXCEEDED` error.
+    #[serde(default = "default_max_media_metadata_bytes")]
+    pub max_media_metadata_bytes: u64,
+    /// Seconds one file may take end to end (decoding and transcription included); past it
+    /// the file fails with `LIMIT_EXCEEDED` and the next one goes on.
+    #[serde(default = "default_max_file_secs")]
+    pub max_file_secs: u64,
+}
+
+/// 4 hours: a long meeting or a film.
+fn default_max_media_duration_secs() -> u64 {
+    4 * 3600
+}
+
+/// 32 MiB: a film's index and a high-resolution cover fit; a tag bomb does not.
+fn default_max_media_metadata_bytes() -> u64 {
+    32 * 1024 * 1024
+}
+
+/// 30 minutes: four hours of audio transcribed in pieces, with room to spare.
+fn default_max_file_secs() -> u64 {
+    30 * 60
 }
 
 /// 100 megapixels: beyond the largest camera sensors, far below a decompression bomb.
@@ -174,6 +204,23 @@ fn default_max_text_bytes() -> usize {
     128 * 1024 * 1024
 }
 
+impl LimitsConfig {
+    /// The limits on one audio or video file.
+    #[must_use]
+    pub fn media(&self) -> crate::extract::media::MediaLimits {
+        crate::extract::media::MediaLimits {
+            max_duration_ms: self.max_media_duration_secs.saturating_mul(1000),
+            max_metadata_bytes: self.max_media_metadata_bytes,
+        }
+    }
+
+    /// The longest one file may take.
+    #[must_use]
+    pub fn max_file(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.max_file_secs)
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
@@ -181,6 +228,9 @@ impl Default for LimitsConfig {
             max_text_object_bytes: default_max_text_object_bytes(),
             max_text_bytes: default_max_text_bytes(),
             max_image_pixels: default_max_image_pixels(),
+            max_media_duration_secs: default_max_media_duration_secs(),
+            max_media_metadata_bytes: default_max_media_metadata_bytes(),
+            max_file_secs: default_max_file_secs(),
         }
     }
 }
@@ -626,6 +676,17 @@ impl Config {
         }
         self.worker.validate()?;
         self.embedding.validate()?;
+        self.transcription
+            .validate()
+            .map_err(|message| invalid("transcription", message))?;
+        let l = &self.limits;
+        if l.max_media_duration_secs == 0 || l.max_media_metadata_bytes == 0 || l.max_file_secs == 0
+        {
+            return Err(invalid(
+                "limits",
+                "max_media_duration_secs, max_media_metadata_bytes and max_file_secs must be at                  least 1",
+            ));
+        }
         if self.images.ocr_timeout_secs == 0 || self.images.max_read_bytes == 0 {
             return Err(invalid(
                 "images",

@@ -209,6 +209,9 @@ pub fn detect(head: &[u8], content_type: Option<&str>, name: &str) -> Detected {
 
 /// Binary formats recognised by their magic numbers.
 fn magic(head: &[u8]) -> Option<Format> {
+    if let Some(format) = audio_magic(head) {
+        return Some(format);
+    }
     let kind = infer::get(head)?;
     let format = match kind.mime_type() {
         "image/jpeg" => Format::Image("jpeg"),
@@ -264,6 +267,89 @@ fn magic(head: &[u8]) -> Option<Format> {
         _ => Format::Binary(kind.extension()),
     };
     Some(format)
+}
+
+/// Audio infer does not know: Core Audio files, and MPEG audio (layer I, II or III) and ADTS
+/// AAC that start with a frame rather than a tag. The frame header must be valid (no reserved
+/// version, bitrate or rate) and a second frame must start where the first says it ends: text
+/// that happens to begin with `FF Fx` (a UTF-16 byte order mark) is not audio.
+fn audio_magic(head: &[u8]) -> Option<Format> {
+    if head.starts_with(b"caff") {
+        return Some(Format::Audio("caf"));
+    }
+    let frame = head.get(..6)?;
+    if frame[0] != 0xFF || frame[1] & 0xE0 != 0xE0 {
+        return None;
+    }
+    let layer = (frame[1] >> 1) & 0b11;
+    let (format, length) = if layer == 0 {
+        // ADTS: MPEG-4 or MPEG-2 AAC; a sampling index of 13 or more is reserved.
+        if frame[1] & 0xF6 != 0xF0 || (frame[2] >> 2) & 0b1111 >= 13 {
+            return None;
+        }
+        let length = (usize::from(frame[3] & 0b11) << 11)
+            | (usize::from(frame[4]) << 3)
+            | usize::from(frame[5] >> 5);
+        ("aac", length)
+    } else {
+        mpeg_frame(frame)?
+    };
+    let next = head.get(length..length + 2)?;
+    (length >= 7 && next[0] == 0xFF && next[1] & 0xE0 == 0xE0).then_some(Format::Audio(format))
+}
+
+/// The format and length in bytes of the MPEG audio frame whose header `frame` starts with.
+fn mpeg_frame(frame: &[u8]) -> Option<(&'static str, usize)> {
+    const V1: [[u32; 15]; 3] = [
+        [
+            0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448,
+        ],
+        [
+            0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384,
+        ],
+        [
+            0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
+        ],
+    ];
+    const V2: [[u32; 15]; 2] = [
+        [
+            0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256,
+        ],
+        [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160],
+    ];
+    let version = (frame[1] >> 3) & 0b11;
+    // 3 = layer I, 2 = layer II, 1 = layer III.
+    let layer = (frame[1] >> 1) & 0b11;
+    let bitrate = usize::from(frame[2] >> 4);
+    let rate = usize::from((frame[2] >> 2) & 0b11);
+    let padding = u32::from((frame[2] >> 1) & 1);
+    if version == 1 || bitrate == 0 || bitrate == 0xF || rate == 3 {
+        return None;
+    }
+    let index = usize::from(3 - layer);
+    let kbps = if version == 3 {
+        V1[index][bitrate]
+    } else {
+        V2[index.min(1)][bitrate]
+    };
+    let hz = [
+        [11_025, 12_000, 8_000],
+        [0, 0, 0],
+        [22_050, 24_000, 16_000],
+        [44_100, 48_000, 32_000],
+    ][usize::from(version)][rate];
+    let bits = kbps * 1000;
+    let length = match layer {
+        3 => (12 * bits / hz + padding) * 4,
+        1 if version != 3 => 72 * bits / hz + padding,
+        _ => 144 * bits / hz + padding,
+    };
+    let format = match layer {
+        1 => "mp3",
+        2 => "mp2",
+        _ => "mp1",
+    };
+    Some((format, usize::try_from(length).ok()?))
 }
 
 /// Whether `head` is text, and what kind. Text has a BOM, or is UTF-16 by its zero bytes, or
@@ -429,6 +515,45 @@ mod tests {
     const PNG: &[u8] = &[
         0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1A, b'\n', 0, 0, 0, 13, b'I', b'H', b'D', b'R',
     ];
+
+    #[test]
+    fn mpeg_audio_and_adts_need_a_second_frame_where_the_first_ends() {
+        for (bytes, format) in [
+            (
+                &include_bytes!("../fixtures/audio/speech/speech.mp2")[..],
+                "mp2",
+            ),
+            (
+                &include_bytes!("../fixtures/audio/speech/speech.aac")[..],
+                "aac",
+            ),
+            (
+                &include_bytes!("../fixtures/audio/speech/speech.caf")[..],
+                "caf",
+            ),
+        ] {
+            let detected = detect(&bytes[..SNIFF_BYTES.min(bytes.len())], None, "a.bin");
+            assert_eq!(detected.format, Format::Audio(format));
+            assert_eq!(detected.format.media_type(), Some(MediaType::Audio));
+        }
+        // UTF-16LE text starts with FF FE, which looks like a layer I frame header.
+        let text: Vec<u8> = [0xFF, 0xFE]
+            .into_iter()
+            .chain(
+                "Hello, world. "
+                    .repeat(40)
+                    .encode_utf16()
+                    .flat_map(u16::to_le_bytes),
+            )
+            .collect();
+        assert_eq!(detect(&text, None, "a.txt").format, Format::Plain);
+        // One valid frame header alone is not enough.
+        let mp2 = include_bytes!("../fixtures/audio/speech/speech.mp2");
+        assert_ne!(
+            detect(&mp2[..100], None, "a.mp2").format,
+            Format::Audio("mp2")
+        );
+    }
 
     #[test]
     fn magic_beats_the_extension() {

@@ -64,6 +64,9 @@ pub enum ErrorCode {
     EmbeddingRejected,
     /// OCR was asked for, but Tesseract cannot be run.
     OcrUnavailable,
+    /// The transcription provider failed: retryable after the attempts for 429, 5xx, timeouts
+    /// and garbage; permanent when it refused the key or the request.
+    TranscriptionFailed,
 }
 
 impl ErrorCode {
@@ -93,6 +96,7 @@ impl ErrorCode {
             ErrorCode::EmbeddingUnavailable => "EMBEDDING_UNAVAILABLE",
             ErrorCode::EmbeddingRejected => "EMBEDDING_REJECTED",
             ErrorCode::OcrUnavailable => "OCR_UNAVAILABLE",
+            ErrorCode::TranscriptionFailed => "TRANSCRIPTION_FAILED",
         }
     }
 }

@@ -8,6 +8,8 @@
 //! * [`extract`]   — text out of each format family, with limits, off the async runtime.
 //! * [`chunk`]     — token-exact chunking with overlap on semantic boundaries.
 //! * [`embed`]     — vectors for chunk records from OpenAI-compatible providers, batched.
+//! * [`provider`]  — what the HTTP providers we call share: keys, retry timing, quoted errors.
+//! * [`transcribe`] — transcripts of audio and video from OpenAI-compatible speech-to-text.
 //! * [`pipeline`]  — one object through detect → extract → chunk → embed → records.
 //! * [`sink`]      — where records and events go: JSON Lines, RabbitMQ with confirms.
 //! * [`sync`]      — the one-shot `ingestd sync` run over a whole source.
@@ -23,8 +25,10 @@ pub mod error;
 pub mod extract;
 pub mod job;
 pub mod pipeline;
+pub mod provider;
 pub mod sink;
 pub mod source;
 pub mod sync;
 pub mod telemetry;
+pub mod transcribe;
 pub mod worker;

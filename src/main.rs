@@ -21,6 +21,7 @@ use ingestd::pipeline::Request;
 use ingestd::sink::JsonlSink;
 use ingestd::source::{AnySource, LocalSource, S3Access, S3Credentials, S3Source};
 use ingestd::telemetry::{Progress, init_tracing};
+use ingestd::transcribe::{Ask, Transcriber};
 
 #[derive(Parser)]
 #[command(
@@ -129,6 +130,10 @@ struct SyncArgs {
     /// Request id copied onto every record and event.
     #[arg(long)]
     request_id: Option<String>,
+    /// Print the run's summary (files by outcome, bytes read) to stderr even when it is not a
+    /// terminal.
+    #[arg(long)]
+    summary: bool,
     /// Recognise the text in images with Tesseract (images.tesseract) and chunk it.
     #[arg(long)]
     ocr: bool,
@@ -145,6 +150,62 @@ struct SyncArgs {
     /// --embedding-endpoint, the server's own model name. Implies --embed.
     #[arg(long, value_name = "NAME")]
     embedding_model: Option<String>,
+    /// An OpenAI-compatible base URL to transcribe audio and video with, e.g.
+    /// https://api.openai.com/v1 [default: the config's transcription.url, else none: audio and
+    /// video get their metadata record only]. The key comes from transcription.api_key_env.
+    #[arg(long, value_name = "URL")]
+    transcription_url: Option<String>,
+    /// Ask the transcription provider to label speakers (transcription.speaker_labels_model).
+    #[arg(long)]
+    speaker_labels: bool,
+    /// Let the transcription provider detect the language instead of sending
+    /// transcription.language.
+    #[arg(long)]
+    detect_language: bool,
+}
+
+/// Whether a one-shot run embeds, and with which model; refused before anything is written
+/// when the model cannot be used.
+fn embedding_plan(
+    args: &SyncArgs,
+    config: &Config,
+    size: usize,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<(bool, Embedding), Failure> {
+    let embed = args.embed
+        || args.embedding_endpoint.is_some()
+        || args.embedding_model.is_some()
+        || config.sync.embed;
+    let embedding = if embed {
+        let _runtime = runtime.enter();
+        let embedder = Embedder::start(&embedding_config(args, config)?, |var| {
+            std::env::var(var).ok()
+        });
+        match embedder.plan(false, None, size) {
+            Ok(Embedding::Unavailable(err)) => {
+                return Err(usage(anyhow!("{}: {}", err.code, err.message)));
+            }
+            Ok(plan) => plan,
+            Err(why) => return Err(usage(anyhow!(why))),
+        }
+    } else {
+        Embedding::Skip
+    };
+    Ok((embed, embedding))
+}
+
+/// The transcription provider of a one-shot run: the config's, at `--transcription-url` when
+/// given; none when neither names one.
+fn transcriber(args: &SyncArgs, config: &Config) -> Result<Option<Arc<Transcriber>>, Failure> {
+    let mut transcription = config.transcription.clone();
+    if let Some(url) = &args.transcription_url {
+        transcription.url = Some(url.clone());
+    }
+    transcription
+        .validate()
+        .map_err(|why| usage(anyhow!(why)))?;
+    Transcriber::start(&transcription, |var| std::env::var(var).ok())
+        .map_err(|why| usage(anyhow!(why)))
 }
 
 /// The `[embedding]` of a one-shot run: the config's, with the model and endpoint of the
@@ -348,24 +409,10 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
     let runtime = tokio::runtime::Runtime::new()
         .context("starting the async runtime")
         .map_err(fatal)?;
-    let embed = args.embed
-        || args.embedding_endpoint.is_some()
-        || args.embedding_model.is_some()
-        || config.sync.embed;
-    let embedding = if embed {
+    let (embed, embedding) = embedding_plan(&args, &config, size, &runtime)?;
+    let transcriber = {
         let _runtime = runtime.enter();
-        let embedder = Embedder::start(&embedding_config(&args, &config)?, |var| {
-            std::env::var(var).ok()
-        });
-        match embedder.plan(false, None, size) {
-            Ok(Embedding::Unavailable(err)) => {
-                return Err(usage(anyhow!("{}: {}", err.code, err.message)));
-            }
-            Ok(plan) => plan,
-            Err(why) => return Err(usage(anyhow!(why))),
-        }
-    } else {
-        Embedding::Skip
+        transcriber(&args, &config)?
     };
     let source = runtime.block_on(open_source(&args, &config))?;
     let chunks: Box<dyn Write + Send> = match &args.out {
@@ -402,6 +449,13 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
         max_image_read_bytes: config.images.max_read_bytes,
         cpu: Arc::new(tokio::sync::Semaphore::new(ingestd::config::cpu_slots())),
         embedding,
+        media: config.limits.media(),
+        transcriber,
+        transcription: Ask {
+            speaker_labels: args.speaker_labels,
+            detect_language: args.detect_language,
+        },
+        max_file: config.limits.max_file(),
     });
     if let AnySource::S3(catalog) = &source
         && args.target == "s3://"
@@ -421,7 +475,7 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
         ))
         .map_err(fatal)?;
     progress.finish();
-    if std::io::stderr().is_terminal() {
+    if args.summary || std::io::stderr().is_terminal() {
         eprint!("{}", summary.render());
     }
     Ok(summary.exit_code())

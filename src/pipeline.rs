@@ -15,11 +15,13 @@ use crate::chunk::Chunker;
 use crate::detect::{self, Detected, Family, TextHint};
 use crate::embed::{Embedding, Route};
 use crate::error::{ErrorCode, FileError, SkipReason};
+use crate::extract::media::{self, Input, MediaLimits, Piece};
 use crate::extract::{self, Rejection, StreamDecoder};
 use crate::job::{
     ChunkRecord, ChunkingInfo, Event, EventKind, FileInfo, FileRef, MediaInfo, SCHEMA_VERSION,
 };
 use crate::source::{ObjectMeta, Source, SourceKind};
+use crate::transcribe::{Ask, Spoken, Transcriber};
 
 /// Everything that is the same for every file of one request.
 #[derive(Debug, Clone)]
@@ -55,6 +57,14 @@ pub struct Request {
     pub cpu: Arc<Semaphore>,
     /// Whether records get vectors, and from which model.
     pub embedding: Embedding,
+    /// Limits on audio and video files.
+    pub media: MediaLimits,
+    /// Where transcripts of audio and video come from; none: metadata records only.
+    pub transcriber: Option<Arc<Transcriber>>,
+    /// What the job asks of transcripts.
+    pub transcription: Ask,
+    /// The longest one file may take end to end.
+    pub max_file: std::time::Duration,
 }
 
 /// What leaves the pipeline for one file, in order: `FILE_SYNCING`, the chunk records, then the
@@ -116,6 +126,7 @@ impl FileReport {
             EventKind::FileReady {
                 chunk_count,
                 token_count,
+                ..
             } => Tally::Ready {
                 chunks: *chunk_count as u64,
                 tokens: *token_count as u64,
@@ -195,35 +206,50 @@ pub async fn process<S: Source>(
         kind: source.kind(),
         bytes_read: 0,
         emitted: 0,
+        note: None,
     };
     let started = file
         .request
         .event(EventKind::FileSyncing {}, Some(file.file_ref.clone()));
     let embedding = file.request.embedding.clone();
-    let outcome = if out.send(Emitted::Event(Box::new(started))).await.is_err() {
-        Outcome::Failed(closed())
-    } else {
-        match &embedding {
-            Embedding::Skip => file.run(source, out).await,
-            Embedding::Unavailable(err) => Outcome::Failed(err.clone()),
-            Embedding::Model(route) => {
-                let (records, chunked) = mpsc::channel(EMBEDDING_WINDOW);
-                let run = async {
-                    let records = records;
-                    file.run(source, &records).await
-                };
-                // A failed embedding closes `chunked`, which stops the run at its next record.
-                match tokio::join!(run, embed_records(route, chunked, out)) {
-                    (_, Err(err)) => Outcome::Failed(err),
-                    (outcome, Ok(())) => outcome,
+    let max_file = file.request.max_file;
+    let outcome =
+        if out.send(Emitted::Event(Box::new(started))).await.is_err() {
+            Outcome::Failed(closed())
+        } else {
+            let run = async {
+                match &embedding {
+                    Embedding::Skip => file.run(source, out).await,
+                    Embedding::Unavailable(err) => Outcome::Failed(err.clone()),
+                    Embedding::Model(route) => {
+                        let (records, chunked) = mpsc::channel(EMBEDDING_WINDOW);
+                        let run = async {
+                            let records = records;
+                            file.run(source, &records).await
+                        };
+                        // A failed embedding closes `chunked`, which stops the run at its next record.
+                        match tokio::join!(run, embed_records(route, chunked, out)) {
+                            (_, Err(err)) => Outcome::Failed(err),
+                            (outcome, Ok(())) => outcome,
+                        }
+                    }
                 }
-            }
-        }
-    };
+            };
+            tokio::time::timeout(max_file, run).await.unwrap_or_else(|_| {
+            Outcome::Failed(FileError::permanent(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "the file took longer than limits.max_file_secs ({} s) and was abandoned",
+                    max_file.as_secs()
+                ),
+            ))
+        })
+        };
     let kind = match outcome {
         Outcome::Ready { chunks, tokens } => EventKind::FileReady {
             chunk_count: chunks,
             token_count: tokens,
+            message: file.note.take(),
         },
         Outcome::Skipped(reason, message) => EventKind::FilesSkipped { reason, message },
         Outcome::Failed(err) => EventKind::FileError {
@@ -298,6 +324,8 @@ struct Processing {
     bytes_read: u64,
     /// Records sent so far.
     emitted: usize,
+    /// Said on `FILE_READY`: why an audio or video file has no transcript.
+    note: Option<String>,
 }
 
 impl Processing {
@@ -322,7 +350,7 @@ impl Processing {
         loop {
             opens += 1;
             let outcome = match self.read_head(source).await {
-                Ok((head, body, ended)) => self.convert(head, body, ended, out).await,
+                Ok((head, body, ended)) => self.convert(source, head, body, ended, out).await,
                 Err(err) => Outcome::Failed(err),
             };
             match outcome {
@@ -381,8 +409,9 @@ impl Processing {
         Ok(false)
     }
 
-    async fn convert(
+    async fn convert<S: Source>(
         &mut self,
+        source: &S,
         mut head: Vec<u8>,
         mut body: BoxStream<'static, Result<Bytes, FileError>>,
         ended: bool,
@@ -394,6 +423,12 @@ impl Processing {
         self.file_ref.format = Some(detected.format.name().to_owned());
         if detected.format.family() == Family::Image {
             return self.describe_image(head, body, ended, detected, out).await;
+        }
+        if matches!(detected.format.family(), Family::Audio | Family::Video) {
+            drop(body);
+            return self
+                .describe_media(source, head, ended, detected, out)
+                .await;
         }
         let hint = detected.text_hint.unwrap_or(TextHint::Bytes);
         let text = detected.format.family() == Family::Text;
@@ -470,6 +505,7 @@ impl Processing {
                 structure: extracted.structure,
                 last: true,
                 media: None,
+                times: &[],
             };
             cut(&segment, &file, &request, &mut at, slot, &sender)?;
             Ok(Outcome::Ready {
@@ -568,8 +604,129 @@ impl Processing {
         };
         drop(image);
         if !text.is_empty() {
-            return self.cut_recognised(text, file, media, out).await;
+            return self
+                .cut_recognised(text, file, media, Vec::new(), out)
+                .await;
         }
+        self.send_media_record(file, media, out).await
+    }
+
+    /// Audio or video: one record with its facts in `media`; with a transcription provider,
+    /// the transcript chunked instead, each record carrying `media` and `time_range_ms`. The
+    /// container is read through random access, so a large object is not downloaded to be
+    /// described; its audio is decoded (on a blocking thread, under a CPU slot) and sent in
+    /// pieces while the next piece decodes.
+    async fn describe_media<S: Source>(
+        &mut self,
+        source: &S,
+        head: Vec<u8>,
+        ended: bool,
+        detected: Detected,
+        out: &Emitter,
+    ) -> Outcome {
+        let format = detected.format.name();
+        let rest = if ended {
+            None
+        } else {
+            match source.random_access(&self.object) {
+                Ok(rest) => Some(rest),
+                Err(err) => return Outcome::Failed(err),
+            }
+        };
+        let input = Input::new(head, rest, self.object.size);
+        let fetched = input.fetched();
+        let transcriber = self.request.transcriber.clone();
+        let (object, kind, request) = (self.object.clone(), self.kind, Arc::clone(&self.request));
+        let (pieces, next_piece) = mpsc::channel::<Piece>(1);
+        let (described, description) = tokio::sync::oneshot::channel();
+        let (cpu, runtime) = (Arc::clone(&request.cpu), tokio::runtime::Handle::current());
+        let max_piece_ms = transcriber.as_ref().map(|t| t.max_piece_ms());
+        let mut slot = self.cpu_slot().await;
+        let work = tokio::task::spawn_blocking(move || {
+            let probed = match media::probe(input, format, request.media) {
+                Ok(probed) => probed,
+                Err(rejection) => {
+                    let _ = described.send(Err(rejection));
+                    return Ok(None);
+                }
+            };
+            let (file, why_not) =
+                media_file(&probed, &object, detected, kind, max_piece_ms.is_some());
+            if described
+                .send(Ok((probed.media.clone(), file, why_not)))
+                .is_err()
+            {
+                return Ok(None);
+            }
+            let Some(max_piece_ms) = max_piece_ms.filter(|_| probed.has_audio()) else {
+                return Ok(None);
+            };
+            // The slot is held while decoding, not while a piece waits for the provider.
+            let decoded = probed.decode(max_piece_ms, |piece| {
+                slot = None;
+                pieces.blocking_send(piece).map_err(|_| closed())?;
+                slot = runtime.block_on(Arc::clone(&cpu).acquire_owned()).ok();
+                Ok(())
+            });
+            drop(slot);
+            decoded.map(Some)
+        });
+        let (mut media, file, why_not) = match description.await {
+            Ok(Ok(description)) => description,
+            Ok(Err(rejection)) => {
+                self.bytes_read += fetched.load(std::sync::atomic::Ordering::Relaxed);
+                return rejection.into();
+            }
+            // The blocking work ended without a word: it crashed.
+            Err(_) => {
+                return match self.blocking(work).await {
+                    Err(err) => Outcome::Failed(err),
+                    Ok(_) => Outcome::Failed(closed()),
+                };
+            }
+        };
+        self.file_ref.media_type = file.media_type;
+        let mut segments = Vec::new();
+        if let Some(transcriber) = &transcriber {
+            match hear(transcriber, self.request.transcription, next_piece).await {
+                Ok((transcript, language)) => {
+                    segments = transcript;
+                    media.language = language;
+                }
+                Err(err) => {
+                    // Decoding has stopped at its next piece.
+                    let _ = work.await;
+                    return Outcome::Failed(err);
+                }
+            }
+        }
+        let decoded = self.blocking(work).await;
+        self.bytes_read += fetched.load(std::sync::atomic::Ordering::Relaxed);
+        match decoded {
+            Ok(Some(decoded)) if decoded.bad_packets > 0 => {
+                tracing::warn!(key = %self.object.key, bad_packets = decoded.bad_packets, "damaged audio packets were skipped");
+            }
+            Ok(_) => {}
+            Err(err) => return Outcome::Failed(err),
+        }
+        self.note = why_not;
+        if segments.is_empty() {
+            if self.note.is_none() {
+                self.note = Some("no speech was heard in the audio".to_owned());
+            }
+            return self.send_media_record(file, media, out).await;
+        }
+        let (text, times) = transcript_text(&segments);
+        self.cut_recognised(text, file, media, times, out).await
+    }
+
+    /// Sends the one record of a file without text.
+    async fn send_media_record(
+        &mut self,
+        file: FileInfo,
+        media: MediaInfo,
+        out: &Emitter,
+    ) -> Outcome {
         let record = self.media_record(file, media);
         if out.send(Emitted::Record(Box::new(record))).await.is_err() {
             return Outcome::Failed(closed());
@@ -581,7 +738,7 @@ impl Processing {
         }
     }
 
-    /// The one record of an image without text: its facts in `media`.
+    /// The one record of a file without text: its facts in `media`.
     fn media_record(&self, file: FileInfo, media: MediaInfo) -> ChunkRecord {
         let request = &self.request;
         let chunking = request.chunking();
@@ -631,12 +788,15 @@ impl Processing {
         ))
     }
 
-    /// Text recognised in an image, chunked like plain text; every record carries `media`.
+    /// Text recognised in an image or heard in a recording, chunked like plain text; every
+    /// record carries `media`, and the time range of the speech in it when `times` (byte range
+    /// of each transcript segment → its time) says.
     async fn cut_recognised(
         &mut self,
         text: String,
         file: FileInfo,
         media: MediaInfo,
+        times: Vec<Timed>,
         out: &Emitter,
     ) -> Outcome {
         let (request, sender) = (Arc::clone(&self.request), out.clone());
@@ -648,6 +808,7 @@ impl Processing {
                 structure: crate::chunk::Structure::Plain,
                 last: true,
                 media: Some(&media),
+                times: &times,
             };
             cut(&segment, &file, &request, &mut at, slot, &sender)?;
             Ok(Outcome::Ready {
@@ -707,6 +868,7 @@ impl Processing {
                     structure,
                     last,
                     media: None,
+                    times: &[],
                 };
                 let done = cut(&segment, &file, &request, &mut at, slot, &sender)?;
                 text.drain(..done);
@@ -754,6 +916,47 @@ impl Processing {
     }
 }
 
+/// How records describe a media file, and why it gets no transcript (when it does not).
+fn media_file(
+    probed: &media::Probed,
+    object: &ObjectMeta,
+    detected: Detected,
+    kind: SourceKind,
+    transcribing: bool,
+) -> (FileInfo, Option<String>) {
+    let mut file = file_info(object, detected, kind);
+    // A video container holding only sound (WebM or MP4 audio) is audio.
+    if probed.media.width.is_none() && probed.media.sample_rate.is_some() {
+        file.media_type = Some(crate::detect::MediaType::Audio);
+    }
+    let why_not = match (transcribing, &probed.no_audio) {
+        (false, _) => Some(
+            "no transcript was made: no transcription provider is configured ([transcription] \
+             url)"
+                .to_owned(),
+        ),
+        (true, Some(why)) => Some(format!("no transcript was made: {why}")),
+        (true, None) => None,
+    };
+    (file, why_not)
+}
+
+/// The transcript of every piece `next` brings, in order, and the language first heard.
+/// Dropping `next` on a failure stops the decoding that feeds it.
+async fn hear(
+    transcriber: &Transcriber,
+    ask: Ask,
+    mut next: mpsc::Receiver<Piece>,
+) -> Result<(Vec<Spoken>, Option<String>), FileError> {
+    let (mut segments, mut language) = (Vec::new(), None);
+    while let Some(piece) = next.recv().await {
+        let transcript = transcriber.transcribe(&piece, ask).await?;
+        language = language.or(transcript.language);
+        segments.extend(transcript.segments);
+    }
+    Ok((segments, language))
+}
+
 /// How far into a file's text the records have got.
 #[derive(Debug, Clone, Copy, Default)]
 struct Cursor {
@@ -788,8 +991,46 @@ struct Segment<'a> {
     structure: crate::chunk::Structure,
     /// No text follows.
     last: bool,
-    /// Facts of the image the text was recognised in.
+    /// Facts of the image or recording the text was recognised in.
     media: Option<&'a MediaInfo>,
+    /// For transcripts: where each spoken segment is in the text, and when it was said.
+    times: &'a [Timed],
+}
+
+/// A transcript segment: its bytes in the transcript, and when it was said (ms).
+type Timed = (std::ops::Range<usize>, [u64; 2]);
+
+/// The time a chunk of a transcript covers: from the first segment it touches to the last.
+fn time_range(times: &[Timed], range: &std::ops::Range<usize>) -> Option<[u64; 2]> {
+    let mut touched = times
+        .iter()
+        .filter(|(bytes, _)| bytes.start < range.end && range.start < bytes.end);
+    let mut span = touched.next()?.1;
+    for (_, [start, end]) in touched {
+        span = [span[0].min(*start), span[1].max(*end)];
+    }
+    Some(span)
+}
+
+/// A transcript as text, one segment per line (`Speaker A: …` when labelled), with where each
+/// segment is in it.
+fn transcript_text(segments: &[Spoken]) -> (String, Vec<Timed>) {
+    let mut text = String::new();
+    let mut times = Vec::with_capacity(segments.len());
+    for segment in segments {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        let start = text.len();
+        if let Some(speaker) = &segment.speaker {
+            text.push_str("Speaker ");
+            text.push_str(speaker);
+            text.push_str(": ");
+        }
+        text.push_str(&segment.text);
+        times.push((start..text.len(), [segment.start_ms, segment.end_ms]));
+    }
+    (text, times)
 }
 
 /// Cuts a segment (which starts at `at.offset` in the file's text) under a CPU `slot`, frees
@@ -864,7 +1105,7 @@ fn cut(
             token_count,
             range: [range.start, range.end],
             page: None,
-            time_range_ms: None,
+            time_range_ms: time_range(segment.times, &chunk.range),
             tags: request.tags.clone(),
             embedding: None,
             embedding_model: None,

@@ -11,13 +11,18 @@ use crate::config::{LogConfig, LogFormat};
 /// Silences lapin's log of returned messages (which prints their bodies).
 const QUIET_RETURNS: &str = "lapin::returned_messages=off";
 
+/// Symphonia logs every oddity of a file (junk before a header, a damaged packet, a cut tag);
+/// what matters reaches the file's outcome event instead.
+const QUIET_DEMUXERS: &str = "symphonia=off";
+
 /// Installs the global tracing subscriber: to stderr, filtered by `RUST_LOG` or the config.
 pub fn init_tracing(config: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.level))
         // lapin logs every message the broker returns, body included: customer text. The
         // worker reports unroutable outputs itself, without their content.
-        .add_directive(QUIET_RETURNS.parse().unwrap_or_default());
+        .add_directive(QUIET_RETURNS.parse().unwrap_or_default())
+        .add_directive(QUIET_DEMUXERS.parse().unwrap_or_default());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -871,3 +871,54 @@ fn a_large_object_is_streamed_in_bounded_memory() {
         "peak RSS {peaks_mb:?} MB for objects of {sizes_mb:?} MB"
     );
 }
+
+#[test]
+fn a_large_video_in_a_bucket_is_described_from_a_few_ranges() {
+    let server = Server::start();
+    let local = tempfile::tempdir().unwrap();
+    // The fixture clip with 64 MiB of padding before its media data: its index (moov) is at
+    // the end, 64 MiB in, as in most files a camera or ffmpeg writes.
+    let clip = std::fs::read(fixture("audio/video/clip.mp4")).unwrap();
+    let ftyp = u32::from_be_bytes(clip[..4].try_into().unwrap()) as usize;
+    assert_eq!(&clip[4..8], b"ftyp");
+    let padding = 64usize << 20;
+    let mut padded = clip[..ftyp].to_vec();
+    padded.extend_from_slice(&u32::try_from(padding).unwrap().to_be_bytes());
+    padded.extend_from_slice(b"free");
+    padded.resize(ftyp + padding, 0);
+    padded.extend_from_slice(&clip[ftyp..]);
+    std::fs::write(local.path().join("clip.mp4"), &padded).unwrap();
+    server.bucket_from("videos", local.path());
+
+    let out = sync_s3(
+        &server,
+        "s3://videos/clip.mp4",
+        SECRET_KEY,
+        &["--allow-private-endpoint", "--summary"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = lines(&out.stdout);
+    assert_eq!(records.len(), 1);
+    let media = &records[0]["media"];
+    assert_eq!(media["width"], 160, "{media}");
+    assert_eq!(media["codec"], "h264", "{media}");
+    assert!(media["duration_ms"].as_u64().unwrap() > 9_000, "{media}");
+    // The head, and a block at the end for the index: a few MB of the 64.
+    let summary = String::from_utf8_lossy(&out.stderr);
+    let read_mb: f64 = summary
+        .split(" MB read")
+        .next()
+        .and_then(|before| before.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {summary}"));
+    assert!(
+        read_mb < 8.0,
+        "{read_mb} MB read of {} MB",
+        padded.len() >> 20
+    );
+}

@@ -1518,3 +1518,69 @@ fn image_jobs_describe_images_and_recognise_their_text_with_use_ocr() {
             .all(|r| r["file"]["media_type"] == "IMAGE")
     );
 }
+
+#[test]
+fn audio_jobs_are_transcribed_with_the_options_of_the_job() {
+    use common::transcribe::{API_KEY, Provider};
+    let server = Server::start();
+    server.bucket_from("recordings", &fixture("audio/speech"));
+    let provider = Provider::start();
+    let names = Names::new("transcribe");
+    let config = format!(
+        "[transcription]\nurl = \"{}\"\napi_key_env = \"TRANSCRIBE_KEY\"\nlanguage = \"en\"\n\
+         speaker_labels_model = \"diarizer\"\n",
+        provider.url()
+    );
+    let worker = Worker::start_configured(&names, BROKER, &[("TRANSCRIBE_KEY", API_KEY)], &config);
+    for (key, labels) in [("speech.mp3", true), ("speech.ogg", false)] {
+        enqueue(
+            &names,
+            &json!({"schema_version": 1, "type": "sync_files", "skip_embedding_generation": true,
+                    "data_source": data_source(&server, SECRET_KEY), "chunk_size": 12,
+                    "chunk_overlap": 0,
+                    "file_sync_config": {"include_speaker_labels": labels,
+                                         "detect_audio_language": labels},
+                    "ids": [{"bucket": "recordings", "id": key}]}),
+        );
+    }
+    let (_, outcomes) = outcomes_for(&names, 2);
+    let chunks: u64 = outcomes
+        .values()
+        .map(|o| {
+            assert_eq!(o["event"], "FILE_READY", "{o}");
+            o["chunk_count"].as_u64().unwrap()
+        })
+        .sum();
+    let records = collect_until(&names.chunks(), "the transcript records", |got| {
+        got.len() as u64 >= chunks
+    });
+    for (key, prefix) in [
+        ("speech.mp3", "Speaker A: Passage 0"),
+        ("speech.ogg", "Passage 0"),
+    ] {
+        let mine = records_of(&records, key);
+        assert_eq!(mine.len(), 2, "{key}: {mine:?}");
+        assert!(
+            mine[0]["text"].as_str().unwrap().starts_with(prefix),
+            "{key}: {mine:?}"
+        );
+        let range = mine[1]["time_range_ms"].as_array().unwrap();
+        assert!(
+            range[0].as_u64().unwrap() > 5_000,
+            "{key}: the second sentence: {range:?}"
+        );
+        assert_eq!(mine[0]["file"]["media_type"], "AUDIO");
+        assert!(mine[0]["media"]["duration_ms"].as_u64().unwrap() > 9_000);
+    }
+    let seen = provider.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let models: BTreeSet<&str> = seen.iter().map(|s| s.fields["model"].as_str()).collect();
+    assert_eq!(models, BTreeSet::from(["diarizer", "whisper-1"]));
+    assert_eq!(
+        seen.iter()
+            .filter(|s| s.fields.contains_key("language"))
+            .count(),
+        1
+    );
+    assert!(!worker.log().contains(API_KEY), "the key was logged");
+}

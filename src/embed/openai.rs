@@ -7,27 +7,16 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use super::config::{Auth, EncodingFormat, ModelConfig, ProviderConfig};
 use crate::error::{ErrorCode, FileError};
 use crate::job::Secret;
-
-/// First retry delay; doubled per attempt, with equal jitter (half fixed, half random).
-const BACKOFF_BASE: Duration = Duration::from_millis(500);
-
-/// Longest delay between attempts when the provider does not say.
-const BACKOFF_CAP: Duration = Duration::from_secs(20);
+use crate::provider::{self, Failure, backoff, retry_after, source_chain};
 
 /// Bytes of JSON per vector value a response may use (`-0.0123456789012345,` is 20).
 const RESPONSE_BYTES_PER_VALUE: usize = 32;
-
-/// Longest provider message quoted in an error.
-const QUOTED_MESSAGE_CHARS: usize = 300;
-
-/// Longest wait a `Retry-After` is taken at its word for (longer ones end the attempts anyway).
-const LONGEST_RETRY_AFTER: Duration = Duration::from_hours(24);
 
 /// Requests and outcomes of every provider, for `/metrics`.
 #[derive(Debug, Default)]
@@ -147,32 +136,6 @@ fn decode_base64(text: &str) -> Result<Vec<f32>, String> {
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect())
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ErrorDetail {
-    Object { message: Option<String> },
-    Text(String),
-}
-
-/// Why one attempt failed.
-enum Failure {
-    /// Worth another attempt, after at least `after` when the provider said so.
-    Retry {
-        error: FileError,
-        after: Option<Duration>,
-    },
-    /// Another attempt would fail the same way.
-    Stop(FileError),
-    /// The provider refused what was sent (400, 413, 422): an input may be at fault. `reason`
-    /// is the provider's answer alone, the same whatever the batch.
-    Refused { error: FileError, reason: String },
 }
 
 /// A batch that failed for good.
@@ -302,25 +265,15 @@ impl Provider {
         };
         let mut request = self.client.post(self.endpoint.clone()).json(&body);
         if let Some((auth, key)) = &self.key {
-            let value = match auth {
-                Auth::Bearer => format!("Bearer {}", key.expose()),
-                Auth::ApiKey | Auth::None => key.expose().to_owned(),
-            };
-            let Ok(mut value) = HeaderValue::from_str(&value) else {
-                return Err(Failure::Stop(FileError::permanent(
+            request = provider::authorize(request, *auth, key).map_err(|()| {
+                Failure::Stop(FileError::permanent(
                     ErrorCode::EmbeddingAuth,
                     format!(
                         "{what}: the API key of provider `{}` holds characters a header cannot",
                         self.name
                     ),
-                )));
-            };
-            value.set_sensitive(true);
-            request = match auth {
-                Auth::Bearer => request.header(reqwest::header::AUTHORIZATION, value),
-                Auth::ApiKey => request.header("api-key", value),
-                Auth::None => request,
-            };
+                ))
+            })?;
         }
         let mut response = request.send().await.map_err(|err| transport(&what, err))?;
         let status = response.status();
@@ -399,29 +352,9 @@ impl Provider {
         }
     }
 
-    /// `: <the provider's message>`, short, with the key blanked out wherever it appears.
+    /// `: <the provider's message>`, short, with the key blanked out.
     fn quote(&self, body: &[u8]) -> String {
-        let message = match serde_json::from_slice::<ErrorBody>(body) {
-            Ok(ErrorBody {
-                error: ErrorDetail::Object { message: Some(m) } | ErrorDetail::Text(m),
-            }) => m,
-            _ => String::from_utf8_lossy(body).into_owned(),
-        };
-        // The key is blanked out before the text is cut, so no part of it survives the cut.
-        let message = match &self.key {
-            Some((_, key)) if !key.expose().is_empty() => message.replace(key.expose(), "***"),
-            _ => message,
-        };
-        let message: String = message
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(QUOTED_MESSAGE_CHARS)
-            .collect();
-        if message.trim().is_empty() {
-            String::new()
-        } else {
-            format!(": {}", message.trim())
-        }
+        provider::quote(body, self.key.as_ref().map(|(_, key)| key))
     }
 }
 
@@ -439,18 +372,6 @@ fn transport(what: &str, err: reqwest::Error) -> Failure {
         error: FileError::transient(ErrorCode::EmbeddingUnavailable, format!("{what}: {why}")),
         after: None,
     }
-}
-
-/// The error and its causes, `: `-joined (reqwest's own text is terse).
-fn source_chain(err: &reqwest::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn bad_response(message: &str) -> Failure {
@@ -507,55 +428,6 @@ fn check(model: &Model, vectors: &[Vec<f32>]) -> Result<(), String> {
     Ok(())
 }
 
-/// The wait a 429 or 503 asks for: `retry-after-ms` (OpenAI, Azure), else `Retry-After` in
-/// seconds or as an HTTP date.
-fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    // Whatever the header says, the wait is a real duration of at most a day.
-    let seconds = |secs: f64| {
-        (secs.is_finite() && secs >= 0.0)
-            .then(|| Duration::from_secs_f64(secs.min(LONGEST_RETRY_AFTER.as_secs_f64())))
-    };
-    if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
-        && let Some(wait) = seconds(ms / 1000.0)
-    {
-        return Some(wait);
-    }
-    let value = text("retry-after")?;
-    if let Ok(secs) = value.parse::<f64>() {
-        return seconds(secs);
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(now)
-            .unwrap_or_default()
-            .min(LONGEST_RETRY_AFTER),
-    )
-}
-
-/// Exponential backoff with full jitter before attempt `attempt + 1`.
-fn backoff(attempt: u32) -> Duration {
-    let ceiling = BACKOFF_BASE
-        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
-        .min(BACKOFF_CAP);
-    ceiling.mul_f64(jitter())
-}
-
-/// A number in [0.5, 1): enough spread that replicas do not retry in step.
-fn jitter() -> f64 {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
-    let mixed = u64::from(nanos).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
-    0.5 + 0.5 * (mixed as f64 / (1u64 << 53) as f64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -605,42 +477,5 @@ mod tests {
         );
         assert!(check(&learning, &[vec![1.0, 2.0]]).is_ok());
         assert!(check(&learning, &[vec![1.0, 2.0, 3.0]]).is_err());
-    }
-
-    #[test]
-    fn retry_after_is_read_in_all_three_forms() {
-        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
-        let mut headers = HeaderMap::new();
-        assert_eq!(retry_after(&headers, now), None);
-        headers.insert("retry-after", HeaderValue::from_static("7"));
-        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(7)));
-        headers.insert(
-            "retry-after",
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:20 GMT"),
-        );
-        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(20)));
-        headers.insert("retry-after-ms", HeaderValue::from_static("1500"));
-        assert_eq!(
-            retry_after(&headers, now),
-            Some(Duration::from_millis(1500))
-        );
-        headers.insert("retry-after-ms", HeaderValue::from_static("soon"));
-        headers.insert("retry-after", HeaderValue::from_static("never"));
-        assert_eq!(retry_after(&headers, now), None);
-        // Absurd values are clamped, not a panic.
-        headers.insert("retry-after", HeaderValue::from_static("1e20"));
-        assert_eq!(retry_after(&headers, now), Some(LONGEST_RETRY_AFTER));
-        headers.insert("retry-after", HeaderValue::from_static("-5"));
-        assert_eq!(retry_after(&headers, now), None);
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        for attempt in 1..30 {
-            let wait = backoff(attempt);
-            assert!(wait <= BACKOFF_CAP, "{attempt}: {wait:?}");
-            let ceiling = BACKOFF_BASE.saturating_mul(1 << (attempt - 1).min(16));
-            assert!(wait >= ceiling.min(BACKOFF_CAP) / 2, "{attempt}: {wait:?}");
-        }
     }
 }

@@ -4,6 +4,7 @@
 mod charset;
 mod html;
 pub mod image;
+pub mod media;
 pub mod ocr;
 mod text;
 

@@ -39,6 +39,10 @@ pub enum EventKind {
         chunk_count: usize,
         /// Tokens in those chunks.
         token_count: usize,
+        /// Anything a consumer should know about the records (an audio or video file without a
+        /// transcript says why).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
     },
     /// A file failed.
     FileError {

@@ -80,6 +80,20 @@ pub struct MediaInfo {
     /// The EXIF fields that matter, for photos.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exif: Option<Exif>,
+    /// The container of an audio or video file as the demuxer names it (`isomp4`, `matroska`,
+    /// `ogg`, `wave`, `flac`, `mp3`…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The codec of a video's audio track (`codec` is then the video's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_codec: Option<String>,
+    /// Tags of an audio or video file: `title`, `artist`, `album`, `album_artist`, `genre`,
+    /// `date`, `track`, `composer`, `comment`, whichever it has.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// The spoken language, as the transcription provider detected it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
 }
 
 /// EXIF fields of a photo; each is present only when the file has it.

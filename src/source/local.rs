@@ -59,6 +59,19 @@ impl Source for LocalSource {
         })
     }
 
+    fn random_access(
+        &self,
+        object: &ObjectMeta,
+    ) -> Result<Box<dyn super::RandomAccess>, FileError> {
+        let file = std::fs::File::open(self.path_of(&object.key)).map_err(|err| {
+            FileError::permanent(
+                ErrorCode::ReadFailed,
+                format!("reading {}: {err}", object.key),
+            )
+        })?;
+        Ok(Box::new(file))
+    }
+
     async fn open(&self, object: &ObjectMeta) -> Result<Opened, FileError> {
         let path = self.path_of(&object.key);
         let key = object.key.clone();

@@ -23,6 +23,12 @@ pub use local::LocalSource;
 pub use ranged::RangedReader;
 pub use s3::{BucketMeta, S3ClientSettings, S3Clients, S3Credentials, S3Source};
 
+/// An object's bytes as `Read + Seek`, for formats that seek (media containers). Use it on a
+/// blocking thread.
+pub trait RandomAccess: std::io::Read + std::io::Seek + Send + Sync {}
+
+impl<T: std::io::Read + std::io::Seek + Send + Sync> RandomAccess for T {}
+
 /// One object as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
@@ -151,6 +157,13 @@ impl Source for AnySource {
             AnySource::S3(s) => s.open(object).await,
         }
     }
+
+    fn random_access(&self, object: &ObjectMeta) -> Result<Box<dyn RandomAccess>, FileError> {
+        match self {
+            AnySource::Local(s) => s.random_access(object),
+            AnySource::S3(s) => Source::random_access(s, object),
+        }
+    }
 }
 
 /// A place objects are listed and read from.
@@ -167,4 +180,12 @@ pub trait Source: Send + Sync {
     /// # Errors
     /// `READ_FAILED` (or the source's own codes) when the object cannot be opened.
     fn open(&self, object: &ObjectMeta) -> impl Future<Output = Result<Opened, FileError>> + Send;
+
+    /// `object` as `Read + Seek`, reading only what is asked for (ranged GETs in object
+    /// stores), so a large video is described without being downloaded. Call it on the async
+    /// runtime; read it on a blocking thread.
+    ///
+    /// # Errors
+    /// When the object cannot be opened for reading.
+    fn random_access(&self, object: &ObjectMeta) -> Result<Box<dyn RandomAccess>, FileError>;
 }

@@ -580,6 +580,13 @@ impl Source for S3Source {
         })
     }
 
+    fn random_access(
+        &self,
+        object: &ObjectMeta,
+    ) -> Result<Box<dyn super::RandomAccess>, FileError> {
+        Ok(Box::new(S3Source::random_access(self, object)?))
+    }
+
     async fn open(&self, object: &ObjectMeta) -> Result<Opened, FileError> {
         let mut get = Get {
             client: self.client.clone(),

@@ -22,6 +22,7 @@ use crate::job::{
 use crate::pipeline::{self, Emitted, FileReport, Request};
 use crate::sink::amqp::{Confirms, Message, PublishError, Publisher};
 use crate::source::{Listed, ObjectMeta, S3Access, S3Credentials, S3Source, Source};
+use crate::transcribe::{Ask, Transcriber};
 
 /// What every job of this process shares.
 pub struct Context {
@@ -35,6 +36,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Embedding models and their providers.
     pub embedder: Embedder,
+    /// The transcription provider, when one is configured and usable.
+    pub transcriber: Option<Arc<Transcriber>>,
 }
 
 /// How a job ended, when its outputs were all confirmed.
@@ -377,6 +380,17 @@ fn request(
         max_image_read_bytes: ctx.config.images.max_read_bytes,
         cpu: Arc::clone(&ctx.cpu),
         embedding,
+        media: limits.media(),
+        transcriber: ctx.transcriber.clone(),
+        transcription: options
+            .file_sync_config
+            .as_ref()
+            .map(|files| Ask {
+                speaker_labels: files.include_speaker_labels.unwrap_or(false),
+                detect_language: files.detect_audio_language.unwrap_or(false),
+            })
+            .unwrap_or_default(),
+        max_file: limits.max_file(),
     }))
 }
 

@@ -29,6 +29,7 @@ use crate::embed::Embedder;
 use crate::job::Job;
 use crate::sink::amqp::{Confirms, Message, Publisher};
 use crate::source::S3Access;
+use crate::transcribe::Transcriber;
 use jobs::Context;
 use metrics::Metrics;
 
@@ -72,6 +73,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
     let embedder = Embedder::start(&config.embedding, |var| std::env::var(var).ok());
+    // Without a usable provider, audio and video get their metadata records only.
+    let transcriber = Transcriber::start(&config.transcription, |var| std::env::var(var).ok())
+        .unwrap_or_else(|why| {
+            tracing::warn!(%why, "audio and video will not be transcribed");
+            None
+        });
     let metrics = Arc::new(Metrics::new(embedder.stats()));
     let address = config.worker.listen.clone();
     let listener = TcpListener::bind(&address)
@@ -83,6 +90,7 @@ pub async fn run(
         cpu: Arc::new(Semaphore::new(crate::config::cpu_slots())),
         metrics: Arc::clone(&metrics),
         embedder,
+        transcriber,
         config,
     });
     let (stop_tx, stop) = watch::channel(false);

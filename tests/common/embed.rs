@@ -5,7 +5,6 @@
 //! dimensions, values that are not finite, bad JSON and 400 for chosen inputs.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -14,8 +13,6 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use serde_json::{Value, json};
 
 /// The key the server accepts.
@@ -91,38 +88,10 @@ impl Provider {
     pub fn start() -> Provider {
         let state = Arc::new(State::default());
         let shared = Arc::clone(&state);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .expect("the provider's runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("a loopback port");
-                tx.send(listener.local_addr().expect("its address"))
-                    .expect("reporting the address");
-                let http = ConnBuilder::new(TokioExecutor::new());
-                loop {
-                    let Ok((socket, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let _ = socket.set_nodelay(true);
-                    let state = Arc::clone(&shared);
-                    let service = hyper::service::service_fn(move |request| {
-                        let state = Arc::clone(&state);
-                        async move { Ok::<_, Infallible>(answer(&state, request).await) }
-                    });
-                    let connection = http
-                        .serve_connection(TokioIo::new(socket), service)
-                        .into_owned();
-                    tokio::spawn(connection);
-                }
-            });
+        let addr = super::http::serve(move |request| {
+            let state = Arc::clone(&shared);
+            Box::pin(async move { answer(&state, request).await })
         });
-        let addr = rx.recv().expect("the provider's address");
         Provider { addr, state }
     }
 
@@ -169,11 +138,7 @@ impl Provider {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use super::http::lock;
 
 /// The vector the provider gives `text`: `dimensions` values from the text's BLAKE3 stream,
 /// each a multiple of 1/1024 in [-1, 1), so it survives JSON exactly.

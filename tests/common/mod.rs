@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod embed;
+pub mod http;
 pub mod s3;
+pub mod transcribe;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

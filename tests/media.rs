@@ -1,0 +1,421 @@
+//! Audio and video through the real binary: described as ffprobe describes them, transcribed
+//! through a local provider speaking OpenAI's wire format with the time of each chunk's speech,
+//! and every broken or hostile recording classified while the next file goes on.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Output;
+
+use common::transcribe::{API_KEY, Fault, Provider};
+use common::{assert_exit, fixture, ingestd, ingestd_with, lines, outcome};
+use serde_json::Value;
+
+const KEY_VAR: &str = "INGESTD_TEST_TRANSCRIPTION_KEY";
+
+fn json(relative: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(relative)).unwrap()).unwrap()
+}
+
+/// Runs `sync` in `dir` with `[transcription]` pointed at `provider` and `extra` config.
+fn transcribe(dir: &Path, provider: &Provider, extra: &str, args: &[&str]) -> Output {
+    std::fs::write(
+        dir.join("pipeline.toml"),
+        format!(
+            "[transcription]\nurl = \"{}\"\napi_key_env = \"{KEY_VAR}\"\nlanguage = \"en\"\n\
+             max_attempts = 3\n{extra}",
+            provider.url()
+        ),
+    )
+    .unwrap();
+    let mut all = vec!["sync"];
+    all.extend_from_slice(args);
+    ingestd_with(dir, &all, &[(KEY_VAR, API_KEY)])
+}
+
+/// Where the fixture recording's two sentences are audible (ms), found in the original WAV
+/// by the same detector the provider runs on what it is sent: any difference is ingestd's
+/// (decoding, resampling, cutting into pieces, putting the pieces' times together).
+#[allow(clippy::cast_sign_loss)]
+fn sentences() -> Vec<(u64, u64)> {
+    let bytes = std::fs::read(fixture("audio/speech/speech.wav")).unwrap();
+    let (rate, channels, samples) = common::transcribe::wav(&bytes).unwrap();
+    assert_eq!(channels, 1);
+    let runs: Vec<_> = common::transcribe::speech(&samples, rate)
+        .into_iter()
+        .map(|(start, end)| {
+            (
+                (start * 1000.0).round() as u64,
+                (end * 1000.0).round() as u64,
+            )
+        })
+        .collect();
+    // As the fixture script built it: two sentences 2 s apart, the first at 0.5 s.
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let built = json("audio/speech.json");
+    assert_eq!(
+        runs[0].0,
+        built["sentences"][0]["start_ms"].as_u64().unwrap()
+    );
+    runs
+}
+
+#[test]
+fn audio_and_video_are_described_as_ffprobe_describes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = json("audio/probe.json");
+    let true_ms = json("audio/speech.json")["duration_ms"].as_u64().unwrap();
+    for folder in ["speech", "video"] {
+        let path = fixture(&format!("audio/{folder}"));
+        let out = ingestd(dir.path(), &["sync", path.to_str().unwrap()]);
+        assert_exit(&out, 0);
+        let records = lines(&out.stdout);
+        let events = lines(&out.stderr);
+        let expected = probe.as_object().unwrap();
+        let mine: Vec<_> = expected
+            .keys()
+            .filter(|k| k.starts_with(&format!("{folder}/")))
+            .collect();
+        assert_eq!(records.len(), mine.len(), "one record per file");
+        for name in mine {
+            let key = name.split_once('/').unwrap().1;
+            let said = &expected[name.as_str()];
+            let record = records.iter().find(|r| r["file"]["key"] == key).unwrap();
+            let media = &record["media"];
+            assert_eq!(record["text"], "", "{key}");
+            assert_eq!(record["token_count"], 0, "{key}");
+            assert_eq!(media["sample_rate"], said["sample_rate"], "{key}: {media}");
+            assert_eq!(media["channels"], said["channels"], "{key}: {media}");
+            let audio_codec = if folder == "video" {
+                &media["audio_codec"]
+            } else {
+                &media["codec"]
+            };
+            assert_eq!(audio_codec, &said["codec"], "{key}: {media}");
+            for tag in ["title", "artist", "album"] {
+                assert_eq!(
+                    media["tags"].get(tag),
+                    said["tags"].get(tag),
+                    "{key}: {tag}"
+                );
+            }
+            // Against the recording's true length (ffprobe only estimates ADTS AAC's from
+            // its bitrate); containers with a video track are as long as their longest track.
+            let ms = media["duration_ms"].as_u64().unwrap();
+            let reference = if folder == "video" {
+                said["duration_ms"].as_u64().unwrap()
+            } else {
+                true_ms
+            };
+            assert!(
+                ms.abs_diff(reference) <= 120,
+                "{key}: {ms} ms, not {reference}"
+            );
+            if folder == "video" {
+                assert_eq!(record["file"]["media_type"], "VIDEO", "{key}");
+                assert_eq!(media["width"], said["width"], "{key}");
+                assert_eq!(media["height"], said["height"], "{key}");
+                assert_eq!(media["codec"], said["video_codec"], "{key}");
+            } else {
+                assert_eq!(record["file"]["media_type"], "AUDIO", "{key}");
+            }
+            let ready = outcome(&events, key);
+            assert_eq!(ready["event"], "FILE_READY", "{key}");
+            assert!(
+                ready["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("no transcription provider is configured"),
+                "{ready}"
+            );
+        }
+    }
+}
+
+#[test]
+fn transcripts_carry_the_time_of_the_speech_in_each_chunk() {
+    let provider = Provider::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spoken = sentences();
+    // 6 s pieces: the 9.4 s recording is cut once, in the pause between its two sentences.
+    for (file, max_error_ms) in [
+        ("speech/speech.wav", 100),
+        ("speech/speech.flac", 100),
+        ("speech/speech.mp3", 150),
+        ("speech/speech.m4a", 150),
+        ("video/clip.mp4", 150),
+    ] {
+        let before = provider.seen().len();
+        let path = fixture(&format!("audio/{file}"));
+        let out = transcribe(
+            dir.path(),
+            &provider,
+            "max_piece_secs = 6\n",
+            &[
+                path.to_str().unwrap(),
+                "--chunk-size",
+                "12",
+                "--chunk-overlap",
+                "0",
+            ],
+        );
+        assert_exit(&out, 0);
+        let seen = &provider.seen()[before..];
+        assert_eq!(seen.len(), 2, "{file}: two pieces");
+        let mut start = 0;
+        for piece in seen {
+            assert_eq!(piece.format, Some((16_000, 1)), "{file}: 16 kHz mono");
+            assert!(
+                piece.samples <= 6 * 16_000,
+                "{file}: {} samples",
+                piece.samples
+            );
+            assert_eq!(piece.fields["response_format"], "verbose_json");
+            assert_eq!(piece.fields["language"], "en");
+            start += piece.samples;
+        }
+        let cut_ms = (seen[0].samples * 1000 / 16_000) as u64;
+        assert!(
+            spoken[0].1 < cut_ms && cut_ms < spoken[1].0,
+            "{file}: cut at {cut_ms} ms, inside a sentence {spoken:?}"
+        );
+        assert!(start > 9 * 16_000, "{file}: the whole recording was sent");
+        let records = lines(&out.stdout);
+        assert_eq!(records.len(), 2, "{file}: one chunk per sentence here");
+        for (record, (from, to)) in records.iter().zip(&spoken) {
+            let range = record["time_range_ms"].as_array().unwrap();
+            let (start, end) = (range[0].as_u64().unwrap(), range[1].as_u64().unwrap());
+            assert!(
+                start.abs_diff(*from) <= max_error_ms && end.abs_diff(*to) <= max_error_ms,
+                "{file}: {start}-{end} ms, not {from}-{to}"
+            );
+            assert!(
+                record["text"].as_str().unwrap().starts_with("Passage 0"),
+                "{record}"
+            );
+            assert!(record["token_count"].as_u64().unwrap() > 0);
+            assert_eq!(record["media"]["language"], "english");
+            assert!(record["media"]["duration_ms"].as_u64().unwrap() > 9_000);
+        }
+        let events = lines(&out.stderr);
+        let key = Path::new(file).file_name().unwrap().to_str().unwrap();
+        let ready = outcome(&events, key);
+        assert_eq!(ready["chunk_count"], 2, "{ready}");
+        assert!(ready.get("message").is_none(), "{ready}");
+    }
+}
+
+#[test]
+fn speaker_labels_and_language_detection_are_passed_through() {
+    let provider = Provider::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = fixture("audio/speech/speech.wav");
+    let out = transcribe(
+        dir.path(),
+        &provider,
+        "speaker_labels_model = \"gpt-4o-transcribe-diarize\"\n",
+        &[
+            path.to_str().unwrap(),
+            "--speaker-labels",
+            "--detect-language",
+        ],
+    );
+    assert_exit(&out, 0);
+    let seen = provider.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].fields["model"], "gpt-4o-transcribe-diarize");
+    assert_eq!(seen[0].fields["response_format"], "diarized_json");
+    assert!(
+        !seen[0].fields.contains_key("language"),
+        "{:?}",
+        seen[0].fields
+    );
+    let records = lines(&out.stdout);
+    let text: String = records
+        .iter()
+        .map(|r| r["text"].as_str().unwrap())
+        .collect();
+    assert!(text.contains("Speaker A: Passage 0"), "{text}");
+    assert!(text.contains("Speaker B: Passage 1"), "{text}");
+    // Without a diarizing model, the job's wish cannot be met: plain segments.
+    let out = transcribe(
+        dir.path(),
+        &provider,
+        "",
+        &[path.to_str().unwrap(), "--speaker-labels"],
+    );
+    assert_exit(&out, 0);
+    let last = provider.seen().pop().unwrap();
+    assert_eq!(last.fields["model"], "whisper-1");
+    assert_eq!(last.fields["response_format"], "verbose_json");
+}
+
+#[test]
+fn a_provider_that_fails_is_retried_then_the_file_fails_retryably() {
+    let provider = Provider::start();
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("in");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::copy(fixture("audio/speech/speech.mp3"), folder.join("a.mp3")).unwrap();
+    std::fs::write(
+        folder.join("b.txt"),
+        "Text after the recording is chunked.\n",
+    )
+    .unwrap();
+    let run = || transcribe(dir.path(), &provider, "", &[folder.to_str().unwrap()]);
+
+    // 429 with Retry-After, then 500: the third attempt succeeds.
+    provider.fail_next([Fault::RateLimited(Some("1")), Fault::ServerError]);
+    let out = run();
+    assert_exit(&out, 0);
+    assert_eq!(provider.seen().len(), 3);
+    assert_eq!(provider.seen()[0].status, 429);
+    assert_eq!(outcome(&lines(&out.stderr), "a.mp3")["event"], "FILE_READY");
+
+    for fault in [Fault::ServerError, Fault::Garbage, Fault::RateLimited(None)] {
+        provider.fail_always(Some(fault.clone()));
+        let before = provider.seen().len();
+        let out = run();
+        assert_exit(&out, 3);
+        assert_eq!(
+            provider.seen().len() - before,
+            3,
+            "{fault:?}: three attempts"
+        );
+        let events = lines(&out.stderr);
+        let failed = outcome(&events, "a.mp3");
+        assert_eq!(failed["error_code"], "TRANSCRIPTION_FAILED", "{failed}");
+        assert_eq!(failed["retryable"], true, "{failed}");
+        assert_eq!(outcome(&events, "b.txt")["event"], "FILE_READY");
+    }
+    provider.fail_always(None);
+
+    // A wrong key: refused at once, for good, and the key is never shown.
+    let wrong = "sk-wrong-key-that-must-stay-secret";
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        format!(
+            "[transcription]\nurl = \"{}\"\napi_key_env = \"{KEY_VAR}\"\n",
+            provider.url()
+        ),
+    )
+    .unwrap();
+    let before = provider.seen().len();
+    let out = ingestd_with(
+        dir.path(),
+        &["sync", folder.to_str().unwrap()],
+        &[(KEY_VAR, wrong)],
+    );
+    assert_exit(&out, 3);
+    assert_eq!(provider.seen().len() - before, 1);
+    let failed = outcome(&lines(&out.stderr), "a.mp3").clone();
+    assert_eq!(failed["error_code"], "TRANSCRIPTION_FAILED");
+    assert_eq!(failed["retryable"], false);
+    for stream in [&out.stdout, &out.stderr] {
+        assert!(
+            !String::from_utf8_lossy(stream).contains(wrong),
+            "the key leaked"
+        );
+    }
+
+    // A key that is not set: refused before anything is written.
+    let out = ingestd(dir.path(), &["sync", folder.to_str().unwrap()]);
+    assert_exit(&out, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(KEY_VAR));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn a_file_that_takes_too_long_is_abandoned_and_the_next_goes_on() {
+    let provider = Provider::start();
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("in");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::copy(fixture("audio/speech/speech.ogg"), folder.join("a.ogg")).unwrap();
+    std::fs::write(
+        folder.join("b.txt"),
+        "Text after the recording is chunked.\n",
+    )
+    .unwrap();
+    provider.fail_always(Some(Fault::Slow(std::time::Duration::from_secs(20))));
+    let started = std::time::Instant::now();
+    let out = transcribe(
+        dir.path(),
+        &provider,
+        "[limits]\nmax_file_secs = 2\n",
+        &[folder.to_str().unwrap()],
+    );
+    assert_exit(&out, 3);
+    assert!(started.elapsed().as_secs() < 15, "{:?}", started.elapsed());
+    let events = lines(&out.stderr);
+    let failed = outcome(&events, "a.ogg");
+    assert_eq!(failed["error_code"], "LIMIT_EXCEEDED", "{failed}");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_file_secs")
+    );
+    assert_eq!(outcome(&events, "b.txt")["event"], "FILE_READY");
+}
+
+#[test]
+fn broken_and_hostile_recordings_each_get_their_outcome() {
+    let provider = Provider::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = fixture("audio/bad");
+    // (file, event, code or reason)
+    let expected: BTreeMap<&str, (&str, &str)> = BTreeMap::from([
+        ("empty.wav", ("FILES_SKIPPED", "EMPTY")),
+        ("noise.flac", ("FILES_SKIPPED", "UNSUPPORTED_FORMAT")),
+        ("truncated.mp3", ("FILE_ERROR", "CORRUPT_FILE")),
+        ("header-only.wav", ("FILE_ERROR", "CORRUPT_FILE")),
+        ("cut.m4a", ("FILE_ERROR", "CORRUPT_FILE")),
+        ("endless.wav", ("FILE_ERROR", "LIMIT_EXCEEDED")),
+        ("cover-bomb.mp3", ("FILE_ERROR", "LIMIT_EXCEEDED")),
+        ("wrong-extension.mp3", ("FILE_READY", "")),
+        ("damaged.flac", ("FILE_READY", "")),
+        ("after.txt", ("FILE_READY", "")),
+    ]);
+    // Described only, and described and transcribed: the same outcomes.
+    for transcribed in [false, true] {
+        let limits = "[limits]\nmax_media_metadata_bytes = 65536\n";
+        let out = if transcribed {
+            transcribe(dir.path(), &provider, limits, &[bad.to_str().unwrap()])
+        } else {
+            std::fs::write(dir.path().join("pipeline.toml"), limits).unwrap();
+            ingestd(dir.path(), &["sync", bad.to_str().unwrap()])
+        };
+        assert_exit(&out, 3);
+        let events = lines(&out.stderr);
+        for (file, (event, code)) in &expected {
+            let got = outcome(&events, file);
+            assert_eq!(
+                got["event"], *event,
+                "{file} (transcribed: {transcribed}): {got}"
+            );
+            if *event == "FILE_ERROR" {
+                assert_eq!(got["error_code"], *code, "{file}: {got}");
+                assert_eq!(got["retryable"], false, "{file}: {got}");
+            } else if *event == "FILES_SKIPPED" {
+                assert_eq!(got["reason"], *code, "{file}: {got}");
+            }
+        }
+        let records = lines(&out.stdout);
+        let of = |key: &str| records.iter().find(|r| r["file"]["key"] == key).unwrap();
+        assert_eq!(of("wrong-extension.mp3")["file"]["format"], "ogg");
+        if transcribed {
+            // The damaged FLAC decodes around its damage: both sentences are heard.
+            let damaged: Vec<_> = records
+                .iter()
+                .filter(|r| r["file"]["key"] == "damaged.flac")
+                .collect();
+            let text: String = damaged
+                .iter()
+                .map(|r| r["text"].as_str().unwrap())
+                .collect();
+            assert!(text.contains("Passage 0"), "{text}");
+        }
+    }
+}
