@@ -163,10 +163,10 @@ pub struct LimitsConfig {
     /// read; more is a `LIMIT_EXCEEDED` error.
     #[serde(default = "default_max_media_metadata_bytes")]
     pub max_media_metadata_bytes: u64,
-    /// Seconds one file may take end to end (decoding and transcription included); past it
-    /// the file fails with `LIMIT_EXCEEDED` and the next one goes on.
-    #[serde(default = "default_max_file_secs")]
-    pub max_file_secs: u64,
+    /// Seconds one audio or video file may take to be described, decoded and transcribed; past
+    /// it the file fails with `LIMIT_EXCEEDED` and the next one goes on.
+    #[serde(default = "default_max_media_secs")]
+    pub max_media_secs: u64,
 }
 
 /// 4 hours: a long meeting or a film.
@@ -179,8 +179,9 @@ fn default_max_media_metadata_bytes() -> u64 {
     32 * 1024 * 1024
 }
 
-/// 30 minutes: four hours of audio transcribed in pieces, with room to spare.
-fn default_max_file_secs() -> u64 {
+/// 30 minutes: hours of audio transcribed piece by piece. A worker job is also bounded by
+/// `worker.job_timeout_secs`.
+fn default_max_media_secs() -> u64 {
     30 * 60
 }
 
@@ -216,8 +217,8 @@ impl LimitsConfig {
 
     /// The longest one file may take.
     #[must_use]
-    pub fn max_file(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.max_file_secs)
+    pub fn max_media(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.max_media_secs)
     }
 }
 
@@ -230,7 +231,7 @@ impl Default for LimitsConfig {
             max_image_pixels: default_max_image_pixels(),
             max_media_duration_secs: default_max_media_duration_secs(),
             max_media_metadata_bytes: default_max_media_metadata_bytes(),
-            max_file_secs: default_max_file_secs(),
+            max_media_secs: default_max_media_secs(),
         }
     }
 }
@@ -680,11 +681,13 @@ impl Config {
             .validate()
             .map_err(|message| invalid("transcription", message))?;
         let l = &self.limits;
-        if l.max_media_duration_secs == 0 || l.max_media_metadata_bytes == 0 || l.max_file_secs == 0
+        if l.max_media_duration_secs == 0
+            || l.max_media_metadata_bytes == 0
+            || l.max_media_secs == 0
         {
             return Err(invalid(
                 "limits",
-                "max_media_duration_secs, max_media_metadata_bytes and max_file_secs must be at                  least 1",
+                "max_media_duration_secs, max_media_metadata_bytes and max_media_secs must be at least 1",
             ));
         }
         if self.images.ocr_timeout_secs == 0 || self.images.max_read_bytes == 0 {

@@ -21,7 +21,7 @@ use ingestd::pipeline::Request;
 use ingestd::sink::JsonlSink;
 use ingestd::source::{AnySource, LocalSource, S3Access, S3Credentials, S3Source};
 use ingestd::telemetry::{Progress, init_tracing};
-use ingestd::transcribe::{Ask, Transcriber};
+use ingestd::transcribe::{Ask, NO_PROVIDER, Transcriber};
 
 #[derive(Parser)]
 #[command(
@@ -196,7 +196,10 @@ fn embedding_plan(
 
 /// The transcription provider of a one-shot run: the config's, at `--transcription-url` when
 /// given; none when neither names one.
-fn transcriber(args: &SyncArgs, config: &Config) -> Result<Option<Arc<Transcriber>>, Failure> {
+fn transcriber(
+    args: &SyncArgs,
+    config: &Config,
+) -> Result<Result<Arc<Transcriber>, String>, Failure> {
     let mut transcription = config.transcription.clone();
     if let Some(url) = &args.transcription_url {
         transcription.url = Some(url.clone());
@@ -204,8 +207,9 @@ fn transcriber(args: &SyncArgs, config: &Config) -> Result<Option<Arc<Transcribe
     transcription
         .validate()
         .map_err(|why| usage(anyhow!(why)))?;
-    Transcriber::start(&transcription, |var| std::env::var(var).ok())
-        .map_err(|why| usage(anyhow!(why)))
+    let started = Transcriber::start(&transcription, |var| std::env::var(var).ok())
+        .map_err(|why| usage(anyhow!(why)))?;
+    Ok(started.ok_or_else(|| NO_PROVIDER.to_owned()))
 }
 
 /// The `[embedding]` of a one-shot run: the config's, with the model and endpoint of the
@@ -455,7 +459,7 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
             speaker_labels: args.speaker_labels,
             detect_language: args.detect_language,
         },
-        max_file: config.limits.max_file(),
+        max_media: config.limits.max_media(),
     });
     if let AnySource::S3(catalog) = &source
         && args.target == "s3://"

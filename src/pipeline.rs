@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -59,12 +60,13 @@ pub struct Request {
     pub embedding: Embedding,
     /// Limits on audio and video files.
     pub media: MediaLimits,
-    /// Where transcripts of audio and video come from; none: metadata records only.
-    pub transcriber: Option<Arc<Transcriber>>,
+    /// Where transcripts of audio and video come from; without one, why (said on
+    /// `FILE_READY`), and audio and video get metadata records only.
+    pub transcriber: Result<Arc<Transcriber>, String>,
     /// What the job asks of transcripts.
     pub transcription: Ask,
-    /// The longest one file may take end to end.
-    pub max_file: std::time::Duration,
+    /// The longest an audio or video file may take to be described, decoded and transcribed.
+    pub max_media: std::time::Duration,
 }
 
 /// What leaves the pipeline for one file, in order: `FILE_SYNCING`, the chunk records, then the
@@ -212,39 +214,26 @@ pub async fn process<S: Source>(
         .request
         .event(EventKind::FileSyncing {}, Some(file.file_ref.clone()));
     let embedding = file.request.embedding.clone();
-    let max_file = file.request.max_file;
-    let outcome =
-        if out.send(Emitted::Event(Box::new(started))).await.is_err() {
-            Outcome::Failed(closed())
-        } else {
-            let run = async {
-                match &embedding {
-                    Embedding::Skip => file.run(source, out).await,
-                    Embedding::Unavailable(err) => Outcome::Failed(err.clone()),
-                    Embedding::Model(route) => {
-                        let (records, chunked) = mpsc::channel(EMBEDDING_WINDOW);
-                        let run = async {
-                            let records = records;
-                            file.run(source, &records).await
-                        };
-                        // A failed embedding closes `chunked`, which stops the run at its next record.
-                        match tokio::join!(run, embed_records(route, chunked, out)) {
-                            (_, Err(err)) => Outcome::Failed(err),
-                            (outcome, Ok(())) => outcome,
-                        }
-                    }
+    let outcome = if out.send(Emitted::Event(Box::new(started))).await.is_err() {
+        Outcome::Failed(closed())
+    } else {
+        match &embedding {
+            Embedding::Skip => file.run(source, out).await,
+            Embedding::Unavailable(err) => Outcome::Failed(err.clone()),
+            Embedding::Model(route) => {
+                let (records, chunked) = mpsc::channel(EMBEDDING_WINDOW);
+                let run = async {
+                    let records = records;
+                    file.run(source, &records).await
+                };
+                // A failed embedding closes `chunked`, which stops the run at its next record.
+                match tokio::join!(run, embed_records(route, chunked, out)) {
+                    (_, Err(err)) => Outcome::Failed(err),
+                    (outcome, Ok(())) => outcome,
                 }
-            };
-            tokio::time::timeout(max_file, run).await.unwrap_or_else(|_| {
-            Outcome::Failed(FileError::permanent(
-                ErrorCode::LimitExceeded,
-                format!(
-                    "the file took longer than limits.max_file_secs ({} s) and was abandoned",
-                    max_file.as_secs()
-                ),
-            ))
-        })
-        };
+            }
+        }
+    };
     let kind = match outcome {
         Outcome::Ready { chunks, tokens } => EventKind::FileReady {
             chunk_count: chunks,
@@ -612,10 +601,9 @@ impl Processing {
     }
 
     /// Audio or video: one record with its facts in `media`; with a transcription provider,
-    /// the transcript chunked instead, each record carrying `media` and `time_range_ms`. The
-    /// container is read through random access, so a large object is not downloaded to be
-    /// described; its audio is decoded (on a blocking thread, under a CPU slot) and sent in
-    /// pieces while the next piece decodes.
+    /// the transcript chunked instead, each record carrying `media` and `time_range_ms`.
+    /// Describing, decoding and transcribing together may take `max_media`; past it the file
+    /// is abandoned and its decoding stops at the next packet.
     async fn describe_media<S: Source>(
         &mut self,
         source: &S,
@@ -624,23 +612,69 @@ impl Processing {
         detected: Detected,
         out: &Emitter,
     ) -> Outcome {
+        let limit = self.request.max_media;
+        let abandon = Abandon(Arc::new(AtomicBool::new(false)));
+        let transcribed = tokio::time::timeout(
+            limit,
+            self.hear_media(source, head, ended, detected, Arc::clone(&abandon.0)),
+        )
+        .await;
+        drop(abandon);
+        let (file, media, segments) = match transcribed {
+            Ok(Ok(transcribed)) => transcribed,
+            Ok(Err(outcome)) => return outcome,
+            Err(_) => {
+                return Outcome::Failed(FileError::permanent(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "describing, decoding and transcribing took longer than \
+                         limits.max_media_secs ({} s); the file was abandoned",
+                        limit.as_secs()
+                    ),
+                ));
+            }
+        };
+        if segments.is_empty() {
+            if self.note.is_none() {
+                self.note = Some("no speech was heard in the audio".to_owned());
+            }
+            return self.send_media_record(file, media, out).await;
+        }
+        let (text, times) = transcript_text(&segments);
+        self.cut_recognised(text, file, media, times, out).await
+    }
+
+    /// Describes a media file and, with a provider, transcribes it. The container is read
+    /// through random access, so a large object is not downloaded to be described; its audio
+    /// is decoded on a blocking thread (under a CPU slot, released while a piece waits) and
+    /// sent in pieces while the next piece decodes.
+    async fn hear_media<S: Source>(
+        &mut self,
+        source: &S,
+        head: Vec<u8>,
+        ended: bool,
+        detected: Detected,
+        abandoned: Arc<AtomicBool>,
+    ) -> Result<(FileInfo, MediaInfo, Vec<Spoken>), Outcome> {
         let format = detected.format.name();
         let rest = if ended {
             None
         } else {
-            match source.random_access(&self.object) {
-                Ok(rest) => Some(rest),
-                Err(err) => return Outcome::Failed(err),
-            }
+            Some(
+                source
+                    .random_access(&self.object)
+                    .map_err(Outcome::Failed)?,
+            )
         };
-        let input = Input::new(head, rest, self.object.size);
+        let input = Input::new(head, rest, self.object.size).cancelled_by(abandoned);
         let fetched = input.fetched();
         let transcriber = self.request.transcriber.clone();
         let (object, kind, request) = (self.object.clone(), self.kind, Arc::clone(&self.request));
         let (pieces, next_piece) = mpsc::channel::<Piece>(1);
         let (described, description) = tokio::sync::oneshot::channel();
         let (cpu, runtime) = (Arc::clone(&request.cpu), tokio::runtime::Handle::current());
-        let max_piece_ms = transcriber.as_ref().map(|t| t.max_piece_ms());
+        let max_piece_ms = transcriber.as_ref().ok().map(|t| t.max_piece_ms());
+        let no_provider = transcriber.as_ref().err().cloned();
         let mut slot = self.cpu_slot().await;
         let work = tokio::task::spawn_blocking(move || {
             let probed = match media::probe(input, format, request.media) {
@@ -651,7 +685,7 @@ impl Processing {
                 }
             };
             let (file, why_not) =
-                media_file(&probed, &object, detected, kind, max_piece_ms.is_some());
+                media_file(&probed, &object, detected, kind, no_provider.as_deref());
             if described
                 .send(Ok((probed.media.clone(), file, why_not)))
                 .is_err()
@@ -674,50 +708,49 @@ impl Processing {
         let (mut media, file, why_not) = match description.await {
             Ok(Ok(description)) => description,
             Ok(Err(rejection)) => {
-                self.bytes_read += fetched.load(std::sync::atomic::Ordering::Relaxed);
-                return rejection.into();
+                self.bytes_read += fetched.load(Ordering::Relaxed);
+                return Err(rejection.into());
             }
             // The blocking work ended without a word: it crashed.
             Err(_) => {
-                return match self.blocking(work).await {
+                return Err(match self.blocking(work).await {
                     Err(err) => Outcome::Failed(err),
                     Ok(_) => Outcome::Failed(closed()),
-                };
+                });
             }
         };
         self.file_ref.media_type = file.media_type;
+        self.note = why_not;
         let mut segments = Vec::new();
-        if let Some(transcriber) = &transcriber {
+        let mut failed = None;
+        if let Ok(transcriber) = &transcriber {
             match hear(transcriber, self.request.transcription, next_piece).await {
                 Ok((transcript, language)) => {
                     segments = transcript;
                     media.language = language;
                 }
-                Err(err) => {
-                    // Decoding has stopped at its next piece.
-                    let _ = work.await;
-                    return Outcome::Failed(err);
-                }
+                // Decoding stops at its next piece.
+                Err(err) => failed = Some(err),
             }
         }
         let decoded = self.blocking(work).await;
-        self.bytes_read += fetched.load(std::sync::atomic::Ordering::Relaxed);
+        self.bytes_read += fetched.load(Ordering::Relaxed);
+        if let Some(err) = failed {
+            return Err(Outcome::Failed(err));
+        }
         match decoded {
             Ok(Some(decoded)) if decoded.bad_packets > 0 => {
-                tracing::warn!(key = %self.object.key, bad_packets = decoded.bad_packets, "damaged audio packets were skipped");
+                tracing::warn!(key = %self.object.key, bad_packets = decoded.bad_packets, "damaged audio packets were decoded as silence");
             }
             Ok(_) => {}
-            Err(err) => return Outcome::Failed(err),
-        }
-        self.note = why_not;
-        if segments.is_empty() {
-            if self.note.is_none() {
-                self.note = Some("no speech was heard in the audio".to_owned());
+            // A feature the decoder lacks: the file keeps its metadata record, and says why.
+            Err(err) if err.code == ErrorCode::UnsupportedFormat => {
+                self.note = Some(format!("no transcript was made: {}", err.message));
+                return Ok((file, media, Vec::new()));
             }
-            return self.send_media_record(file, media, out).await;
+            Err(err) => return Err(Outcome::Failed(err)),
         }
-        let (text, times) = transcript_text(&segments);
-        self.cut_recognised(text, file, media, times, out).await
+        Ok((file, media, segments))
     }
 
     /// Sends the one record of a file without text.
@@ -922,21 +955,16 @@ fn media_file(
     object: &ObjectMeta,
     detected: Detected,
     kind: SourceKind,
-    transcribing: bool,
+    no_provider: Option<&str>,
 ) -> (FileInfo, Option<String>) {
     let mut file = file_info(object, detected, kind);
     // A video container holding only sound (WebM or MP4 audio) is audio.
     if probed.media.width.is_none() && probed.media.sample_rate.is_some() {
         file.media_type = Some(crate::detect::MediaType::Audio);
     }
-    let why_not = match (transcribing, &probed.no_audio) {
-        (false, _) => Some(
-            "no transcript was made: no transcription provider is configured ([transcription] \
-             url)"
-                .to_owned(),
-        ),
-        (true, Some(why)) => Some(format!("no transcript was made: {why}")),
-        (true, None) => None,
+    let why_not = match (no_provider, probed.no_audio.as_deref()) {
+        (Some(why), _) | (None, Some(why)) => Some(format!("no transcript was made: {why}")),
+        (None, None) => None,
     };
     (file, why_not)
 }
@@ -955,6 +983,16 @@ async fn hear(
         segments.extend(transcript.segments);
     }
     Ok((segments, language))
+}
+
+/// Abandons a media file's decoding when dropped: its reads fail and decoding stops at the
+/// next packet, even when the file's future was dropped at a time limit.
+struct Abandon(Arc<AtomicBool>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// How far into a file's text the records have got.

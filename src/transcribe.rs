@@ -15,6 +15,9 @@ use crate::extract::media::{Piece, TRANSCRIPTION_RATE};
 use crate::job::Secret;
 use crate::provider::{self, Failure, backoff, retry_after, source_chain};
 
+/// Why audio and video get no transcript when `[transcription]` names no provider.
+pub const NO_PROVIDER: &str = "no transcription provider is configured ([transcription] url)";
+
 /// `[transcription]` of `pipeline.toml`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -214,7 +217,7 @@ impl Transcriber {
             .max_upload_bytes
             .saturating_sub(WAV_HEADER as u64)
             / bytes_per_ms;
-        by_upload.min(self.config.max_piece_secs * 1000)
+        by_upload.min(self.config.max_piece_secs.saturating_mul(1000))
     }
 
     /// The transcript of `piece`, its times in the recording's.
@@ -301,10 +304,10 @@ impl Transcriber {
                 ))
             })?;
         }
-        let response = request.send().await.map_err(|err| retry(what, &err))?;
+        let response = request.send().await.map_err(|err| retry(what, err))?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(|err| retry(what, &err))?;
+        let body = response.bytes().await.map_err(|err| retry(what, err))?;
         if !status.is_success() {
             return Err(self.refused(what, status, &headers, &body));
         }
@@ -344,11 +347,13 @@ fn failed(message: String) -> Failure {
     ))
 }
 
-fn retry(what: &str, err: &reqwest::Error) -> Failure {
+fn retry(what: &str, err: reqwest::Error) -> Failure {
+    // reqwest's errors name the URL, user info and query included; `what` names it safely.
+    let err = err.without_url();
     let why = if err.is_timeout() {
         "timed out".to_owned()
     } else {
-        source_chain(err)
+        source_chain(&err)
     };
     Failure::Retry {
         error: FileError::transient(ErrorCode::TranscriptionFailed, format!("{what}: {why}")),
@@ -410,18 +415,17 @@ fn parse(body: &[u8], piece_ms: u64) -> Result<Transcript, String> {
         if !seconds.is_finite() || seconds < 0.0 {
             return Err(format!("a segment has the time {seconds}"));
         }
-        // A little past the end is rounding; far past it is nonsense.
         #[allow(clippy::cast_sign_loss)] // not negative, checked above
         let ms = (seconds * 1000.0).round() as u64;
+        // Past the end is rounding, or a provider's mistake: kept within the piece either way
+        // (asking again would get the same answer).
         if ms > piece_ms + 2000 {
-            return Err(format!(
-                "a segment ends at {ms} ms, past the piece's {piece_ms} ms"
-            ));
+            tracing::warn!(ms, piece_ms, "a transcript segment ends past its piece");
         }
         Ok(ms.min(piece_ms))
     };
     let segments = match answer.segments {
-        Some(segments) => segments
+        Some(segments) if !segments.is_empty() => segments
             .into_iter()
             .map(|s| {
                 let (start_ms, end_ms) = (to_ms(s.start)?, to_ms(s.end)?);
@@ -434,7 +438,7 @@ fn parse(body: &[u8], piece_ms: u64) -> Result<Transcript, String> {
             })
             .collect::<Result<Vec<_>, String>>()?,
         // No timestamps: the whole text spans the piece.
-        None => answer
+        _ => answer
             .text
             .map(|text| Spoken {
                 start_ms: 0,
@@ -492,13 +496,13 @@ mod tests {
             )
             .is_err()
         );
-        assert!(
-            parse(
-                br#"{"segments": [{"start": 0, "end": 99, "text": "x"}]}"#,
-                900
-            )
-            .is_err()
+        let past = parse(
+            br#"{"segments": [{"start": 0, "end": 99, "text": "x"}]}"#,
+            900,
         );
+        assert_eq!(past.unwrap().segments[0].end_ms, 900);
+        let untimed = parse(br#"{"text": "all of it", "segments": []}"#, 700).unwrap();
+        assert_eq!(untimed.segments[0].text, "all of it");
         assert!(parse(b"<html>", 900).is_err());
     }
 }

@@ -343,7 +343,7 @@ fn a_file_that_takes_too_long_is_abandoned_and_the_next_goes_on() {
     let out = transcribe(
         dir.path(),
         &provider,
-        "[limits]\nmax_file_secs = 2\n",
+        "[limits]\nmax_media_secs = 2\n",
         &[folder.to_str().unwrap()],
     );
     assert_exit(&out, 3);
@@ -355,7 +355,7 @@ fn a_file_that_takes_too_long_is_abandoned_and_the_next_goes_on() {
         failed["message"]
             .as_str()
             .unwrap()
-            .contains("max_file_secs")
+            .contains("max_media_secs")
     );
     assert_eq!(outcome(&events, "b.txt")["event"], "FILE_READY");
 }
@@ -373,6 +373,7 @@ fn broken_and_hostile_recordings_each_get_their_outcome() {
         ("header-only.wav", ("FILE_ERROR", "CORRUPT_FILE")),
         ("cut.m4a", ("FILE_ERROR", "CORRUPT_FILE")),
         ("endless.wav", ("FILE_ERROR", "LIMIT_EXCEEDED")),
+        ("absurd-rate.wav", ("FILE_ERROR", "CORRUPT_FILE")),
         ("cover-bomb.mp3", ("FILE_ERROR", "LIMIT_EXCEEDED")),
         ("wrong-extension.mp3", ("FILE_READY", "")),
         ("damaged.flac", ("FILE_READY", "")),
@@ -406,7 +407,8 @@ fn broken_and_hostile_recordings_each_get_their_outcome() {
         let of = |key: &str| records.iter().find(|r| r["file"]["key"] == key).unwrap();
         assert_eq!(of("wrong-extension.mp3")["file"]["format"], "ogg");
         if transcribed {
-            // The damaged FLAC decodes around its damage: both sentences are heard.
+            // The damaged FLAC decodes around its damage, which becomes silence: both
+            // sentences are heard, the second still at its time.
             let damaged: Vec<_> = records
                 .iter()
                 .filter(|r| r["file"]["key"] == "damaged.flac")
@@ -415,7 +417,18 @@ fn broken_and_hostile_recordings_each_get_their_outcome() {
                 .iter()
                 .map(|r| r["text"].as_str().unwrap())
                 .collect();
-            assert!(text.contains("Passage 0"), "{text}");
+            assert!(
+                text.contains("Passage 0") && text.contains("Passage 1"),
+                "{text}"
+            );
+            let second = sentences()[1];
+            let last = damaged.last().unwrap()["time_range_ms"].as_array().unwrap();
+            let end = last[1].as_u64().unwrap();
+            assert!(
+                end.abs_diff(second.1) <= 150,
+                "ends at {end} ms, not {}",
+                second.1
+            );
         }
     }
 }

@@ -59,9 +59,23 @@ pub struct Input {
     /// Bytes still allowed while describing (headers and tags); unlimited once decoding.
     budget: Arc<AtomicU64>,
     over_budget: Arc<AtomicBool>,
-    /// Bytes read through `rest`.
+    /// Bytes fetched through `rest`.
     fetched: Arc<AtomicU64>,
+    /// Set when the file is abandoned: reads fail and decoding stops.
+    cancelled: Arc<AtomicBool>,
 }
+
+/// The error of reads after the file was abandoned.
+#[derive(Debug)]
+struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the file was abandoned")
+    }
+}
+
+impl std::error::Error for Cancelled {}
 
 impl Input {
     /// An object of `len` bytes whose first bytes are `head`; `rest` reads the others (none
@@ -82,10 +96,18 @@ impl Input {
             budget: Arc::new(AtomicU64::new(u64::MAX)),
             over_budget: Arc::new(AtomicBool::new(false)),
             fetched: Arc::new(AtomicU64::new(0)),
+            cancelled: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// Counts bytes read beyond the head, from now on.
+    /// Reading and decoding stop at their next step once `flag` is set.
+    #[must_use]
+    pub fn cancelled_by(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.cancelled = flag;
+        self
+    }
+
+    /// Counts bytes fetched beyond the head (whole blocks, for ranged reads).
     #[must_use]
     pub fn fetched(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.fetched)
@@ -100,7 +122,13 @@ impl Input {
         }
         let n = rest.read(buf)?;
         self.rest_pos = Some(self.pos + n as u64);
-        self.fetched.fetch_add(n as u64, Ordering::Relaxed);
+        // What the source fetched (whole blocks of ranged reads), else what was read.
+        match rest.bytes_fetched() {
+            Some(fetched) => self.fetched.store(fetched, Ordering::Relaxed),
+            None => {
+                self.fetched.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
         Ok(n)
     }
 }
@@ -110,14 +138,18 @@ impl Read for Input {
         if self.pos >= self.len || buf.is_empty() {
             return Ok(0);
         }
-        let want = buf
-            .len()
-            .min(usize::try_from(self.len - self.pos).unwrap_or(usize::MAX));
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(io::Error::other(Cancelled));
+        }
         let left = self.budget.load(Ordering::Relaxed);
-        if left < want as u64 {
+        if left == 0 {
             self.over_budget.store(true, Ordering::Relaxed);
             return Err(io::Error::other("over the metadata limit"));
         }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.len - self.pos).unwrap_or(usize::MAX))
+            .min(usize::try_from(left).unwrap_or(usize::MAX));
         let n = match usize::try_from(self.pos) {
             Ok(at) if at < self.head.len() => {
                 let n = want.min(self.head.len() - at);
@@ -164,13 +196,14 @@ pub struct Probed {
     pub media: MediaInfo,
     format: Box<dyn FormatReader>,
     /// The audio track to decode: its id and parameters, when one can be decoded here.
-    audio: Option<(u32, AudioCodecParameters)>,
+    audio: Option<(u32, AudioCodecParameters, Option<TimeBase>)>,
     /// Why there is no audio to decode, when there is none.
     pub no_audio: Option<String>,
     /// The first packet of the audio track, read to know there is one.
     first: Option<symphonia::core::packet::Packet>,
     budget: Arc<AtomicU64>,
     over_budget: Arc<AtomicBool>,
+    cancelled: Arc<AtomicBool>,
     format_name: String,
     limits: MediaLimits,
 }
@@ -204,6 +237,7 @@ pub fn probe(input: Input, format: &str, limits: MediaLimits) -> Result<Probed, 
         });
     }
     let (budget, over_budget) = (Arc::clone(&input.budget), Arc::clone(&input.over_budget));
+    let cancelled = Arc::clone(&input.cancelled);
     budget.store(limits.max_metadata_bytes, Ordering::Relaxed);
     let stream = MediaSourceStream::new(Box::new(input), MediaSourceStreamOptions::default());
     let opened = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -225,13 +259,26 @@ pub fn probe(input: Input, format: &str, limits: MediaLimits) -> Result<Probed, 
     let mut probed = describe(reader, tags, format, limits);
     probed.budget = budget;
     probed.over_budget = over_budget;
+    probed.cancelled = cancelled;
+    if let Some(rate) = probed.media.sample_rate
+        && !PLAUSIBLE_RATES.contains(&rate)
+    {
+        return Err(Rejection::Error(FileError::permanent(
+            ErrorCode::CorruptFile,
+            format!("the {format} file claims a sample rate of {rate} Hz"),
+        )));
+    }
     if let Some(duration) = probed.media.duration_ms
         && duration > limits.max_duration_ms
     {
         return Err(too_long(format, duration, limits));
     }
-    // A header alone, or a file cut right after it, describes audio that is not there.
-    if let Some((track, _)) = probed.audio {
+    // A header alone, or a file cut right after it, describes audio that is not there. The
+    // packets before the first audio one (a video's) get an allowance of their own.
+    probed
+        .budget
+        .store(limits.max_metadata_bytes, Ordering::Relaxed);
+    if let Some((track, _, _)) = probed.audio {
         let first = std::panic::catch_unwind(AssertUnwindSafe(|| {
             for _ in 0..MAX_PACKETS_BEFORE_AUDIO {
                 match probed.format.next_packet()? {
@@ -269,6 +316,10 @@ pub fn probe(input: Input, format: &str, limits: MediaLimits) -> Result<Probed, 
     }
     Ok(probed)
 }
+
+/// Sample rates a real recording has; a header claiming another is damaged or hostile (an
+/// absurd rate would size the resampler absurdly).
+const PLAUSIBLE_RATES: std::ops::RangeInclusive<u32> = 1_000..=768_000;
 
 /// Packets of other tracks (video) read while looking for the first audio packet.
 const MAX_PACKETS_BEFORE_AUDIO: usize = 10_000;
@@ -313,7 +364,7 @@ fn describe(
                     .and_then(|c| u16::try_from(c.count()).ok());
                 media.audio_codec = Some(name.to_owned());
                 if codecs.get_audio_decoder(params.codec).is_some() {
-                    audio = Some((track.id, params.clone()));
+                    audio = Some((track.id, params.clone(), track.time_base));
                     no_audio = None;
                 } else {
                     no_audio = Some(format!("its {name} audio cannot be decoded here"));
@@ -342,6 +393,7 @@ fn describe(
         first: None,
         budget: Arc::new(AtomicU64::new(u64::MAX)),
         over_budget: Arc::new(AtomicBool::new(false)),
+        cancelled: Arc::new(AtomicBool::new(false)),
         format_name: format.to_owned(),
         limits,
     }
@@ -461,7 +513,7 @@ fn classify(
         return Rejection::Error(FileError::permanent(
             ErrorCode::LimitExceeded,
             format!(
-                "the {format} file's headers and tags (cover art included) take more than \
+                "the {format} file's headers and tags (cover art included) or what comes before its first audio packet, take more than \
                  limits.max_media_metadata_bytes ({})",
                 limits.max_metadata_bytes
             ),
@@ -570,33 +622,45 @@ impl Probed {
         let corrupt = |why: String| {
             FileError::permanent(ErrorCode::CorruptFile, format!("{format} audio: {why}"))
         };
-        let Some((track, params)) = self.audio.clone() else {
+        let Some((track, params, time_base)) = self.audio.clone() else {
             return Err(corrupt("there is no audio track to decode".to_owned()));
         };
         let per_ms = u64::from(TRANSCRIPTION_RATE) / 1000;
-        let max_piece = usize::try_from(max_piece_ms.max(1000) * per_ms).unwrap_or(usize::MAX);
-        let mut splitter = Splitter {
-            pending: Vec::new(),
-            start: 0,
-            max_piece,
+        let max_piece =
+            usize::try_from(max_piece_ms.max(1000).saturating_mul(per_ms)).unwrap_or(usize::MAX);
+        let cancelled = Arc::clone(&self.cancelled);
+        let mut feed = Feed {
+            resampler: To16k::default(),
+            splitter: Splitter {
+                pending: Vec::new(),
+                start: 0,
+                max_piece,
+            },
+            position: 0.0,
+            format: &format,
+            limits,
+            piece: &mut piece,
         };
-        let mut resampler = To16k::default();
         let mut report = Decoded::default();
         let mut decoded_any = false;
         let run = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<(), FileError> {
             let options = AudioDecoderOptions::default();
             let mut decoder: Box<dyn AudioDecoder> = symphonia::default::get_codecs()
                 .make_audio_decoder(&params, &options)
-                .map_err(|err| corrupt(err.to_string()))?;
+                .map_err(|err| decoding_failed(&format, err))?;
             let (mut planes, mut mono) = (Vec::<Vec<f32>>::new(), Vec::<f32>::new());
             let mut first = self.first.take();
             loop {
+                if cancelled.load(Ordering::Relaxed) {
+                    return Err(abandoned());
+                }
                 let next = match first.take() {
                     Some(packet) => Ok(Some(packet)),
                     None => self.format.next_packet(),
                 };
                 let packet = match next {
-                    Ok(Some(packet)) => packet,
+                    Ok(Some(packet)) if packet.track_id == track => packet,
+                    Ok(Some(_)) => continue,
                     // The end, or a chained Ogg stream whose next part is not decoded.
                     Ok(None) | Err(DecodeError::ResetRequired) => break,
                     Err(DecodeError::IoError(err))
@@ -604,54 +668,32 @@ impl Probed {
                     {
                         break;
                     }
-                    Err(DecodeError::IoError(err)) => {
-                        if let Some(source) =
-                            err.get_ref().and_then(|e| e.downcast_ref::<FileError>())
-                        {
-                            return Err(source.clone());
-                        }
-                        return Err(corrupt(err.to_string()));
-                    }
-                    Err(err) => return Err(corrupt(err.to_string())),
+                    Err(err) => return Err(decoding_failed(&format, err)),
                 };
-                if packet.track_id != track {
-                    continue;
-                }
                 let rate = match decoder.decode(&packet) {
-                    Ok(buffer) => {
-                        let rate = buffer.spec().rate();
-                        mono.clear();
-                        if buffer.frames() > 0 && buffer.num_planes() > 0 {
-                            buffer.copy_to_vecs_planar::<f32>(&mut planes);
-                            downmix(&planes, &mut mono);
-                        }
-                        rate
+                    Ok(buffer) if buffer.frames() > 0 && buffer.num_planes() > 0 => {
+                        buffer.copy_to_vecs_planar::<f32>(&mut planes);
+                        buffer.spec().rate()
                     }
+                    Ok(_) => continue,
+                    // A damaged packet is skipped; the next one's timestamp keeps the times
+                    // of what follows true.
                     Err(DecodeError::DecodeError(_) | DecodeError::IoError(_)) => {
                         report.bad_packets += 1;
                         continue;
                     }
-                    Err(err) => return Err(corrupt(err.to_string())),
+                    Err(err) => return Err(decoding_failed(&format, err)),
                 };
-                if mono.is_empty() {
-                    continue;
-                }
+                mono.clear();
+                downmix(&planes, &mut mono);
                 decoded_any = true;
-                resampler
-                    .push(rate, &mono, &mut splitter.pending)
-                    .map_err(|err| corrupt(format!("resampling: {err}")))?;
-                let decoded_ms = splitter.decoded_ms();
-                if decoded_ms > limits.max_duration_ms {
-                    return Err(too_long_error(&format, decoded_ms, limits));
+                if let Some(at) = time_base.and_then(|base| base.calc_time(packet.pts)) {
+                    feed.silence_until(at.as_secs_f64(), rate)?;
                 }
-                splitter.emit_full(&mut piece)?;
+                feed.push(rate, &mono)?;
             }
-            resampler
-                .flush(&mut splitter.pending)
-                .map_err(|err| corrupt(format!("resampling: {err}")))?;
-            report.duration_ms = splitter.decoded_ms();
-            splitter.emit_full(&mut piece)?;
-            splitter.emit_rest(&mut piece)
+            report.duration_ms = feed.finish()?;
+            Ok(())
         }));
         match run {
             Ok(Ok(())) if decoded_any => Ok(report),
@@ -663,6 +705,41 @@ impl Probed {
             Err(_) => Err(corrupt("the decoder crashed on it".to_owned())),
         }
     }
+}
+
+/// A demuxer or decoder error while decoding: the source's own failure keeps its code; a
+/// feature the decoder lacks is `UNSUPPORTED_FORMAT` (the file keeps its metadata record); a
+/// decoder limit is `LIMIT_EXCEEDED`; anything else is damage.
+fn decoding_failed(format: &str, err: DecodeError) -> FileError {
+    match err {
+        DecodeError::IoError(err) => {
+            if let Some(source) = err.get_ref().and_then(|e| e.downcast_ref::<FileError>()) {
+                return source.clone();
+            }
+            if err
+                .get_ref()
+                .is_some_and(<dyn std::error::Error + Send + Sync>::is::<Cancelled>)
+            {
+                return abandoned();
+            }
+            FileError::permanent(ErrorCode::CorruptFile, format!("{format} audio: {err}"))
+        }
+        DecodeError::Unsupported(why) => FileError::permanent(
+            ErrorCode::UnsupportedFormat,
+            format!("{format} audio: {why}"),
+        ),
+        DecodeError::LimitError(why) => {
+            FileError::permanent(ErrorCode::LimitExceeded, format!("{format} audio: {why}"))
+        }
+        other => FileError::permanent(ErrorCode::CorruptFile, format!("{format} audio: {other}")),
+    }
+}
+
+fn abandoned() -> FileError {
+    FileError::permanent(
+        ErrorCode::LimitExceeded,
+        "the file was abandoned while decoding",
+    )
 }
 
 fn too_long_error(format: &str, duration_ms: u64, limits: MediaLimits) -> FileError {
@@ -688,6 +765,73 @@ fn downmix(planes: &[Vec<f32>], mono: &mut Vec<f32>) {
         for m in mono.iter_mut() {
             *m *= scale;
         }
+    }
+}
+
+/// Decoded audio on its way to pieces: resampled to 16 kHz, kept in time, cut at quiet moments.
+struct Feed<'a, P> {
+    resampler: To16k,
+    splitter: Splitter,
+    /// Where the audio pushed so far ends, in 16 kHz samples.
+    position: f64,
+    format: &'a str,
+    limits: MediaLimits,
+    piece: P,
+}
+
+impl<P: FnMut(Piece) -> Result<(), FileError>> Feed<'_, P> {
+    fn push(&mut self, rate: u32, mono: &[f32]) -> Result<(), FileError> {
+        self.resampler
+            .push(rate, mono, &mut self.splitter.pending)
+            .map_err(|err| self.resampling(&err))?;
+        self.position += mono.len() as f64 * f64::from(TRANSCRIPTION_RATE) / f64::from(rate);
+        let decoded_ms = self.splitter.decoded_ms();
+        if decoded_ms > self.limits.max_duration_ms {
+            return Err(too_long_error(self.format, decoded_ms, self.limits));
+        }
+        self.splitter.emit_full(&mut self.piece)
+    }
+
+    /// Silence up to `seconds` into the recording, when the audio so far ends more than
+    /// 100 ms before: packets lost to damage, or a soundtrack that starts after its video,
+    /// leave the times of what follows true.
+    #[allow(clippy::cast_sign_loss)] // both casts are of values checked to be positive
+    fn silence_until(&mut self, seconds: f64, rate: u32) -> Result<(), FileError> {
+        let gap = seconds * f64::from(TRANSCRIPTION_RATE) - self.position;
+        // (NaN, from a hostile timestamp, is no gap either.)
+        if gap.is_nan() || gap < QUIET_WINDOW as f64 {
+            return Ok(());
+        }
+        let until_ms = (seconds * 1000.0) as u64;
+        if until_ms > self.limits.max_duration_ms {
+            return Err(too_long_error(self.format, until_ms, self.limits));
+        }
+        let zeros = vec![0.0f32; rate as usize];
+        let mut left = (gap * f64::from(rate) / f64::from(TRANSCRIPTION_RATE)) as usize;
+        while left > 0 {
+            let n = left.min(zeros.len());
+            self.push(rate, &zeros[..n])?;
+            left -= n;
+        }
+        Ok(())
+    }
+
+    /// The end of the stream: the last pieces out; returns the duration decoded.
+    fn finish(&mut self) -> Result<u64, FileError> {
+        self.resampler
+            .flush(&mut self.splitter.pending)
+            .map_err(|err| self.resampling(&err))?;
+        let duration_ms = self.splitter.decoded_ms();
+        self.splitter.emit_full(&mut self.piece)?;
+        self.splitter.emit_rest(&mut self.piece)?;
+        Ok(duration_ms)
+    }
+
+    fn resampling(&self, err: &str) -> FileError {
+        FileError::permanent(
+            ErrorCode::CorruptFile,
+            format!("{} audio: resampling: {err}", self.format),
+        )
     }
 }
 
@@ -972,6 +1116,26 @@ mod tests {
     }
 
     #[test]
+    fn resampling_keeps_time() {
+        // A click at 0.75 s lands at 0.75 s, whatever the input rate.
+        for rate in [8_000u32, 22_050, 44_100, 48_000] {
+            let mut input = vec![0.0f32; rate as usize * 2];
+            input[rate as usize * 3 / 4] = 1.0;
+            let out = resample(rate, &input);
+            let peak = out
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+                .unwrap()
+                .0;
+            assert!(
+                peak.abs_diff(12_000) <= 2,
+                "{rate} Hz: the click is at {peak}"
+            );
+        }
+    }
+
+    #[test]
     fn pieces_are_cut_in_the_quietest_place_of_their_last_quarter() {
         // 10 s of tone with silence from 7.0 to 7.4 s; pieces of at most 8 s.
         let rate = TRANSCRIPTION_RATE as usize;
@@ -1011,8 +1175,10 @@ mod tests {
         let mut tail = [0u8; 10];
         input.read_exact(&mut tail).unwrap();
         assert_eq!(tail, whole[9990..]);
+        // A read is cut to what the budget allows; the next one fails.
         input.budget.store(5, Ordering::Relaxed);
         input.seek(SeekFrom::Start(0)).unwrap();
+        assert_eq!(input.read(&mut [0u8; 64]).unwrap(), 5);
         assert!(input.read(&mut [0u8; 64]).is_err());
         assert!(input.over_budget.load(Ordering::Relaxed));
     }

@@ -25,9 +25,23 @@ pub use s3::{BucketMeta, S3ClientSettings, S3Clients, S3Credentials, S3Source};
 
 /// An object's bytes as `Read + Seek`, for formats that seek (media containers). Use it on a
 /// blocking thread.
-pub trait RandomAccess: std::io::Read + std::io::Seek + Send + Sync {}
+pub trait RandomAccess: std::io::Read + std::io::Seek + Send + Sync {
+    /// Bytes fetched from the store so far when it reads ahead (whole blocks of ranged
+    /// reads); `None` when only what is read is fetched.
+    fn bytes_fetched(&self) -> Option<u64> {
+        None
+    }
+}
 
-impl<T: std::io::Read + std::io::Seek + Send + Sync> RandomAccess for T {}
+impl RandomAccess for std::fs::File {}
+
+impl RandomAccess for std::io::Cursor<Vec<u8>> {}
+
+impl RandomAccess for RangedReader {
+    fn bytes_fetched(&self) -> Option<u64> {
+        Some(RangedReader::bytes_fetched(self))
+    }
+}
 
 /// One object as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]

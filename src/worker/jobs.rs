@@ -36,8 +36,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Embedding models and their providers.
     pub embedder: Embedder,
-    /// The transcription provider, when one is configured and usable.
-    pub transcriber: Option<Arc<Transcriber>>,
+    /// The transcription provider, or why there is none.
+    pub transcriber: Result<Arc<Transcriber>, String>,
 }
 
 /// How a job ended, when its outputs were all confirmed.
@@ -390,7 +390,7 @@ fn request(
                 detect_language: files.detect_audio_language.unwrap_or(false),
             })
             .unwrap_or_default(),
-        max_file: limits.max_file(),
+        max_media: limits.max_media(),
     }))
 }
 

@@ -29,7 +29,7 @@ use crate::embed::Embedder;
 use crate::job::Job;
 use crate::sink::amqp::{Confirms, Message, Publisher};
 use crate::source::S3Access;
-use crate::transcribe::Transcriber;
+use crate::transcribe::{NO_PROVIDER, Transcriber};
 use jobs::Context;
 use metrics::Metrics;
 
@@ -75,9 +75,11 @@ pub async fn run(
     let embedder = Embedder::start(&config.embedding, |var| std::env::var(var).ok());
     // Without a usable provider, audio and video get their metadata records only.
     let transcriber = Transcriber::start(&config.transcription, |var| std::env::var(var).ok())
-        .unwrap_or_else(|why| {
-            tracing::warn!(%why, "audio and video will not be transcribed");
-            None
+        .and_then(|started| started.ok_or_else(|| NO_PROVIDER.to_owned()))
+        .inspect_err(|why| {
+            if config.transcription.url.is_some() {
+                tracing::warn!(%why, "audio and video will not be transcribed");
+            }
         });
     let metrics = Arc::new(Metrics::new(embedder.stats()));
     let address = config.worker.listen.clone();
