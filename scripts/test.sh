@@ -2,7 +2,7 @@
 # Runs the whole test suite on a fresh machine. Installs and starts what the tests need first:
 # the Rust toolchain must be there (rustup's stable with rustfmt and clippy); RabbitMQ is
 # installed from Debian's packages and started when nothing answers on 127.0.0.1:5672, and
-# Tesseract (tesseract-ocr) when it is missing. The S3-compatible server and the embedding
+# Tesseract (tesseract-ocr) and ffprobe (ffmpeg) when they are missing. The S3-compatible server and the embedding
 # provider are started by the tests themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,14 +37,17 @@ if ! broker_up; then
     fi
 fi
 
-# The OCR tests run the real Tesseract with its English data.
-if ! command -v tesseract >/dev/null; then
+# The OCR tests run the real Tesseract with its English data; the media tests the real
+# ffprobe for the containers symphonia does not read.
+install() {
     sudo=""
     if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-    echo "test.sh: installing tesseract-ocr for the OCR tests" >&2
+    echo "test.sh: installing $1 for the tests" >&2
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq tesseract-ocr >/dev/null
-fi
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$1" >/dev/null
+}
+command -v tesseract >/dev/null || install tesseract-ocr
+command -v ffprobe >/dev/null || install ffmpeg
 
 # Benchmarks are run on purpose (cargo bench), not as tests.
 cargo test --locked --lib --bins --tests

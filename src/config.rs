@@ -67,6 +67,9 @@ pub struct Config {
     /// `[images]`: what image records say.
     #[serde(default)]
     pub images: ImagesConfig,
+    /// `[media]`: how audio and video are read.
+    #[serde(default)]
+    pub media: MediaConfig,
     /// `[s3]`: S3 and Spaces endpoints and client behaviour.
     #[serde(default)]
     pub s3: S3Config,
@@ -251,6 +254,37 @@ pub struct ImagesConfig {
     /// Images larger than this (bytes) are not read whole — for OCR, or to find a header that is
     /// not at the start, as in many TIFFs (`LIMIT_EXCEEDED`).
     pub max_read_bytes: u64,
+}
+
+/// `[media]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// The ffprobe program (Debian's ffmpeg) that describes AVI, FLV, MPEG, WMV and AMR files;
+    /// when it cannot be run they are skipped (`UNSUPPORTED_FORMAT`).
+    pub ffprobe: String,
+    /// Seconds one file's ffprobe may take before it is killed (`LIMIT_EXCEEDED`).
+    pub ffprobe_timeout_secs: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            ffprobe: "ffprobe".to_owned(),
+            ffprobe_timeout_secs: 30,
+        }
+    }
+}
+
+impl MediaConfig {
+    /// How to run ffprobe.
+    #[must_use]
+    pub fn ffprobe(&self) -> crate::extract::ffprobe::Ffprobe {
+        crate::extract::ffprobe::Ffprobe {
+            program: self.ffprobe.clone(),
+            timeout: std::time::Duration::from_secs(self.ffprobe_timeout_secs),
+        }
+    }
 }
 
 impl Default for ImagesConfig {
@@ -689,6 +723,9 @@ impl Config {
                 "limits",
                 "max_media_duration_secs, max_media_metadata_bytes and max_media_secs must be at least 1",
             ));
+        }
+        if self.media.ffprobe_timeout_secs == 0 {
+            return Err(invalid("media.ffprobe_timeout_secs", "must be at least 1"));
         }
         if self.images.ocr_timeout_secs == 0 || self.images.max_read_bytes == 0 {
             return Err(invalid(

@@ -454,6 +454,7 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
         cpu: Arc::new(tokio::sync::Semaphore::new(ingestd::config::cpu_slots())),
         embedding,
         media: config.limits.media(),
+        ffprobe: config.media.ffprobe(),
         transcriber,
         transcription: Ask {
             speaker_labels: args.speaker_labels,

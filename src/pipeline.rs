@@ -60,6 +60,8 @@ pub struct Request {
     pub embedding: Embedding,
     /// Limits on audio and video files.
     pub media: MediaLimits,
+    /// How containers symphonia does not read are described.
+    pub ffprobe: crate::extract::ffprobe::Ffprobe,
     /// Where transcripts of audio and video come from; without one, why (said on
     /// `FILE_READY`), and audio and video get metadata records only.
     pub transcriber: Result<Arc<Transcriber>, String>,
@@ -612,6 +614,12 @@ impl Processing {
         detected: Detected,
         out: &Emitter,
     ) -> Outcome {
+        if crate::extract::ffprobe::describes(detected.format.name()) {
+            return match self.describe_other(&head, detected).await {
+                Ok((file, media)) => self.send_media_record(file, media, out).await,
+                Err(rejection) => rejection.into(),
+            };
+        }
         let limit = self.request.max_media;
         let abandon = Abandon(Arc::new(AtomicBool::new(false)));
         let transcribed = tokio::time::timeout(
@@ -642,6 +650,27 @@ impl Processing {
         }
         let (text, times) = transcript_text(&segments);
         self.cut_recognised(text, file, media, times, out).await
+    }
+
+    /// A container symphonia does not read, described by ffprobe from its head; its audio is
+    /// not transcribed.
+    async fn describe_other(
+        &mut self,
+        head: &[u8],
+        detected: Detected,
+    ) -> Result<(FileInfo, MediaInfo), Rejection> {
+        let format = detected.format.name();
+        let media = self.request.ffprobe.describe(head, format).await?;
+        let mut object = self.object.clone();
+        if object.etag.is_none() {
+            object.etag = Some(content_etag(head));
+        }
+        let why = match &self.request.transcriber {
+            Err(why) => why.clone(),
+            Ok(_) => format!("{format} audio is not decoded here"),
+        };
+        self.note = Some(format!("no transcript was made: {why}"));
+        Ok((file_info(&object, detected, self.kind), media))
     }
 
     /// Describes a media file and, with a provider, transcribes it. The container is read

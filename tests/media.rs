@@ -134,6 +134,71 @@ fn audio_and_video_are_described_as_ffprobe_describes_them() {
 }
 
 #[test]
+fn other_containers_are_described_by_ffprobe_or_skipped_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = json("audio/probe.json");
+    let folder = fixture("audio/ffprobe");
+    let out = ingestd(dir.path(), &["sync", folder.to_str().unwrap()]);
+    assert_exit(&out, 0);
+    let records = lines(&out.stdout);
+    assert_eq!(records.len(), 4);
+    for record in &records {
+        let key = record["file"]["key"].as_str().unwrap();
+        let said = &probe[format!("ffprobe/{key}").as_str()];
+        let media = &record["media"];
+        assert_eq!(record["file"]["media_type"], "VIDEO", "{key}");
+        for (mine, theirs) in [
+            ("width", "width"),
+            ("height", "height"),
+            ("codec", "video_codec"),
+            ("audio_codec", "codec"),
+            ("sample_rate", "sample_rate"),
+            ("channels", "channels"),
+            ("frame_rate", "frame_rate"),
+        ] {
+            assert_eq!(
+                media[mine].as_f64(),
+                said[theirs].as_f64(),
+                "{key}: {mine}: {media}"
+            );
+            assert_eq!(
+                media[mine].as_str(),
+                said[theirs].as_str(),
+                "{key}: {mine}: {media}"
+            );
+        }
+        // An MPEG program stream says its length nowhere in its head (ffprobe reads it from
+        // the last timestamp, at the end): left out rather than guessed.
+        if key == "clip.mpg" {
+            assert!(media.get("duration_ms").is_none(), "{media}");
+        } else {
+            let ms = media["duration_ms"].as_u64().unwrap();
+            assert!(
+                ms.abs_diff(said["duration_ms"].as_u64().unwrap()) <= 150,
+                "{key}: {ms}"
+            );
+        }
+    }
+    // Without ffprobe: recognised, and skipped saying what to install.
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        "[media]\nffprobe = \"/nonexistent/ffprobe\"\n",
+    )
+    .unwrap();
+    let out = ingestd(dir.path(), &["sync", folder.to_str().unwrap()]);
+    assert_exit(&out, 0);
+    let events = lines(&out.stderr);
+    let skipped = outcome(&events, "clip.avi");
+    assert_eq!(skipped["reason"], "UNSUPPORTED_FORMAT", "{skipped}");
+    assert!(
+        skipped["message"]
+            .as_str()
+            .unwrap()
+            .contains("install ffmpeg")
+    );
+}
+
+#[test]
 fn transcripts_carry_the_time_of_the_speech_in_each_chunk() {
     let provider = Provider::start();
     let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,7 @@
 //! runtime, and never trusts the input: every failure is a classified [`Rejection`].
 
 mod charset;
+pub mod ffprobe;
 mod html;
 pub mod image;
 pub mod media;

@@ -381,6 +381,7 @@ fn request(
         cpu: Arc::clone(&ctx.cpu),
         embedding,
         media: limits.media(),
+        ffprobe: ctx.config.media.ffprobe(),
         transcriber: ctx.transcriber.clone(),
         transcription: options
             .file_sync_config
