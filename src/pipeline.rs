@@ -661,6 +661,17 @@ impl Processing {
     ) -> Result<(FileInfo, MediaInfo), Rejection> {
         let format = detected.format.name();
         let media = self.request.ffprobe.describe(head, format).await?;
+        let limit = self.request.media.max_duration_ms;
+        if let Some(duration) = media.duration_ms.filter(|d| *d > limit) {
+            return Err(Rejection::Error(FileError::permanent(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "the {format} file lasts {} s, over limits.max_media_duration_secs ({})",
+                    duration / 1000,
+                    limit / 1000
+                ),
+            )));
+        }
         let mut object = self.object.clone();
         if object.etag.is_none() {
             object.etag = Some(content_etag(head));
@@ -670,7 +681,13 @@ impl Processing {
             Ok(_) => format!("{format} audio is not decoded here"),
         };
         self.note = Some(format!("no transcript was made: {why}"));
-        Ok((file_info(&object, detected, self.kind), media))
+        let mut file = file_info(&object, detected, self.kind);
+        // An ASF or FLV holding only sound (WMA) is audio.
+        if media.width.is_none() {
+            file.media_type = Some(crate::detect::MediaType::Audio);
+            self.file_ref.media_type = file.media_type;
+        }
+        Ok((file, media))
     }
 
     /// Describes a media file and, with a provider, transcribes it. The container is read
@@ -695,7 +712,7 @@ impl Processing {
                     .map_err(Outcome::Failed)?,
             )
         };
-        let input = Input::new(head, rest, self.object.size).cancelled_by(abandoned);
+        let input = Input::new(head, rest, self.object.size).cancelled_by(Arc::clone(&abandoned));
         let fetched = input.fetched();
         let transcriber = self.request.transcriber.clone();
         let (object, kind, request) = (self.object.clone(), self.kind, Arc::clone(&self.request));
@@ -729,6 +746,12 @@ impl Processing {
                 slot = None;
                 pieces.blocking_send(piece).map_err(|_| closed())?;
                 slot = runtime.block_on(Arc::clone(&cpu).acquire_owned()).ok();
+                if abandoned.load(Ordering::Relaxed) {
+                    return Err(FileError::permanent(
+                        ErrorCode::LimitExceeded,
+                        "the file was abandoned while decoding",
+                    ));
+                }
                 Ok(())
             });
             drop(slot);

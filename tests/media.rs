@@ -328,7 +328,14 @@ fn a_provider_that_fails_is_retried_then_the_file_fails_retryably() {
         "Text after the recording is chunked.\n",
     )
     .unwrap();
-    let run = || transcribe(dir.path(), &provider, "", &[folder.to_str().unwrap()]);
+    let run = || {
+        transcribe(
+            dir.path(),
+            &provider,
+            "timeout_secs = 1\n",
+            &[folder.to_str().unwrap()],
+        )
+    };
 
     // 429 with Retry-After, then 500: the third attempt succeeds.
     provider.fail_next([Fault::RateLimited(Some("1")), Fault::ServerError]);
@@ -338,7 +345,13 @@ fn a_provider_that_fails_is_retried_then_the_file_fails_retryably() {
     assert_eq!(provider.seen()[0].status, 429);
     assert_eq!(outcome(&lines(&out.stderr), "a.mp3")["event"], "FILE_READY");
 
-    for fault in [Fault::ServerError, Fault::Garbage, Fault::RateLimited(None)] {
+    // Timeouts too: one second per attempt here, against an answer that takes three.
+    for fault in [
+        Fault::ServerError,
+        Fault::Garbage,
+        Fault::RateLimited(None),
+        Fault::Slow(std::time::Duration::from_secs(3)),
+    ] {
         provider.fail_always(Some(fault.clone()));
         let before = provider.seen().len();
         let out = run();
@@ -472,8 +485,8 @@ fn broken_and_hostile_recordings_each_get_their_outcome() {
         let of = |key: &str| records.iter().find(|r| r["file"]["key"] == key).unwrap();
         assert_eq!(of("wrong-extension.mp3")["file"]["format"], "ogg");
         if transcribed {
-            // The damaged FLAC decodes around its damage, which becomes silence: both
-            // sentences are heard, the second still at its time.
+            // The damaged FLAC decodes around its damage (a second of frames missing, one
+            // broken): both sentences are heard, the second still at its time.
             let damaged: Vec<_> = records
                 .iter()
                 .filter(|r| r["file"]["key"] == "damaged.flac")
@@ -482,10 +495,7 @@ fn broken_and_hostile_recordings_each_get_their_outcome() {
                 .iter()
                 .map(|r| r["text"].as_str().unwrap())
                 .collect();
-            assert!(
-                text.contains("Passage 0") && text.contains("Passage 1"),
-                "{text}"
-            );
+            assert!(text.matches("Passage").count() == 2, "{text}");
             let second = sentences()[1];
             let last = damaged.last().unwrap()["time_range_ms"].as_array().unwrap();
             let end = last[1].as_u64().unwrap();

@@ -916,6 +916,10 @@ fn a_large_video_in_a_bucket_is_described_from_a_few_ranges() {
         .and_then(|before| before.rsplit(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no byte count in {summary}"));
+    eprintln!(
+        "described from {read_mb} MB of {} MB",
+        padded.len() / 1_000_000
+    );
     assert!(
         read_mb < 8.0,
         "{read_mb} MB read of {} MB",

@@ -14,8 +14,16 @@ use super::Rejection;
 use crate::error::{ErrorCode, FileError, SkipReason};
 use crate::job::MediaInfo;
 
-/// Formats (names of [`crate::detect`]) that ffprobe describes from their head.
-const DESCRIBED: &[&str] = &["avi", "flv", "mpeg", "wmv", "amr"];
+/// Formats (names of [`crate::detect`]) that ffprobe describes from their head, and the
+/// demuxer it is told to use for each (it never picks one itself: no playlist or concat
+/// demuxer can be smuggled in).
+const DESCRIBED: &[(&str, &str)] = &[
+    ("avi", "avi"),
+    ("flv", "flv"),
+    ("mpeg", "mpeg"),
+    ("wmv", "asf"),
+    ("amr", "amr"),
+];
 
 /// Largest answer read from ffprobe.
 const MAX_ANSWER_BYTES: usize = 1 << 20;
@@ -32,7 +40,7 @@ pub struct Ffprobe {
 /// Whether ffprobe describes this format here.
 #[must_use]
 pub fn describes(format: &str) -> bool {
-    DESCRIBED.contains(&format)
+    DESCRIBED.iter().any(|(name, _)| *name == format)
 }
 
 #[derive(Deserialize)]
@@ -71,6 +79,10 @@ impl Ffprobe {
     /// `UNSUPPORTED_FORMAT` (skipped) when ffprobe cannot be run; `LIMIT_EXCEEDED` past the
     /// time limit; `CORRUPT_FILE` when ffprobe finds no stream in it.
     pub async fn describe(&self, head: &[u8], format: &str) -> Result<MediaInfo, Rejection> {
+        let demuxer = DESCRIBED
+            .iter()
+            .find(|(name, _)| *name == format)
+            .map_or("avi", |(_, demuxer)| demuxer);
         let spawned = Command::new(&self.program)
             .args([
                 "-v",
@@ -80,7 +92,7 @@ impl Ffprobe {
                 "-show_format",
                 "-show_streams",
             ])
-            .args(["-i", "pipe:0"])
+            .args(["-protocol_whitelist", "pipe", "-f", demuxer, "-i", "pipe:0"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -94,14 +106,17 @@ impl Ffprobe {
                 self.program
             ),
         })?;
-        let mut stdin = child.stdin.take();
-        let run = async {
-            if let Some(stdin) = stdin.as_mut() {
+        let stdin = child.stdin.take();
+        let write = async move {
+            if let Some(mut stdin) = stdin {
                 // ffprobe stops reading once it knows enough: a broken pipe is normal.
                 let _ = stdin.write_all(head).await;
             }
-            drop(stdin);
-            child.wait_with_output().await
+        };
+        // Written and read at once: ffprobe may answer before it has read all it is given.
+        let run = async {
+            let ((), output) = tokio::join!(write, child.wait_with_output());
+            output
         };
         let output = match tokio::time::timeout(self.timeout, run).await {
             Ok(Ok(output)) => output,
@@ -128,6 +143,15 @@ impl Ffprobe {
                 format!("{format} file: {why}"),
             ))
         };
+        // A program that does not run as ffprobe (a broken install) is not the file's fault.
+        if !output.status.success() && !output.stdout.starts_with(b"{") {
+            let said = String::from_utf8_lossy(&output.stderr);
+            let said: String = said.trim().chars().take(200).collect();
+            return Err(Rejection::Error(FileError::transient(
+                ErrorCode::Internal,
+                format!("`{}` failed ({}): {said}", self.program, output.status),
+            )));
+        }
         if output.stdout.len() > MAX_ANSWER_BYTES {
             return Err(corrupt("ffprobe's description is too large".to_owned()));
         }

@@ -650,6 +650,7 @@ impl Probed {
                 .map_err(|err| decoding_failed(&format, err))?;
             let (mut planes, mut mono) = (Vec::<Vec<f32>>::new(), Vec::<f32>::new());
             let mut first = self.first.take();
+            let mut origin = None::<f64>;
             loop {
                 if cancelled.load(Ordering::Relaxed) {
                     return Err(abandoned());
@@ -687,8 +688,12 @@ impl Probed {
                 mono.clear();
                 downmix(&planes, &mut mono);
                 decoded_any = true;
+                // Times count from the first packet decoded (Ogg and Matroska timestamps can
+                // start anywhere).
                 if let Some(at) = time_base.and_then(|base| base.calc_time(packet.pts)) {
-                    feed.silence_until(at.as_secs_f64(), rate)?;
+                    let at = at.as_secs_f64();
+                    let origin = *origin.get_or_insert(at);
+                    feed.skip_to(at - origin)?;
                 }
                 feed.push(rate, &mono)?;
             }
@@ -792,27 +797,27 @@ impl<P: FnMut(Piece) -> Result<(), FileError>> Feed<'_, P> {
         self.splitter.emit_full(&mut self.piece)
     }
 
-    /// Silence up to `seconds` into the recording, when the audio so far ends more than
-    /// 100 ms before: packets lost to damage, or a soundtrack that starts after its video,
-    /// leave the times of what follows true.
-    #[allow(clippy::cast_sign_loss)] // both casts are of values checked to be positive
-    fn silence_until(&mut self, seconds: f64, rate: u32) -> Result<(), FileError> {
-        let gap = seconds * f64::from(TRANSCRIPTION_RATE) - self.position;
+    /// Moves on to `seconds` after the first packet when the audio so far ends more than
+    /// 100 ms before it (packets lost to damage): what is pending goes out as it is, and the
+    /// next piece starts at its true time. Nothing is sent for the gap.
+    #[allow(clippy::cast_sign_loss)] // positive, checked
+    fn skip_to(&mut self, seconds: f64) -> Result<(), FileError> {
+        let at = seconds * f64::from(TRANSCRIPTION_RATE);
         // (NaN, from a hostile timestamp, is no gap either.)
-        if gap.is_nan() || gap < QUIET_WINDOW as f64 {
+        if at.is_nan() || at - self.position < QUIET_WINDOW as f64 {
             return Ok(());
         }
         let until_ms = (seconds * 1000.0) as u64;
         if until_ms > self.limits.max_duration_ms {
             return Err(too_long_error(self.format, until_ms, self.limits));
         }
-        let zeros = vec![0.0f32; rate as usize];
-        let mut left = (gap * f64::from(rate) / f64::from(TRANSCRIPTION_RATE)) as usize;
-        while left > 0 {
-            let n = left.min(zeros.len());
-            self.push(rate, &zeros[..n])?;
-            left -= n;
-        }
+        self.resampler
+            .flush(&mut self.splitter.pending)
+            .map_err(|err| self.resampling(&err))?;
+        self.splitter.emit_full(&mut self.piece)?;
+        self.splitter.emit_rest(&mut self.piece)?;
+        self.splitter.start = at as u64;
+        self.position = at;
         Ok(())
     }
 
@@ -867,9 +872,12 @@ impl Splitter {
         &mut self,
         piece: &mut impl FnMut(Piece) -> Result<(), FileError>,
     ) -> Result<(), FileError> {
-        // Less than a tenth of a second holds no word.
+        // Less than a tenth of a second holds no word: dropped, its time still counted.
         if self.pending.len() >= QUIET_WINDOW {
             self.emit(self.pending.len(), piece)?;
+        } else {
+            self.start += self.pending.len() as u64;
+            self.pending.clear();
         }
         Ok(())
     }
@@ -1007,8 +1015,8 @@ impl To16k {
 
 impl Stage {
     fn new(rate: u32) -> Result<Self, String> {
-        if rate == 0 {
-            return Err("the stream claims a sample rate of 0".to_owned());
+        if !PLAUSIBLE_RATES.contains(&rate) {
+            return Err(format!("the stream claims a sample rate of {rate} Hz"));
         }
         let fft = if rate == TRANSCRIPTION_RATE {
             None
@@ -1160,6 +1168,32 @@ mod tests {
         assert!((7_000..=7_400).contains(&cut_ms), "cut at {cut_ms} ms");
         assert_eq!(pieces[1].0, cut_ms);
         assert_eq!(pieces[0].1 + pieces[1].1, 10 * rate);
+    }
+
+    #[test]
+    fn decoding_stops_when_the_file_is_abandoned() {
+        let wav = include_bytes!("../../fixtures/audio/speech/speech.wav").to_vec();
+        let limits = MediaLimits {
+            max_duration_ms: 60_000,
+            max_metadata_bytes: 1 << 20,
+        };
+        let flag = Arc::new(AtomicBool::new(false));
+        let len = wav.len() as u64;
+        let input = Input::new(wav, None, len).cancelled_by(Arc::clone(&flag));
+        let Ok(probed) = probe(input, "wav", limits) else {
+            panic!("the fixture is readable");
+        };
+        flag.store(true, Ordering::Relaxed);
+        let mut pieces = 0;
+        let err = probed
+            .decode(5_000, |_| {
+                pieces += 1;
+                Ok(())
+            })
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::LimitExceeded, "{err:?}");
+        assert!(err.message.contains("abandoned"));
+        assert_eq!(pieces, 0);
     }
 
     #[test]
