@@ -792,7 +792,7 @@ impl Processing {
         }
         match decoded {
             Ok(Some(decoded)) if decoded.bad_packets > 0 => {
-                tracing::warn!(key = %self.object.key, bad_packets = decoded.bad_packets, "damaged audio packets were decoded as silence");
+                tracing::warn!(key = %self.object.key, bad_packets = decoded.bad_packets, "damaged audio packets were skipped");
             }
             Ok(_) => {}
             // A feature the decoder lacks: the file keeps its metadata record, and says why.
