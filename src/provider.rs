@@ -74,6 +74,31 @@ pub(crate) fn quote(body: &[u8], key: Option<&Secret>) -> String {
     }
 }
 
+/// The HTTP client of a provider whose requests may take `timeout_secs`, answer included
+/// (connecting at most 10 s of it).
+///
+/// # Errors
+/// When the client cannot be built (no TLS roots).
+pub(crate) fn client(timeout_secs: u64) -> Result<reqwest::Client, String> {
+    let timeout = Duration::from_secs(timeout_secs);
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10).min(timeout))
+        .timeout(timeout)
+        .user_agent(concat!("ingestd/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|err| format!("HTTP client: {err}"))
+}
+
+/// `endpoint` as errors and logs show it: scheme, host and path, never user info or query.
+pub(crate) fn shown(endpoint: &reqwest::Url) -> String {
+    format!(
+        "{}://{}{}",
+        endpoint.scheme(),
+        endpoint.host_str().unwrap_or(""),
+        endpoint.path()
+    )
+}
+
 /// `request` with `key` in the header `auth` names, marked sensitive (never logged).
 ///
 /// # Errors

@@ -186,18 +186,9 @@ impl Transcriber {
             .path_segments_mut()
             .map_err(|()| "transcription.url cannot take a path".to_owned())?
             .extend(["audio", "transcriptions"]);
-        let shown = format!(
-            "{}://{}{}",
-            endpoint.scheme(),
-            endpoint.host_str().unwrap_or(""),
-            endpoint.path()
-        );
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10).min(Duration::from_secs(config.timeout_secs)))
-            .timeout(Duration::from_secs(config.timeout_secs))
-            .user_agent(concat!("ingestd/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|err| format!("transcription HTTP client: {err}"))?;
+        let shown = provider::shown(&endpoint);
+        let client =
+            provider::client(config.timeout_secs).map_err(|err| format!("transcription: {err}"))?;
         Ok(Some(Arc::new(Transcriber {
             client,
             endpoint,

@@ -168,18 +168,9 @@ impl Provider {
                 .query_pairs_mut()
                 .append_pair("api-version", version);
         }
-        let shown = format!(
-            "{}://{}{}",
-            endpoint.scheme(),
-            endpoint.host_str().unwrap_or(""),
-            endpoint.path()
-        );
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10).min(Duration::from_secs(config.timeout_secs)))
-            .timeout(Duration::from_secs(config.timeout_secs))
-            .user_agent(concat!("ingestd/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|err| format!("provider `{name}`: HTTP client: {err}"))?;
+        let shown = provider::shown(&endpoint);
+        let client = provider::client(config.timeout_secs)
+            .map_err(|err| format!("provider `{name}`: {err}"))?;
         Ok(Provider {
             name: name.to_owned(),
             client,

@@ -168,15 +168,8 @@ impl Read for Input {
 
 impl Seek for Input {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let target = match to {
-            SeekFrom::Start(at) => Some(at),
-            SeekFrom::End(delta) => self.len.checked_add_signed(delta),
-            SeekFrom::Current(delta) => self.pos.checked_add_signed(delta),
-        };
-        let target = target
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
-        self.pos = target;
-        Ok(target)
+        self.pos = crate::source::ranged::seek_target(self.pos, self.len, to)?;
+        Ok(self.pos)
     }
 }
 

@@ -177,18 +177,26 @@ impl Read for RangedReader {
 
 impl Seek for RangedReader {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let target = match to {
-            SeekFrom::Start(at) => Some(at),
-            SeekFrom::End(delta) => self.size.checked_add_signed(delta),
-            SeekFrom::Current(delta) => self.pos.checked_add_signed(delta),
-        };
-        let Some(target) = target else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek before the start of the object",
-            ));
-        };
-        self.pos = target;
-        Ok(target)
+        self.pos = seek_target(self.pos, self.size, to)?;
+        Ok(self.pos)
     }
+}
+
+/// Where `to` lands from `pos` in an object of `len` bytes (past the end is allowed, as for
+/// files; before the start is an error).
+///
+/// # Errors
+/// `InvalidInput` for a position before the start.
+pub fn seek_target(pos: u64, len: u64, to: SeekFrom) -> io::Result<u64> {
+    let target = match to {
+        SeekFrom::Start(at) => Some(at),
+        SeekFrom::End(delta) => len.checked_add_signed(delta),
+        SeekFrom::Current(delta) => pos.checked_add_signed(delta),
+    };
+    target.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "seek before the start of the object",
+        )
+    })
 }
