@@ -13,8 +13,9 @@ declare -A seeds=(
   [detect]="$fixtures/text $fixtures/media/images $fixtures/audio/speech $fixtures/bad"
   [image]="$fixtures/media/images $fixtures/media/bad $fixtures/media/ocr"
   [media]="$fixtures/audio/speech $fixtures/audio/video $fixtures/audio/bad"
+  [frames]="$fixtures/audio/video $fixtures/audio/foreign"
 )
-for target in detect image media; do
+for target in detect image media frames; do
   mkdir -p "corpus/$target"
   # shellcheck disable=SC2086 # the seed folders are words
   cargo fuzz run -O "$target" "corpus/$target" ${seeds[$target]} -- \

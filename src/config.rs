@@ -265,6 +265,10 @@ pub struct MediaConfig {
     pub ffprobe: String,
     /// Seconds one file's ffprobe may take before it is killed (`LIMIT_EXCEEDED`).
     pub ffprobe_timeout_secs: u64,
+    /// The ffmpeg program that decodes, for transcription, audio symphonia cannot (Opus, AC-3;
+    /// the soundtrack of AVI, FLV, MPEG, WMV and AMR); when it cannot be run such files keep
+    /// their metadata record and `FILE_READY` says why there is no transcript.
+    pub ffmpeg: String,
 }
 
 impl Default for MediaConfig {
@@ -272,6 +276,7 @@ impl Default for MediaConfig {
         MediaConfig {
             ffprobe: "ffprobe".to_owned(),
             ffprobe_timeout_secs: 30,
+            ffmpeg: "ffmpeg".to_owned(),
         }
     }
 }
@@ -283,6 +288,14 @@ impl MediaConfig {
         crate::extract::ffprobe::Ffprobe {
             program: self.ffprobe.clone(),
             timeout: std::time::Duration::from_secs(self.ffprobe_timeout_secs),
+        }
+    }
+
+    /// How to run ffmpeg.
+    #[must_use]
+    pub fn ffmpeg(&self) -> crate::extract::ffmpeg::Ffmpeg {
+        crate::extract::ffmpeg::Ffmpeg {
+            program: self.ffmpeg.clone(),
         }
     }
 }

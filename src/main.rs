@@ -455,6 +455,7 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
         embedding,
         media: config.limits.media(),
         ffprobe: config.media.ffprobe(),
+        ffmpeg: config.media.ffmpeg(),
         transcriber,
         transcription: Ask {
             speaker_labels: args.speaker_labels,

@@ -16,8 +16,8 @@ use crate::chunk::Chunker;
 use crate::detect::{self, Detected, Family, TextHint};
 use crate::embed::{Embedding, Route};
 use crate::error::{ErrorCode, FileError, SkipReason};
-use crate::extract::media::{self, Input, MediaLimits, Piece};
-use crate::extract::{self, Rejection, StreamDecoder};
+use crate::extract::media::{self, Cutter, Input, MediaLimits, Piece};
+use crate::extract::{self, Rejection, StreamDecoder, ffmpeg};
 use crate::job::{
     ChunkRecord, ChunkingInfo, Event, EventKind, FileInfo, FileRef, MediaInfo, SCHEMA_VERSION,
 };
@@ -62,6 +62,8 @@ pub struct Request {
     pub media: MediaLimits,
     /// How containers symphonia does not read are described.
     pub ffprobe: crate::extract::ffprobe::Ffprobe,
+    /// How audio symphonia cannot decode is decoded.
+    pub ffmpeg: crate::extract::ffmpeg::Ffmpeg,
     /// Where transcripts of audio and video come from; without one, why (said on
     /// `FILE_READY`), and audio and video get metadata records only.
     pub transcriber: Result<Arc<Transcriber>, String>,
@@ -614,19 +616,19 @@ impl Processing {
         detected: Detected,
         out: &Emitter,
     ) -> Outcome {
-        if crate::extract::ffprobe::describes(detected.format.name()) {
-            return match self.describe_other(&head, detected).await {
-                Ok((file, media)) => self.send_media_record(file, media, out).await,
-                Err(rejection) => rejection.into(),
-            };
-        }
         let limit = self.request.max_media;
         let abandon = Abandon(Arc::new(AtomicBool::new(false)));
-        let transcribed = tokio::time::timeout(
-            limit,
-            self.hear_media(source, head, ended, detected, Arc::clone(&abandon.0)),
-        )
-        .await;
+        // Boxed: the media path's state is large, and most files never take it.
+        let work = Box::pin(async {
+            if crate::extract::ffprobe::describes(detected.format.name()) {
+                self.hear_other(source, &head, detected).await
+            } else {
+                let abandoned = Arc::clone(&abandon.0);
+                self.hear_media(source, head, ended, detected, abandoned)
+                    .await
+            }
+        });
+        let transcribed = tokio::time::timeout(limit, work).await;
         drop(abandon);
         let (file, media, segments) = match transcribed {
             Ok(Ok(transcribed)) => transcribed,
@@ -652,18 +654,19 @@ impl Processing {
         self.cut_recognised(text, file, media, times, out).await
     }
 
-    /// A container symphonia does not read, described by ffprobe from its head; its audio is
-    /// not transcribed.
-    async fn describe_other(
+    /// A container symphonia does not read, described by ffprobe from its head and, with a
+    /// provider, its audio decoded by ffmpeg and transcribed.
+    async fn hear_other<S: Source>(
         &mut self,
+        source: &S,
         head: &[u8],
         detected: Detected,
-    ) -> Result<(FileInfo, MediaInfo), Rejection> {
+    ) -> Result<(FileInfo, MediaInfo, Vec<Spoken>), Outcome> {
         let format = detected.format.name();
-        let media = self.request.ffprobe.describe(head, format).await?;
+        let mut media = self.request.ffprobe.describe(head, format).await?;
         let limit = self.request.media.max_duration_ms;
         if let Some(duration) = media.duration_ms.filter(|d| *d > limit) {
-            return Err(Rejection::Error(FileError::permanent(
+            return Err(Outcome::Failed(FileError::permanent(
                 ErrorCode::LimitExceeded,
                 format!(
                     "the {format} file lasts {} s, over limits.max_media_duration_secs ({})",
@@ -676,18 +679,82 @@ impl Processing {
         if object.etag.is_none() {
             object.etag = Some(content_etag(head));
         }
-        let why = match &self.request.transcriber {
-            Err(why) => why.clone(),
-            Ok(_) => format!("{format} audio is not decoded here"),
-        };
-        self.note = Some(format!("no transcript was made: {why}"));
         let mut file = file_info(&object, detected, self.kind);
         // An ASF or FLV holding only sound (WMA) is audio.
         if media.width.is_none() {
             file.media_type = Some(crate::detect::MediaType::Audio);
             self.file_ref.media_type = file.media_type;
         }
-        Ok((file, media))
+        let transcriber = match &self.request.transcriber {
+            Ok(_) if media.sample_rate.is_none() => Err("the file has no audio track".to_owned()),
+            transcriber => transcriber.clone(),
+        };
+        let segments = match transcriber {
+            Ok(transcriber) => {
+                self.hear_elsewhere(source, format, &transcriber, &mut media)
+                    .await?
+            }
+            Err(why) => {
+                self.note = Some(format!("no transcript was made: {why}"));
+                Vec::new()
+            }
+        };
+        Ok((file, media, segments))
+    }
+
+    /// Transcribes audio that ffmpeg decodes: the object is read again as a stream into it
+    /// (the version already described, or `OBJECT_CHANGED`). The language heard, and the
+    /// duration decoded when the header did not say, go to `media`.
+    async fn hear_elsewhere<S: Source>(
+        &mut self,
+        source: &S,
+        format: &str,
+        transcriber: &Transcriber,
+        media: &mut MediaInfo,
+    ) -> Result<Vec<Spoken>, Outcome> {
+        let opened = source.open(&self.object).await.map_err(Outcome::Failed)?;
+        if let (Some(read), Some(described)) = (&opened.etag, &self.object.etag)
+            && read != described
+        {
+            return Err(Outcome::Failed(FileError::transient(
+                ErrorCode::ObjectChanged,
+                format!(
+                    "{} was replaced while being read; read it again",
+                    self.object.key
+                ),
+            )));
+        }
+        let request = Arc::clone(&self.request);
+        let cutter = Cutter::new(format, request.media, transcriber.max_piece_ms());
+        let (pieces, next_piece) = mpsc::channel::<Piece>(1);
+        let mut fed = 0;
+        let decode = request.ffmpeg.decode(
+            format,
+            opened.body,
+            cutter,
+            pieces,
+            Arc::clone(&request.cpu),
+            &mut fed,
+        );
+        let (decoded, heard) =
+            tokio::join!(decode, hear(transcriber, request.transcription, next_piece));
+        self.bytes_read += fed;
+        match (decoded, heard) {
+            // Decoding stopped because the transcription failed: the failure is the news.
+            (_, Err(err)) => Err(Outcome::Failed(err)),
+            // ffmpeg cannot be run, or cannot read this file from a stream: the file keeps its
+            // metadata record, and says why.
+            (Err(err), _) if err.code == ErrorCode::UnsupportedFormat => {
+                self.note = Some(format!("no transcript was made: {}", err.message));
+                Ok(Vec::new())
+            }
+            (Err(err), _) => Err(Outcome::Failed(err)),
+            (Ok(decoded_ms), Ok((segments, language))) => {
+                media.language = language;
+                media.duration_ms = media.duration_ms.or(Some(decoded_ms));
+                Ok(segments)
+            }
+        }
     }
 
     /// Describes a media file and, with a provider, transcribes it. The container is read
@@ -703,15 +770,10 @@ impl Processing {
         abandoned: Arc<AtomicBool>,
     ) -> Result<(FileInfo, MediaInfo, Vec<Spoken>), Outcome> {
         let format = detected.format.name();
-        let rest = if ended {
-            None
-        } else {
-            Some(
-                source
-                    .random_access(&self.object)
-                    .map_err(Outcome::Failed)?,
-            )
-        };
+        let rest = (!ended)
+            .then(|| source.random_access(&self.object))
+            .transpose()
+            .map_err(Outcome::Failed)?;
         let input = Input::new(head, rest, self.object.size).cancelled_by(Arc::clone(&abandoned));
         let fetched = input.fetched();
         let transcriber = self.request.transcriber.clone();
@@ -732,8 +794,9 @@ impl Processing {
             };
             let (file, why_not) =
                 media_file(&probed, &object, detected, kind, no_provider.as_deref());
+            let foreign = probed.foreign_codec.is_some() && ffmpeg::decodes(format);
             if described
-                .send(Ok((probed.media.clone(), file, why_not)))
+                .send(Ok((probed.media.clone(), file, why_not, foreign)))
                 .is_err()
             {
                 return Ok(None);
@@ -746,18 +809,13 @@ impl Processing {
                 slot = None;
                 pieces.blocking_send(piece).map_err(|_| closed())?;
                 slot = runtime.block_on(Arc::clone(&cpu).acquire_owned()).ok();
-                if abandoned.load(Ordering::Relaxed) {
-                    return Err(FileError::permanent(
-                        ErrorCode::LimitExceeded,
-                        "the file was abandoned while decoding",
-                    ));
-                }
+                // (Abandoning the file stops the decoder at its next packet.)
                 Ok(())
             });
             drop(slot);
             decoded.map(Some)
         });
-        let (mut media, file, why_not) = match description.await {
+        let (mut media, file, why_not, foreign) = match description.await {
             Ok(Ok(description)) => description,
             Ok(Err(rejection)) => {
                 self.bytes_read += fetched.load(Ordering::Relaxed);
@@ -773,6 +831,16 @@ impl Processing {
         };
         self.file_ref.media_type = file.media_type;
         self.note = why_not;
+        // A codec without a decoder here: ffmpeg decodes it (symphonia's work ends at once).
+        if foreign && let Ok(transcriber) = &transcriber {
+            self.blocking(work).await.map_err(Outcome::Failed)?;
+            self.bytes_read += fetched.load(Ordering::Relaxed);
+            self.note = None;
+            let segments = self
+                .hear_elsewhere(source, format, transcriber, &mut media)
+                .await?;
+            return Ok((file, media, segments));
+        }
         let mut segments = Vec::new();
         let mut failed = None;
         if let Ok(transcriber) = &transcriber {

@@ -117,8 +117,10 @@ fn audio_and_video_are_described_as_ffprobe_describes_them() {
                 assert_eq!(media["width"], said["width"], "{key}");
                 assert_eq!(media["height"], said["height"], "{key}");
                 assert_eq!(media["codec"], said["video_codec"], "{key}");
+                assert_eq!(media["frame_rate"], said["frame_rate"], "{key}: {media}");
             } else {
                 assert_eq!(record["file"]["media_type"], "AUDIO", "{key}");
+                assert!(media.get("frame_rate").is_none(), "{key}: {media}");
             }
             let ready = outcome(&events, key);
             assert_eq!(ready["event"], "FILE_READY", "{key}");
@@ -210,6 +212,17 @@ fn transcripts_carry_the_time_of_the_speech_in_each_chunk() {
         ("speech/speech.mp3", 150),
         ("speech/speech.m4a", 150),
         ("video/clip.mp4", 150),
+        // Decoded by ffmpeg: Opus, which symphonia has no decoder for, and the soundtracks of
+        // containers it does not read.
+        ("speech/speech.opus", 100),
+        ("speech/speech.webm", 100),
+        ("video/clip.webm", 100),
+        ("ffprobe/clip.avi", 100),
+        ("ffprobe/clip.flv", 100),
+        ("ffprobe/clip.wmv", 100),
+        ("ffprobe/clip.mpg", 100),
+        // AC-3, which symphonia has no decoder for, in an MP4 whose index comes first.
+        ("foreign/ac3-faststart.mp4", 100),
     ] {
         let before = provider.seen().len();
         let path = fixture(&format!("audio/{file}"));
@@ -251,6 +264,7 @@ fn transcripts_carry_the_time_of_the_speech_in_each_chunk() {
         for (record, (from, to)) in records.iter().zip(&spoken) {
             let range = record["time_range_ms"].as_array().unwrap();
             let (start, end) = (range[0].as_u64().unwrap(), range[1].as_u64().unwrap());
+            eprintln!("{file}: heard {start}-{end} ms, spoken {from}-{to} ms");
             assert!(
                 start.abs_diff(*from) <= max_error_ms && end.abs_diff(*to) <= max_error_ms,
                 "{file}: {start}-{end} ms, not {from}-{to}"
@@ -405,6 +419,110 @@ fn a_provider_that_fails_is_retried_then_the_file_fails_retryably() {
 }
 
 #[test]
+fn an_mp4_ffmpeg_cannot_read_from_a_stream_keeps_its_record() {
+    let provider = Provider::start();
+    let dir = tempfile::tempdir().unwrap();
+    // AC-3 in an MP4 whose index follows its media: described, but its media has gone by when
+    // a stream reaches the index.
+    let path = fixture("audio/foreign/ac3.mp4");
+    let out = transcribe(dir.path(), &provider, "", &[path.to_str().unwrap()]);
+    assert_exit(&out, 0);
+    let events = lines(&out.stderr);
+    let ready = outcome(&events, "ac3.mp4");
+    assert_eq!(ready["event"], "FILE_READY", "{ready}");
+    assert_eq!(ready["chunk_count"], 1, "{ready}");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("no transcript was made") && message.contains("index follows"),
+        "{message}"
+    );
+    let records = lines(&out.stdout);
+    assert_eq!(records[0]["media"]["audio_codec"], "ac3");
+    assert_eq!(records[0]["media"]["frame_rate"], 25.0);
+    assert!(provider.seen().is_empty());
+}
+
+#[test]
+fn without_ffmpeg_such_audio_keeps_its_record_and_a_hung_ffmpeg_is_killed() {
+    let provider = Provider::start();
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("in");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::copy(fixture("audio/speech/speech.opus"), folder.join("a.opus")).unwrap();
+    std::fs::copy(fixture("audio/ffprobe/clip.avi"), folder.join("b.avi")).unwrap();
+    std::fs::write(
+        folder.join("c.txt"),
+        "Text after the recordings is chunked.\n",
+    )
+    .unwrap();
+    // No ffmpeg: described, and FILE_READY says why there is no transcript.
+    let out = transcribe(
+        dir.path(),
+        &provider,
+        "[media]\nffmpeg = \"/nonexistent/ffmpeg\"\n",
+        &[folder.to_str().unwrap()],
+    );
+    assert_exit(&out, 0);
+    let events = lines(&out.stderr);
+    for key in ["a.opus", "b.avi"] {
+        let ready = outcome(&events, key);
+        assert_eq!(ready["event"], "FILE_READY", "{ready}");
+        assert_eq!(ready["chunk_count"], 1, "{ready}");
+        let message = ready["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("no transcript was made") && message.contains("install ffmpeg"),
+            "{message}"
+        );
+    }
+    let records = lines(&out.stdout);
+    let opus = records
+        .iter()
+        .find(|r| r["file"]["key"] == "a.opus")
+        .unwrap();
+    assert_eq!(opus["media"]["codec"], "opus");
+    assert_eq!(opus["text"], "");
+    assert!(provider.seen().is_empty());
+    // An ffmpeg that hangs is killed at the media time limit, and the next file goes on.
+    let hung = dir.path().join("hung-ffmpeg");
+    let pids = dir.path().join("pids");
+    std::fs::write(
+        &hung,
+        format!("#!/bin/sh\necho $$ >> {}\nexec sleep 60\n", pids.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hung, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let started = std::time::Instant::now();
+    let out = transcribe(
+        dir.path(),
+        &provider,
+        &format!(
+            "[media]\nffmpeg = \"{}\"\n[limits]\nmax_media_secs = 2\n",
+            hung.display()
+        ),
+        &[folder.to_str().unwrap()],
+    );
+    assert_exit(&out, 3);
+    assert!(started.elapsed().as_secs() < 20, "{:?}", started.elapsed());
+    let events = lines(&out.stderr);
+    for key in ["a.opus", "b.avi"] {
+        let failed = outcome(&events, key);
+        assert_eq!(failed["error_code"], "LIMIT_EXCEEDED", "{failed}");
+    }
+    assert_eq!(outcome(&events, "c.txt")["event"], "FILE_READY");
+    let pids = std::fs::read_to_string(&pids).unwrap();
+    assert_eq!(pids.lines().count(), 2, "{pids}");
+    // Gone, or a zombie waiting to be reaped: not running.
+    for pid in pids.lines() {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = state.rsplit(')').next().unwrap_or_default().trim_start();
+        assert!(
+            state.is_empty() || state.starts_with('Z'),
+            "ffmpeg {pid} still runs: {state}"
+        );
+    }
+}
+
+#[test]
 fn a_file_that_takes_too_long_is_abandoned_and_the_next_goes_on() {
     let provider = Provider::start();
     let dir = tempfile::tempdir().unwrap();
@@ -457,8 +575,18 @@ fn broken_and_hostile_recordings_each_get_their_outcome() {
         ("damaged.flac", ("FILE_READY", "")),
         ("after.txt", ("FILE_READY", "")),
     ]);
-    // Described only, and described and transcribed: the same outcomes.
+    // Described only, and described and transcribed: the same outcomes, but for an AVI whose
+    // header is whole and whose media is noise: described, then no audio decodes from it.
     for transcribed in [false, true] {
+        let mut expected = expected.clone();
+        expected.insert(
+            "garbled.avi",
+            if transcribed {
+                ("FILE_ERROR", "CORRUPT_FILE")
+            } else {
+                ("FILE_READY", "")
+            },
+        );
         let limits = "[limits]\nmax_media_metadata_bytes = 65536\n";
         let out = if transcribed {
             transcribe(dir.path(), &provider, limits, &[bad.to_str().unwrap()])

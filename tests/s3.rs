@@ -908,6 +908,8 @@ fn a_large_video_in_a_bucket_is_described_from_a_few_ranges() {
     assert_eq!(media["width"], 160, "{media}");
     assert_eq!(media["codec"], "h264", "{media}");
     assert!(media["duration_ms"].as_u64().unwrap() > 9_000, "{media}");
+    // From the video track's sample times in the index at the end.
+    assert_eq!(media["frame_rate"], 25.0, "{media}");
     // The head, and a block at the end for the index: a few MB of the 64.
     let summary = String::from_utf8_lossy(&out.stderr);
     let read_mb: f64 = summary

@@ -1532,7 +1532,12 @@ fn audio_jobs_are_transcribed_with_the_options_of_the_job() {
         provider.url()
     );
     let worker = Worker::start_configured(&names, BROKER, &[("TRANSCRIBE_KEY", API_KEY)], &config);
-    for (key, labels) in [("speech.mp3", true), ("speech.ogg", false)] {
+    // The Opus recording is decoded by ffmpeg, fed the object as a second stream from the bucket.
+    for (key, labels) in [
+        ("speech.mp3", true),
+        ("speech.ogg", false),
+        ("speech.opus", false),
+    ] {
         enqueue(
             &names,
             &json!({"schema_version": 1, "type": "sync_files", "skip_embedding_generation": true,
@@ -1543,7 +1548,7 @@ fn audio_jobs_are_transcribed_with_the_options_of_the_job() {
                     "ids": [{"bucket": "recordings", "id": key}]}),
         );
     }
-    let (_, outcomes) = outcomes_for(&names, 2);
+    let (_, outcomes) = outcomes_for(&names, 3);
     let chunks: u64 = outcomes
         .values()
         .map(|o| {
@@ -1557,6 +1562,7 @@ fn audio_jobs_are_transcribed_with_the_options_of_the_job() {
     for (key, prefix) in [
         ("speech.mp3", "Speaker A: Passage 0"),
         ("speech.ogg", "Passage 0"),
+        ("speech.opus", "Passage 0"),
     ] {
         let mine = records_of(&records, key);
         assert_eq!(mine.len(), 2, "{key}: {mine:?}");
@@ -1573,14 +1579,14 @@ fn audio_jobs_are_transcribed_with_the_options_of_the_job() {
         assert!(mine[0]["media"]["duration_ms"].as_u64().unwrap() > 9_000);
     }
     let seen = provider.seen();
-    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen.len(), 3, "{seen:?}");
     let models: BTreeSet<&str> = seen.iter().map(|s| s.fields["model"].as_str()).collect();
     assert_eq!(models, BTreeSet::from(["diarizer", "whisper-1"]));
     assert_eq!(
         seen.iter()
             .filter(|s| s.fields.contains_key("language"))
             .count(),
-        1
+        2
     );
     assert!(!worker.log().contains(API_KEY), "the key was logged");
 }

@@ -192,6 +192,9 @@ pub struct Probed {
     audio: Option<(u32, AudioCodecParameters, Option<TimeBase>)>,
     /// Why there is no audio to decode, when there is none.
     pub no_audio: Option<String>,
+    /// The codec of an audio track that is there but has no decoder here (Opus, AC-3): ffmpeg
+    /// may decode it.
+    pub foreign_codec: Option<String>,
     /// The first packet of the audio track, read to know there is one.
     first: Option<symphonia::core::packet::Packet>,
     budget: Arc<AtomicU64>,
@@ -229,6 +232,14 @@ pub fn probe(input: Input, format: &str, limits: MediaLimits) -> Result<Probed, 
             message: format!("{format} files are recognised but cannot be read here"),
         });
     }
+    let mut input = input;
+    let frame_rate = super::frames::frame_rate(&mut input, format, limits.max_metadata_bytes);
+    input.seek(SeekFrom::Start(0)).map_err(|err| {
+        Rejection::Error(FileError::permanent(
+            ErrorCode::ReadFailed,
+            format!("reading the {format} file: {err}"),
+        ))
+    })?;
     let (budget, over_budget) = (Arc::clone(&input.budget), Arc::clone(&input.over_budget));
     let cancelled = Arc::clone(&input.cancelled);
     budget.store(limits.max_metadata_bytes, Ordering::Relaxed);
@@ -250,6 +261,9 @@ pub fn probe(input: Input, format: &str, limits: MediaLimits) -> Result<Probed, 
         Err(_) => return Err(crashed(format)),
     };
     let mut probed = describe(reader, tags, format, limits);
+    if probed.media.width.is_some() {
+        probed.media.frame_rate = frame_rate;
+    }
     probed.budget = budget;
     probed.over_budget = over_budget;
     probed.cancelled = cancelled;
@@ -332,6 +346,7 @@ fn describe(
     };
     let mut audio = None;
     let mut no_audio = Some("the file has no audio track".to_owned());
+    let mut foreign_codec = None;
     let mut duration = None::<u64>;
     let mut longest = |track: &Track| {
         if let Some(ms) = track_ms(track, whole.time_base, whole.duration) {
@@ -361,6 +376,7 @@ fn describe(
                     no_audio = None;
                 } else {
                     no_audio = Some(format!("its {name} audio cannot be decoded here"));
+                    foreign_codec = Some(name.to_owned());
                 }
             }
             Some(CodecParameters::Video(params)) if !video_seen => {
@@ -383,6 +399,7 @@ fn describe(
         format: reader,
         audio,
         no_audio,
+        foreign_codec,
         first: None,
         budget: Arc::new(AtomicU64::new(u64::MAX)),
         over_budget: Arc::new(AtomicBool::new(false)),
@@ -618,9 +635,7 @@ impl Probed {
         let Some((track, params, time_base)) = self.audio.clone() else {
             return Err(corrupt("there is no audio track to decode".to_owned()));
         };
-        let per_ms = u64::from(TRANSCRIPTION_RATE) / 1000;
-        let max_piece =
-            usize::try_from(max_piece_ms.max(1000).saturating_mul(per_ms)).unwrap_or(usize::MAX);
+        let max_piece = piece_samples(max_piece_ms);
         let cancelled = Arc::clone(&self.cancelled);
         let mut feed = Feed {
             resampler: To16k::default(),
@@ -702,6 +717,84 @@ impl Probed {
             Ok(Err(err)) => Err(err),
             Err(_) => Err(corrupt("the decoder crashed on it".to_owned())),
         }
+    }
+}
+
+/// Samples in a piece of at most `max_piece_ms` (at least a second).
+fn piece_samples(max_piece_ms: u64) -> usize {
+    let per_ms = u64::from(TRANSCRIPTION_RATE) / 1000;
+    usize::try_from(max_piece_ms.max(1000).saturating_mul(per_ms)).unwrap_or(usize::MAX)
+}
+
+/// Audio decoded elsewhere (by ffmpeg) at 16 kHz mono, cut into pieces the way
+/// [`Probed::decode`] cuts its own, within `max_duration_ms`.
+pub struct Cutter {
+    splitter: Splitter,
+    format: String,
+    limits: MediaLimits,
+    /// The first byte of a sample split between two reads.
+    odd: Option<u8>,
+}
+
+impl Cutter {
+    /// Cuts a `format` file's audio into pieces of at most `max_piece_ms`.
+    #[must_use]
+    pub fn new(format: &str, limits: MediaLimits, max_piece_ms: u64) -> Self {
+        Self {
+            splitter: Splitter {
+                pending: Vec::new(),
+                start: 0,
+                max_piece: piece_samples(max_piece_ms),
+            },
+            format: format.to_owned(),
+            limits,
+            odd: None,
+        }
+    }
+
+    /// Takes signed 16-bit little-endian samples at [`TRANSCRIPTION_RATE`]; full pieces go to
+    /// `out`.
+    ///
+    /// # Errors
+    /// `LIMIT_EXCEEDED` once the audio runs past `max_duration_ms`.
+    pub fn push(&mut self, mut bytes: &[u8], out: &mut Vec<Piece>) -> Result<(), FileError> {
+        let scale = 1.0 / f32::from(i16::MAX);
+        if let (Some(low), Some((&high, rest))) = (self.odd, bytes.split_first()) {
+            let sample = i16::from_le_bytes([low, high]);
+            self.splitter.pending.push(f32::from(sample) * scale);
+            self.odd = None;
+            bytes = rest;
+        }
+        let samples = bytes.chunks_exact(2);
+        if let [last] = samples.remainder() {
+            self.odd = Some(*last);
+        }
+        self.splitter
+            .pending
+            .extend(samples.map(|pair| f32::from(i16::from_le_bytes([pair[0], pair[1]])) * scale));
+        let decoded_ms = self.splitter.decoded_ms();
+        if decoded_ms > self.limits.max_duration_ms {
+            return Err(too_long_error(&self.format, decoded_ms, self.limits));
+        }
+        self.splitter.emit_full(&mut |piece| {
+            out.push(piece);
+            Ok(())
+        })
+    }
+
+    /// The end of the audio: the last pieces go to `out`; returns the duration cut.
+    pub fn finish(mut self, out: &mut Vec<Piece>) -> u64 {
+        let duration_ms = self.splitter.decoded_ms();
+        let mut keep = |piece| {
+            out.push(piece);
+            Ok(())
+        };
+        // Keeping a piece cannot fail.
+        let _ = self
+            .splitter
+            .emit_full(&mut keep)
+            .and_then(|()| self.splitter.emit_rest(&mut keep));
+        duration_ms
     }
 }
 
@@ -883,7 +976,7 @@ impl Splitter {
         let samples = self
             .pending
             .drain(..cut)
-            .map(|s| (s.clamp(-1.0, 1.0) * f32::from(i16::MAX)) as i16)
+            .map(|s| (s.clamp(-1.0, 1.0) * f32::from(i16::MAX)).round() as i16)
             .collect();
         let start_ms = self.start * 1000 / u64::from(TRANSCRIPTION_RATE);
         self.start += cut as u64;
@@ -1187,6 +1280,45 @@ mod tests {
         assert_eq!(err.code, ErrorCode::LimitExceeded, "{err:?}");
         assert!(err.message.contains("abandoned"));
         assert_eq!(pieces, 0);
+    }
+
+    #[test]
+    fn samples_from_elsewhere_are_cut_whole_whatever_their_reads() {
+        let samples: Vec<i16> = (0..3 * 16_000 + 123)
+            .map(|i| ((i as f32 * 0.05).sin() * 20_000.0) as i16)
+            .collect();
+        let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let limits = MediaLimits {
+            max_duration_ms: 60_000,
+            max_metadata_bytes: 0,
+        };
+        let mut cutter = Cutter::new("ogg", limits, 1000);
+        let mut pieces = Vec::new();
+        // Reads of an odd length split samples between them.
+        for read in bytes.chunks(777) {
+            cutter.push(read, &mut pieces).unwrap();
+        }
+        assert_eq!(cutter.finish(&mut pieces), 3007);
+        let mut at = 0;
+        for piece in &pieces {
+            assert!(piece.samples.len() <= 16_000);
+            assert_eq!(piece.start_ms, at as u64 * 1000 / 16_000);
+            let sent = &samples[at..at + piece.samples.len()];
+            assert!(piece.samples == sent, "piece at {} ms", piece.start_ms);
+            at += piece.samples.len();
+        }
+        assert_eq!(at, samples.len());
+        // Past the duration limit.
+        let limits = MediaLimits {
+            max_duration_ms: 2_000,
+            ..limits
+        };
+        let mut cutter = Cutter::new("ogg", limits, 1000);
+        let err = bytes
+            .chunks(16_000)
+            .try_for_each(|read| cutter.push(read, &mut pieces))
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::LimitExceeded, "{err:?}");
     }
 
     #[test]

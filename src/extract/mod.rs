@@ -2,7 +2,9 @@
 //! runtime, and never trusts the input: every failure is a classified [`Rejection`].
 
 mod charset;
+pub mod ffmpeg;
 pub mod ffprobe;
+pub mod frames;
 mod html;
 pub mod image;
 pub mod media;

@@ -382,6 +382,7 @@ fn request(
         embedding,
         media: limits.media(),
         ffprobe: ctx.config.media.ffprobe(),
+        ffmpeg: ctx.config.media.ffmpeg(),
         transcriber: ctx.transcriber.clone(),
         transcription: options
             .file_sync_config
