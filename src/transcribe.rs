@@ -4,6 +4,7 @@
 //! timeouts and garbage, then `TRANSCRIPTION_FAILED`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -139,6 +140,7 @@ pub struct Transcript {
 
 /// A configured provider.
 pub struct Transcriber {
+    stats: Arc<Stats>,
     client: reqwest::Client,
     endpoint: reqwest::Url,
     /// The endpoint as errors show it.
@@ -146,6 +148,19 @@ pub struct Transcriber {
     key: Option<(Auth, Secret)>,
     config: TranscriptionConfig,
     slots: tokio::sync::Semaphore,
+}
+
+/// Requests to the transcription provider and their outcomes, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Pieces transcribed.
+    pub succeeded: AtomicU64,
+    /// Requests that failed and were tried again.
+    pub retried: AtomicU64,
+    /// Pieces that failed for good.
+    pub failed: AtomicU64,
+    /// Milliseconds of audio transcribed.
+    pub audio_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for Transcriber {
@@ -190,6 +205,7 @@ impl Transcriber {
         let client =
             provider::client(config.timeout_secs).map_err(|err| format!("transcription: {err}"))?;
         Ok(Some(Arc::new(Transcriber {
+            stats: Arc::default(),
             client,
             endpoint,
             shown,
@@ -197,6 +213,12 @@ impl Transcriber {
             slots: tokio::sync::Semaphore::new(config.max_concurrent_requests),
             config: config.clone(),
         })))
+    }
+
+    /// Its requests and their outcomes so far.
+    #[must_use]
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
     }
 
     /// The longest piece sent: within the upload limit and `max_piece_secs`.
@@ -239,18 +261,25 @@ impl Transcriber {
                         segment.start_ms += piece.start_ms;
                         segment.end_ms += piece.start_ms;
                     }
+                    self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+                    self.stats.audio_ms.fetch_add(piece_ms, Ordering::Relaxed);
                     return Ok(transcript);
                 }
-                Err(Failure::Stop(error) | Failure::Refused { error, .. }) => return Err(error),
+                Err(Failure::Stop(error) | Failure::Refused { error, .. }) => {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    return Err(error);
+                }
                 Err(Failure::Retry { error, after }) => (error, after),
             };
             let too_long = after.is_some_and(|after| after > max_wait);
             if attempt >= self.config.max_attempts || too_long {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 return Err(FileError {
                     message: format!("{} (gave up after {attempt} attempts)", error.message),
                     ..error
                 });
             }
+            self.stats.retried.fetch_add(1, Ordering::Relaxed);
             let wait = after.map_or(backoff(attempt), |after| after.max(backoff(attempt)));
             tracing::debug!(attempt, wait_ms = wait.as_millis(), error = %error.message, "transcription request retried");
             tokio::time::sleep(wait).await;

@@ -1588,5 +1588,20 @@ fn audio_jobs_are_transcribed_with_the_options_of_the_job() {
             .count(),
         2
     );
+    // Three pieces of about 9.4 s each, all answered at the first attempt.
+    let (_, metrics) = worker.get("/metrics").unwrap();
+    for line in [
+        "ingestd_transcription_requests_total{outcome=\"ok\"} 3",
+        "ingestd_transcription_requests_total{outcome=\"retried\"} 0",
+        "ingestd_transcription_requests_total{outcome=\"failed\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line}: {metrics}");
+    }
+    let seconds: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ingestd_transcription_audio_seconds_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no audio seconds in {metrics}"));
+    assert!((27.0..30.0).contains(&seconds), "{seconds}");
     assert!(!worker.log().contains(API_KEY), "the key was logged");
 }

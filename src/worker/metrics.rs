@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::embed::Stats;
 use crate::pipeline::{FileReport, Tally};
+use crate::transcribe;
 
 /// Upper bounds (seconds) of the job duration histogram's buckets.
 const DURATION_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0];
@@ -28,6 +29,8 @@ pub struct Metrics {
     durations: Mutex<([u64; DURATION_BUCKETS.len() + 1], u64)>,
     /// Requests to embedding providers.
     embedding: Arc<Stats>,
+    /// Requests to the transcription provider.
+    transcription: Arc<transcribe::Stats>,
 }
 
 fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
@@ -38,11 +41,12 @@ fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
 }
 
 impl Metrics {
-    /// Metrics that also show the embedding providers' `stats`.
+    /// Metrics that also show the embedding and transcription providers' stats.
     #[must_use]
-    pub fn new(embedding: Arc<Stats>) -> Self {
+    pub fn new(embedding: Arc<Stats>, transcription: Arc<transcribe::Stats>) -> Self {
         Metrics {
             embedding,
+            transcription,
             ..Metrics::default()
         }
     }
@@ -232,6 +236,32 @@ impl Metrics {
              # TYPE ingestd_embedding_inputs_total counter\n\
              ingestd_embedding_inputs_total {}",
             embedding.inputs.load(Ordering::Relaxed)
+        );
+        let transcription = &self.transcription;
+        let _ = writeln!(
+            out,
+            "# HELP ingestd_transcription_requests_total Requests to the transcription provider \
+             by outcome (ok: a piece transcribed; retried: failed and tried again; failed: gave \
+             up).\n\
+             # TYPE ingestd_transcription_requests_total counter"
+        );
+        for (outcome, count) in [
+            ("ok", &transcription.succeeded),
+            ("retried", &transcription.retried),
+            ("failed", &transcription.failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "ingestd_transcription_requests_total{{outcome=\"{outcome}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ingestd_transcription_audio_seconds_total Seconds of audio transcribed.\n\
+             # TYPE ingestd_transcription_audio_seconds_total counter\n\
+             ingestd_transcription_audio_seconds_total {}",
+            transcription.audio_ms.load(Ordering::Relaxed) as f64 / 1000.0
         );
     }
 }

@@ -81,7 +81,10 @@ pub async fn run(
                 tracing::warn!(%why, "audio and video will not be transcribed");
             }
         });
-    let metrics = Arc::new(Metrics::new(embedder.stats()));
+    let transcription = transcriber
+        .as_ref()
+        .map_or_else(|_| Arc::default(), |started| started.stats());
+    let metrics = Arc::new(Metrics::new(embedder.stats(), transcription));
     let address = config.worker.listen.clone();
     let listener = TcpListener::bind(&address)
         .await
