@@ -749,9 +749,12 @@ impl Processing {
                 Ok(Vec::new())
             }
             (Err(err), _) => Err(Outcome::Failed(err)),
-            (Ok(decoded_ms), Ok((segments, language))) => {
+            (Ok(decoded), Ok((segments, language))) => {
+                if let Some(said) = &decoded.stopped {
+                    tracing::warn!(key = %self.object.key, decoded_ms = decoded.duration_ms, %said, "ffmpeg stopped with an error; the audio before it is kept");
+                }
                 media.language = language;
-                media.duration_ms = media.duration_ms.or(Some(decoded_ms));
+                media.duration_ms = media.duration_ms.or(Some(decoded.duration_ms));
                 Ok(segments)
             }
         }
@@ -792,9 +795,8 @@ impl Processing {
                     return Ok(None);
                 }
             };
-            let (file, why_not) =
+            let (file, why_not, foreign) =
                 media_file(&probed, &object, detected, kind, no_provider.as_deref());
-            let foreign = probed.foreign_codec.is_some() && ffmpeg::decodes(format);
             if described
                 .send(Ok((probed.media.clone(), file, why_not, foreign)))
                 .is_err()
@@ -831,11 +833,12 @@ impl Processing {
         };
         self.file_ref.media_type = file.media_type;
         self.note = why_not;
-        // A codec without a decoder here: ffmpeg decodes it (symphonia's work ends at once).
+        // A codec without a decoder here: ffmpeg decodes it (symphonia's work ends at once,
+        // having no audio to decode).
         if foreign && let Ok(transcriber) = &transcriber {
+            drop(next_piece);
             self.blocking(work).await.map_err(Outcome::Failed)?;
             self.bytes_read += fetched.load(Ordering::Relaxed);
-            self.note = None;
             let segments = self
                 .hear_elsewhere(source, format, transcriber, &mut media)
                 .await?;
@@ -1069,24 +1072,35 @@ impl Processing {
     }
 }
 
-/// How records describe a media file, and why it gets no transcript (when it does not).
+/// How records describe a media file; why it gets no transcript (when it does not); and
+/// whether its audio is for ffmpeg to decode (a codec without a decoder here, in a container
+/// ffmpeg reads from a stream).
 fn media_file(
     probed: &media::Probed,
     object: &ObjectMeta,
     detected: Detected,
     kind: SourceKind,
     no_provider: Option<&str>,
-) -> (FileInfo, Option<String>) {
+) -> (FileInfo, Option<String>, bool) {
     let mut file = file_info(object, detected, kind);
     // A video container holding only sound (WebM or MP4 audio) is audio.
     if probed.media.width.is_none() && probed.media.sample_rate.is_some() {
         file.media_type = Some(crate::detect::MediaType::Audio);
     }
+    let format = detected.format.name();
+    let foreign = probed.foreign_codec.is_some() && ffmpeg::decodes(format);
     let why_not = match (no_provider, probed.no_audio.as_deref()) {
-        (Some(why), _) | (None, Some(why)) => Some(format!("no transcript was made: {why}")),
+        (None, Some(why)) if foreign && probed.index_after_media => Some(format!(
+            "{why}, and ffmpeg cannot decode it from a stream: the {format} file's index follows \
+             its media"
+        )),
+        (None, Some(_)) if foreign => None,
+        (Some(why), _) | (None, Some(why)) => Some(why.to_owned()),
         (None, None) => None,
     };
-    (file, why_not)
+    let foreign = foreign && no_provider.is_none() && !probed.index_after_media;
+    let why_not = why_not.map(|why| format!("no transcript was made: {why}"));
+    (file, why_not, foreign)
 }
 
 /// The transcript of every piece `next` brings, in order, and the language first heard.

@@ -198,6 +198,29 @@ fn other_containers_are_described_by_ffprobe_or_skipped_without_it() {
             .unwrap()
             .contains("install ffmpeg")
     );
+    // An ffprobe that answers without end: what is past the limit is read and dropped, and the
+    // file fails.
+    let chatty = dir.path().join("chatty-ffprobe");
+    std::fs::write(
+        &chatty,
+        "#!/bin/sh\ncat > /dev/null\nhead -c 50000000 /dev/zero | tr '\\0' ' '\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&chatty, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        format!("[media]\nffprobe = \"{}\"\n", chatty.display()),
+    )
+    .unwrap();
+    let out = ingestd(dir.path(), &["sync", folder.to_str().unwrap()]);
+    assert_exit(&out, 3);
+    let events = lines(&out.stderr);
+    let failed = outcome(&events, "clip.avi");
+    assert_eq!(failed["error_code"], "CORRUPT_FILE", "{failed}");
+    assert!(
+        failed["message"].as_str().unwrap().contains("too large"),
+        "{failed}"
+    );
 }
 
 #[test]
@@ -223,6 +246,8 @@ fn transcripts_carry_the_time_of_the_speech_in_each_chunk() {
         ("ffprobe/clip.mpg", 100),
         // AC-3, which symphonia has no decoder for, in an MP4 whose index comes first.
         ("foreign/ac3-faststart.mp4", 100),
+        // Opus, then MP3: the MP3 track is decoded here.
+        ("foreign/two-tracks.mkv", 100),
     ] {
         let before = provider.seen().len();
         let path = fixture(&format!("audio/{file}"));
@@ -422,10 +447,26 @@ fn a_provider_that_fails_is_retried_then_the_file_fails_retryably() {
 fn an_mp4_ffmpeg_cannot_read_from_a_stream_keeps_its_record() {
     let provider = Provider::start();
     let dir = tempfile::tempdir().unwrap();
-    // AC-3 in an MP4 whose index follows its media: described, but its media has gone by when
-    // a stream reaches the index.
+    // AC-3 in an MP4 whose index follows its media: described, but its media would have gone
+    // by when a stream reaches the index, so ffmpeg is not even started.
     let path = fixture("audio/foreign/ac3.mp4");
-    let out = transcribe(dir.path(), &provider, "", &[path.to_str().unwrap()]);
+    let started = dir.path().join("started");
+    let ffmpeg = dir.path().join("ffmpeg");
+    std::fs::write(
+        &ffmpeg,
+        format!(
+            "#!/bin/sh\ntouch {}\nexec ffmpeg \"$@\"\n",
+            started.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&ffmpeg, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = transcribe(
+        dir.path(),
+        &provider,
+        &format!("[media]\nffmpeg = \"{}\"\n", ffmpeg.display()),
+        &[path.to_str().unwrap()],
+    );
     assert_exit(&out, 0);
     let events = lines(&out.stderr);
     let ready = outcome(&events, "ac3.mp4");
@@ -440,6 +481,21 @@ fn an_mp4_ffmpeg_cannot_read_from_a_stream_keeps_its_record() {
     assert_eq!(records[0]["media"]["audio_codec"], "ac3");
     assert_eq!(records[0]["media"]["frame_rate"], 25.0);
     assert!(provider.seen().is_empty());
+    assert!(!started.exists(), "ffmpeg was started");
+    // The same wrapper is what transcribes the copy whose index comes first.
+    let path = fixture("audio/foreign/ac3-faststart.mp4");
+    let out = transcribe(
+        dir.path(),
+        &provider,
+        &format!("[media]\nffmpeg = \"{}\"\n", ffmpeg.display()),
+        &[path.to_str().unwrap()],
+    );
+    assert_exit(&out, 0);
+    assert!(started.exists(), "ffmpeg was not started");
+    let records = lines(&out.stdout);
+    assert_eq!(records.len(), 1);
+    assert!(records[0]["text"].as_str().unwrap().contains("Passage 1"));
+    assert!(records[0]["time_range_ms"].is_array());
 }
 
 #[test]
@@ -484,10 +540,14 @@ fn without_ffmpeg_such_audio_keeps_its_record_and_a_hung_ffmpeg_is_killed() {
     assert!(provider.seen().is_empty());
     // An ffmpeg that hangs is killed at the media time limit, and the next file goes on.
     let hung = dir.path().join("hung-ffmpeg");
-    let pids = dir.path().join("pids");
+    let (pids, env) = (dir.path().join("pids"), dir.path().join("env"));
     std::fs::write(
         &hung,
-        format!("#!/bin/sh\necho $$ >> {}\nexec sleep 60\n", pids.display()),
+        format!(
+            "#!/bin/sh\necho $$ >> {}\nenv > {}\nexec sleep 60\n",
+            pids.display(),
+            env.display()
+        ),
     )
     .unwrap();
     std::fs::set_permissions(&hung, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -509,6 +569,9 @@ fn without_ffmpeg_such_audio_keeps_its_record_and_a_hung_ffmpeg_is_killed() {
         assert_eq!(failed["error_code"], "LIMIT_EXCEEDED", "{failed}");
     }
     assert_eq!(outcome(&events, "c.txt")["event"], "FILE_READY");
+    // It was not given the service's environment: no provider key.
+    let env = std::fs::read_to_string(&env).unwrap();
+    assert!(env.contains("PATH=") && !env.contains(API_KEY), "{env}");
     let pids = std::fs::read_to_string(&pids).unwrap();
     assert_eq!(pids.lines().count(), 2, "{pids}");
     // Gone, or a zombie waiting to be reaped: not running.

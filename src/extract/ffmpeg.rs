@@ -4,7 +4,8 @@
 //! stdout, cut into pieces by a [`Cutter`]. A crash or a hang costs that process, which is
 //! killed when the file is abandoned.
 
-use std::process::Stdio;
+use std::io;
+use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -30,6 +31,7 @@ const DEMUXERS: &[(&str, &str)] = &[
     ("webm", "matroska"),
     ("mkv", "matroska"),
     ("mp4", "mov"),
+    ("m4v", "mov"),
     ("m4a", "mov"),
     ("mov", "mov"),
     ("3gp", "mov"),
@@ -37,6 +39,15 @@ const DEMUXERS: &[(&str, &str)] = &[
 
 /// What ffmpeg says on stderr that is kept for an error message.
 const KEPT_STDERR_BYTES: usize = 4096;
+
+/// What ffmpeg decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    /// Milliseconds of audio.
+    pub duration_ms: u64,
+    /// What ffmpeg said when it stopped with an error after some audio (kept, and logged).
+    pub stopped: Option<String>,
+}
 
 /// How to run ffmpeg.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,13 +66,12 @@ impl Ffmpeg {
     /// Decodes the first audio track of a `format` file whose bytes `body` brings, and sends
     /// its pieces to `pieces` as `cutter` cuts them. Reading ffmpeg's samples holds a slot of
     /// `cpu`, released while a piece waits to be taken. `fed` counts the bytes given to it.
-    /// Returns the milliseconds decoded.
     ///
     /// # Errors
-    /// `UNSUPPORTED_FORMAT` when ffmpeg cannot be run, or decodes nothing from an MP4 (whose
-    /// index may follow its media); `CORRUPT_FILE` when it decodes nothing or fails; the body's
-    /// own errors; `LIMIT_EXCEEDED` past the duration limit; `INTERNAL` when `pieces` is
-    /// closed.
+    /// `UNSUPPORTED_FORMAT` when ffmpeg is not installed; `CORRUPT_FILE` when it decodes
+    /// nothing; the body's own errors; `LIMIT_EXCEEDED` past the duration limit; `INTERNAL`
+    /// (transient) when ffmpeg cannot be started, is killed or does not take our options, and
+    /// (permanent) when `pieces` is closed.
     pub async fn decode(
         &self,
         format: &str,
@@ -70,20 +80,27 @@ impl Ffmpeg {
         pieces: mpsc::Sender<Piece>,
         cpu: Arc<Semaphore>,
         fed: &mut u64,
-    ) -> Result<u64, FileError> {
-        let demuxer = DEMUXERS
-            .iter()
-            .find(|(name, _)| *name == format)
-            .map_or("matroska", |(_, demuxer)| demuxer);
-        let mut child = self.command(demuxer).spawn().map_err(|err| {
-            FileError::permanent(
+    ) -> Result<Decoded, FileError> {
+        let Some((_, demuxer)) = DEMUXERS.iter().find(|(name, _)| *name == format) else {
+            return Err(FileError::permanent(
+                ErrorCode::UnsupportedFormat,
+                format!("ffmpeg is not given {format} files here"),
+            ));
+        };
+        let mut child = self.command(demuxer).spawn().map_err(|err| match err.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied => FileError::permanent(
                 ErrorCode::UnsupportedFormat,
                 format!(
                     "its audio is decoded by `{}`, which could not be run ({err}); install ffmpeg \
                      or set media.ffmpeg",
                     self.program
                 ),
-            )
+            ),
+            // Out of processes or memory for a moment: not the file's fault.
+            _ => FileError::transient(
+                ErrorCode::Internal,
+                format!("starting `{}`: {err}", self.program),
+            ),
         })?;
         let (Some(mut stdin), Some(mut stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -136,20 +153,21 @@ impl Ffmpeg {
             Ok(decoded_ms)
         };
         // Returning early drops the child, which kills it.
-        let (decoded_ms, (), said) = tokio::try_join!(read, write, kept(stderr))?;
+        let (decoded_ms, (), said) = tokio::try_join!(read, write, async {
+            Ok(kept(stderr, KEPT_STDERR_BYTES).await)
+        })?;
         let status = child.wait().await.map_err(|err| {
             FileError::transient(ErrorCode::Internal, format!("running `{program}`: {err}"))
         })?;
-        if status.success() && decoded_ms > 0 {
-            return Ok(decoded_ms);
-        }
-        Err(failed(format, demuxer, status.success(), &said))
+        outcome(format, status, decoded_ms, &said)
     }
 
     /// ffmpeg reading a `demuxer` stream from stdin and writing 16 kHz mono 16-bit samples.
     fn command(&self, demuxer: &str) -> Command {
         let mut command = Command::new(&self.program);
         command
+            .env_clear()
+            .envs(super::child_env())
             .args(["-hide_banner", "-nostats", "-loglevel", "error"])
             .args(["-threads", "1", "-filter_threads", "1"])
             .args(["-protocol_whitelist", "pipe", "-f", demuxer, "-i", "pipe:0"])
@@ -171,37 +189,56 @@ impl Ffmpeg {
     }
 }
 
-/// Why ffmpeg decoded nothing, or failed, from what it `said` on stderr.
-fn failed(format: &str, demuxer: &str, exited_well: bool, said: &[u8]) -> FileError {
+/// What ffmpeg said when it ended, for the file's outcome: a failure after some audio keeps
+/// that audio; one before any is the file's damage, unless ffmpeg itself is at fault (killed
+/// by a signal, or an install that does not take our options).
+fn outcome(
+    format: &str,
+    status: ExitStatus,
+    duration_ms: u64,
+    said: &[u8],
+) -> Result<Decoded, FileError> {
     let said = String::from_utf8_lossy(said);
     let said: String = said.trim().chars().take(300).collect();
-    let why = if exited_well {
+    if status.success() && duration_ms > 0 {
+        return Ok(Decoded {
+            duration_ms,
+            stopped: None,
+        });
+    }
+    let broken = ["Unrecognized option", "Option not found", "No such filter"];
+    if status.code().is_none() || broken.iter().any(|marker| said.contains(marker)) {
+        return Err(FileError::transient(
+            ErrorCode::Internal,
+            format!("ffmpeg failed ({status}): {said}"),
+        ));
+    }
+    if duration_ms > 0 {
+        return Ok(Decoded {
+            duration_ms,
+            stopped: Some(said),
+        });
+    }
+    let why = if status.success() {
         "ffmpeg decodes no audio from it".to_owned()
     } else {
         format!("ffmpeg cannot decode its audio ({said})")
     };
-    // An MP4 whose index follows its media cannot be read from a stream (its media has
-    // gone by when the index is found): the file is not known to be damaged.
-    if demuxer == "mov" {
-        return FileError::permanent(
-            ErrorCode::UnsupportedFormat,
-            format!(
-                "{format} audio: {why}; an MP4 whose index follows its media cannot be \
-                     decoded from a stream"
-            ),
-        );
-    }
-    FileError::permanent(ErrorCode::CorruptFile, format!("{format} audio: {why}"))
+    Err(FileError::permanent(
+        ErrorCode::CorruptFile,
+        format!("{format} audio: {why}"),
+    ))
 }
 
-/// The first [`KEPT_STDERR_BYTES`] of `stream`, read to its end so the child never blocks on it.
-async fn kept(mut stream: impl AsyncRead + Unpin) -> Result<Vec<u8>, FileError> {
+/// The first `limit` bytes of a child's `stream`, read to its end so the child never blocks
+/// on it.
+pub(super) async fn kept(mut stream: impl AsyncRead + Unpin, limit: usize) -> Vec<u8> {
     let (mut kept, mut buffer) = (Vec::new(), [0_u8; 4096]);
     loop {
         match stream.read(&mut buffer).await {
-            Ok(0) | Err(_) => return Ok(kept),
+            Ok(0) | Err(_) => return kept,
             Ok(n) => {
-                let room = KEPT_STDERR_BYTES.saturating_sub(kept.len());
+                let room = limit.saturating_sub(kept.len());
                 kept.extend_from_slice(&buffer[..n.min(room)]);
             }
         }
@@ -213,4 +250,34 @@ fn closed() -> FileError {
         ErrorCode::Internal,
         "the transcription of the file stopped while its audio was decoded",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    #[test]
+    fn how_ffmpeg_ended_decides_the_files_outcome() {
+        let exited = |code: i32| ExitStatus::from_raw(code << 8);
+        let ok = outcome("ogg", exited(0), 9_400, b"").unwrap();
+        assert_eq!((ok.duration_ms, ok.stopped), (9_400, None));
+        // Some audio, then an error: the audio is kept and the error said.
+        let cut = outcome("avi", exited(1), 4_000, b"Invalid data found").unwrap();
+        assert_eq!(cut.stopped.as_deref(), Some("Invalid data found"));
+        // Nothing decoded: the file's damage.
+        for status in [exited(0), exited(1)] {
+            let err = outcome("avi", status, 0, b"Invalid data found").unwrap_err();
+            assert_eq!((err.code, err.retryable()), (ErrorCode::CorruptFile, false));
+        }
+        // Killed by a signal, or an install that does not take our options: not the file's.
+        for (status, said) in [
+            (ExitStatus::from_raw(9), &b""[..]),
+            (exited(8), b"Unrecognized option 'filter_threads'."),
+        ] {
+            let err = outcome("avi", status, 0, said).unwrap_err();
+            assert_eq!((err.code, err.retryable()), (ErrorCode::Internal, true));
+        }
+    }
 }

@@ -3,14 +3,15 @@
 //! crash or a hang costs that process, which is killed at its time limit.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::process::Command;
 
 use super::Rejection;
+use super::ffmpeg::kept;
 use crate::error::{ErrorCode, FileError, SkipReason};
 use crate::job::MediaInfo;
 
@@ -84,6 +85,8 @@ impl Ffprobe {
             .find(|(name, _)| *name == format)
             .map_or("avi", |(_, demuxer)| demuxer);
         let spawned = Command::new(&self.program)
+            .env_clear()
+            .envs(super::child_env())
             .args([
                 "-v",
                 "error",
@@ -106,17 +109,28 @@ impl Ffprobe {
                 self.program
             ),
         })?;
-        let stdin = child.stdin.take();
+        let (stdin, stdout, stderr) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take());
         let write = async move {
             if let Some(mut stdin) = stdin {
                 // ffprobe stops reading once it knows enough: a broken pipe is normal.
                 let _ = stdin.write_all(head).await;
             }
         };
-        // Written and read at once: ffprobe may answer before it has read all it is given.
+        // Written and read at once: ffprobe may answer before it has read all it is given. What
+        // it says is kept up to a limit, and the rest read and dropped.
         let run = async {
-            let ((), output) = tokio::join!(write, child.wait_with_output());
-            output
+            let ((), stdout, stderr) = tokio::join!(
+                write,
+                read(stdout, MAX_ANSWER_BYTES + 1),
+                read(stderr, 4096)
+            );
+            let status = child.wait().await?;
+            Ok::<_, std::io::Error>(Output {
+                status,
+                stdout,
+                stderr,
+            })
         };
         let output = match tokio::time::timeout(self.timeout, run).await {
             Ok(Ok(output)) => output,
@@ -162,6 +176,14 @@ impl Ffprobe {
         })?;
         media(answer)
             .ok_or_else(|| corrupt("ffprobe finds no audio or video stream in it".to_owned()))
+    }
+}
+
+/// The first `limit` bytes of a child's output, the rest read and dropped.
+async fn read(stream: Option<impl AsyncRead + Unpin>, limit: usize) -> Vec<u8> {
+    match stream {
+        Some(stream) => kept(stream, limit).await,
+        None => Vec::new(),
     }
 }
 

@@ -1,41 +1,70 @@
-//! The frame rate of a video, which symphonia does not give: from the video track's sample
-//! times in an MP4/MOV/3GP index (`stts`), or from Matroska's `DefaultDuration`. Best effort:
-//! anything unexpected gives no rate, never an error (symphonia judges the file).
+//! What symphonia does not say of a container: a video's frame rate, from the video track's
+//! sample times in an MP4/MOV/3GP index (`stts`) or from Matroska's `DefaultDuration`; and
+//! whether an MP4's index follows its media, which a stream cannot read. Best effort: anything
+//! unexpected gives no answer, never an error (symphonia judges the file).
 
 use std::io::{self, Read, Seek, SeekFrom};
 
-/// Boxes or elements looked at before giving up.
+/// Boxes or elements of an index in memory looked at before giving up.
 const MAX_ELEMENTS: usize = 10_000;
+
+/// Top-level boxes (or segment children) stepped over to find the index: each step may fetch
+/// a block of a remote object, and real files have a handful.
+const MAX_STEPS: usize = 64;
 
 /// Frames a second a real video has at most; a higher figure is damage.
 const MAX_RATE: f64 = 1000.0;
 
-/// The frame rate of a `format` video (a name of [`crate::detect`]), reading at most
-/// `max_index_bytes` of its index; `None` when it has no video track or does not say.
+/// What the container says beyond what symphonia gives.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Layout {
+    /// Frames a second of the video track.
+    pub frame_rate: Option<f64>,
+    /// An MP4 whose index (`moov`) follows its media (`mdat`): it cannot be read as a stream.
+    pub index_after_media: bool,
+}
+
+/// The layout of a `format` file (a name of [`crate::detect`]), reading at most
+/// `max_index_bytes` of its index.
 #[must_use]
-pub fn frame_rate<R: Read + Seek>(
-    input: &mut R,
-    format: &str,
-    max_index_bytes: u64,
-) -> Option<f64> {
-    let rate = match format {
-        "mp4" | "mov" | "3gp" => {
-            let moov = find_moov(input, max_index_bytes).ok()??;
-            iso_rate(&moov)
-        }
-        "mkv" | "webm" => matroska_rate(input, max_index_bytes).ok()?,
-        _ => None,
-    }?;
-    (rate.is_finite() && rate > 0.0 && rate <= MAX_RATE).then(|| (rate * 1000.0).round() / 1000.0)
+pub fn layout<R: Read + Seek>(input: &mut R, format: &str, max_index_bytes: u64) -> Layout {
+    let (rate, index_after_media) = match format {
+        "mp4" | "m4v" | "m4a" | "mov" | "3gp" => match find_moov(input, max_index_bytes) {
+            Ok(Moov { body, after_media }) => (body.and_then(|moov| iso_rate(&moov)), after_media),
+            Err(_) => (None, false),
+        },
+        "mkv" | "webm" => (matroska_rate(input, max_index_bytes).ok().flatten(), false),
+        _ => (None, false),
+    };
+    // Rounded first: a rate that rounds to nothing is no rate.
+    let frame_rate = rate
+        .map(|rate| (rate * 1000.0).round() / 1000.0)
+        .filter(|rate| rate.is_finite() && *rate > 0.0 && *rate <= MAX_RATE);
+    Layout {
+        frame_rate,
+        index_after_media,
+    }
+}
+
+/// The top-level `moov` box of an MP4.
+struct Moov {
+    /// Its contents, when found within the limit.
+    body: Option<Vec<u8>>,
+    /// An `mdat` came before it.
+    after_media: bool,
 }
 
 /// The body of the top-level `moov` box, wherever it is in the file.
-fn find_moov<R: Read + Seek>(input: &mut R, max_bytes: u64) -> io::Result<Option<Vec<u8>>> {
+fn find_moov<R: Read + Seek>(input: &mut R, max_bytes: u64) -> io::Result<Moov> {
     let end = input.seek(SeekFrom::End(0))?;
     let mut at = 0_u64;
-    for _ in 0..MAX_ELEMENTS {
+    let mut found = Moov {
+        body: None,
+        after_media: false,
+    };
+    for _ in 0..MAX_STEPS {
         if at.saturating_add(8) > end {
-            return Ok(None);
+            return Ok(found);
         }
         input.seek(SeekFrom::Start(at))?;
         let mut header = [0_u8; 16];
@@ -54,20 +83,24 @@ fn find_moov<R: Read + Seek>(input: &mut R, max_bytes: u64) -> io::Result<Option
                 size => (u64::from(size), 8),
             };
         if size < header_len {
-            return Ok(None);
+            return Ok(found);
         }
-        if &kind == b"moov" {
-            let body = size - header_len;
-            if body > max_bytes {
-                return Ok(None);
+        match &kind {
+            b"moov" => {
+                let body = size - header_len;
+                if body <= max_bytes {
+                    let mut moov = Vec::new();
+                    input.take(body).read_to_end(&mut moov)?;
+                    found.body = Some(moov);
+                }
+                return Ok(found);
             }
-            let mut moov = Vec::new();
-            input.take(body).read_to_end(&mut moov)?;
-            return Ok(Some(moov));
+            b"mdat" => found.after_media = true,
+            _ => {}
         }
         at = at.saturating_add(size);
     }
-    Ok(None)
+    Ok(found)
 }
 
 /// The boxes inside `body`: (type, contents).
@@ -180,7 +213,7 @@ fn matroska_rate<R: Read + Seek>(input: &mut R, max_bytes: u64) -> io::Result<Op
         return Ok(None);
     }
     vint(input, false)?;
-    for _ in 0..MAX_ELEMENTS {
+    for _ in 0..MAX_STEPS {
         let (id, _) = vint(input, true)?;
         let (size, _) = vint(input, false)?;
         match (id.and_then(|id| u32::try_from(id).ok()), size) {
@@ -290,23 +323,54 @@ mod tests {
         let mdat = mp4_box(*b"mdat", &[0; 5000]);
         let ftyp = mp4_box(*b"ftyp", b"isom");
         let constant = moov(12_800, &[(250, 512)]);
-        for file in [
-            [ftyp.clone(), mdat.clone(), constant.clone()].concat(),
-            [ftyp.clone(), constant, mdat.clone()].concat(),
+        for (file, after_media) in [
+            (
+                [ftyp.clone(), mdat.clone(), constant.clone()].concat(),
+                true,
+            ),
+            ([ftyp.clone(), constant, mdat.clone()].concat(), false),
         ] {
-            let rate = frame_rate(&mut io::Cursor::new(file), "mp4", 1 << 20);
-            assert_eq!(rate, Some(25.0));
+            let layout = layout(&mut io::Cursor::new(file), "mp4", 1 << 20);
+            assert_eq!(layout.frame_rate, Some(25.0));
+            assert_eq!(layout.index_after_media, after_media);
         }
         // 30000/1001, with one frame of another length: the mean.
         let ntsc = moov(30_000, &[(99, 1001), (1, 2002)]);
         let file = [ftyp.clone(), ntsc].concat();
-        let rate = frame_rate(&mut io::Cursor::new(file), "mov", 1 << 20).unwrap();
+        let rate = layout(&mut io::Cursor::new(file), "mov", 1 << 20)
+            .frame_rate
+            .unwrap();
         assert!((rate - 100.0 * 30_000.0 / (100.0 * 1001.0 + 1001.0)).abs() < 0.001);
         // An index over the limit, or a rate no video has, is not read.
         let file = [ftyp.clone(), moov(12_800, &[(250, 512)])].concat();
-        assert_eq!(frame_rate(&mut io::Cursor::new(file), "mp4", 64), None);
-        let file = [ftyp, moov(1_000_000, &[(10, 1)])].concat();
-        assert_eq!(frame_rate(&mut io::Cursor::new(file), "mp4", 1 << 20), None);
+        assert_eq!(
+            layout(&mut io::Cursor::new(file), "mp4", 64).frame_rate,
+            None
+        );
+        // Past the steps a real file takes to reach its index: not looked for.
+        let free = mp4_box(*b"free", &[0; 16]);
+        let file = [
+            vec![ftyp.clone()],
+            vec![free; MAX_STEPS],
+            vec![moov(12_800, &[(250, 512)])],
+        ]
+        .concat()
+        .concat();
+        assert_eq!(
+            layout(&mut io::Cursor::new(file), "mp4", 1 << 20).frame_rate,
+            None
+        );
+        let file = [ftyp.clone(), moov(1_000_000, &[(10, 1)])].concat();
+        assert_eq!(
+            layout(&mut io::Cursor::new(file), "mp4", 1 << 20).frame_rate,
+            None
+        );
+        // Nor one that rounds to nothing (found by the fuzzer).
+        let file = [ftyp, moov(1, &[(1, 10_000)])].concat();
+        assert_eq!(
+            layout(&mut io::Cursor::new(file), "mp4", 1 << 20).frame_rate,
+            None
+        );
     }
 
     fn element(id: &[u8], contents: &[u8]) -> Vec<u8> {
@@ -337,11 +401,14 @@ mod tests {
         segment.extend_from_slice(&[info, tracks].concat());
         let file = [header, segment].concat();
         assert_eq!(
-            frame_rate(&mut io::Cursor::new(file.clone()), "webm", 1 << 20),
+            layout(&mut io::Cursor::new(file.clone()), "webm", 1 << 20).frame_rate,
             Some(25.0)
         );
         // Cut inside the tracks: no rate, no error.
         let cut = file[..file.len() - 3].to_vec();
-        assert_eq!(frame_rate(&mut io::Cursor::new(cut), "mkv", 1 << 20), None);
+        assert_eq!(
+            layout(&mut io::Cursor::new(cut), "mkv", 1 << 20).frame_rate,
+            None
+        );
     }
 }

@@ -193,8 +193,10 @@ pub struct Probed {
     /// Why there is no audio to decode, when there is none.
     pub no_audio: Option<String>,
     /// The codec of an audio track that is there but has no decoder here (Opus, AC-3): ffmpeg
-    /// may decode it.
+    /// may decode it. `None` when a track that decodes here was found.
     pub foreign_codec: Option<String>,
+    /// An MP4 whose index follows its media, which ffmpeg cannot read from a stream.
+    pub index_after_media: bool,
     /// The first packet of the audio track, read to know there is one.
     first: Option<symphonia::core::packet::Packet>,
     budget: Arc<AtomicU64>,
@@ -233,7 +235,12 @@ pub fn probe(input: Input, format: &str, limits: MediaLimits) -> Result<Probed, 
         });
     }
     let mut input = input;
-    let frame_rate = super::frames::frame_rate(&mut input, format, limits.max_metadata_bytes);
+    // What symphonia does not say, read within the metadata limit first.
+    input
+        .budget
+        .store(limits.max_metadata_bytes, Ordering::Relaxed);
+    let layout = super::frames::layout(&mut input, format, limits.max_metadata_bytes);
+    input.over_budget.store(false, Ordering::Relaxed);
     input.seek(SeekFrom::Start(0)).map_err(|err| {
         Rejection::Error(FileError::permanent(
             ErrorCode::ReadFailed,
@@ -262,8 +269,9 @@ pub fn probe(input: Input, format: &str, limits: MediaLimits) -> Result<Probed, 
     };
     let mut probed = describe(reader, tags, format, limits);
     if probed.media.width.is_some() {
-        probed.media.frame_rate = frame_rate;
+        probed.media.frame_rate = layout.frame_rate;
     }
+    probed.index_after_media = layout.index_after_media;
     probed.budget = budget;
     probed.over_budget = over_budget;
     probed.cancelled = cancelled;
@@ -374,6 +382,7 @@ fn describe(
                 if codecs.get_audio_decoder(params.codec).is_some() {
                     audio = Some((track.id, params.clone(), track.time_base));
                     no_audio = None;
+                    foreign_codec = None;
                 } else {
                     no_audio = Some(format!("its {name} audio cannot be decoded here"));
                     foreign_codec = Some(name.to_owned());
@@ -400,6 +409,7 @@ fn describe(
         audio,
         no_audio,
         foreign_codec,
+        index_after_media: false,
         first: None,
         budget: Arc::new(AtomicU64::new(u64::MAX)),
         over_budget: Arc::new(AtomicBool::new(false)),
@@ -973,13 +983,18 @@ impl Splitter {
         cut: usize,
         piece: &mut impl FnMut(Piece) -> Result<(), FileError>,
     ) -> Result<(), FileError> {
-        let samples = self
+        let samples: Vec<i16> = self
             .pending
             .drain(..cut)
             .map(|s| (s.clamp(-1.0, 1.0) * f32::from(i16::MAX)).round() as i16)
             .collect();
         let start_ms = self.start * 1000 / u64::from(TRANSCRIPTION_RATE);
         self.start += cut as u64;
+        // Digital silence (a gap ffmpeg filled, or a crafted jump in timestamps) holds no
+        // word: nothing is sent for it, and its time still counts.
+        if samples.iter().all(|s| *s == 0) {
+            return Ok(());
+        }
         piece(Piece { start_ms, samples })
     }
 }

@@ -37,6 +37,8 @@ impl Ocr {
     /// `CORRUPT_FILE` when Tesseract cannot read the image.
     pub async fn recognise(&self, image: &[u8]) -> Result<String, FileError> {
         let mut child = Command::new(&self.program)
+            .env_clear()
+            .envs(super::child_env())
             .args(["stdin", "stdout", "-l", &self.languages, "--psm", "3"])
             // One core per recognition: the caller holds one CPU slot for it.
             .env("OMP_THREAD_LIMIT", "1")
