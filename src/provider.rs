@@ -89,10 +89,15 @@ pub(crate) fn client(timeout_secs: u64) -> Result<reqwest::Client, String> {
         .map_err(|err| format!("HTTP client: {err}"))
 }
 
-/// `endpoint` as errors and logs show it: scheme, host and path, never user info or query.
+/// `endpoint` as errors and logs show it: scheme, host, port and path, never user info or
+/// query.
 pub(crate) fn shown(endpoint: &reqwest::Url) -> String {
+    let port = endpoint
+        .port()
+        .map(|port| format!(":{port}"))
+        .unwrap_or_default();
     format!(
-        "{}://{}{}",
+        "{}://{}{port}{}",
         endpoint.scheme(),
         endpoint.host_str().unwrap_or(""),
         endpoint.path()
@@ -185,6 +190,15 @@ fn jitter() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_are_shown_without_user_info_or_query() {
+        let url =
+            reqwest::Url::parse("http://user:secret@127.0.0.1:9/v1/embeddings?key=abc").unwrap();
+        assert_eq!(shown(&url), "http://127.0.0.1:9/v1/embeddings");
+        let url = reqwest::Url::parse("https://api.openai.com/v1/embeddings").unwrap();
+        assert_eq!(shown(&url), "https://api.openai.com/v1/embeddings");
+    }
 
     #[test]
     fn retry_after_is_read_in_all_three_forms() {
