@@ -752,6 +752,10 @@ impl Processing {
             (Ok(decoded), Ok((segments, language))) => {
                 if let Some(said) = &decoded.stopped {
                     tracing::warn!(key = %self.object.key, decoded_ms = decoded.duration_ms, %said, "ffmpeg stopped with an error; the audio before it is kept");
+                    self.note = Some(format!(
+                        "the transcript stops at {:.1} s, where decoding failed: {said}",
+                        decoded.duration_ms as f64 / 1000.0
+                    ));
                 }
                 media.language = language;
                 media.duration_ms = media.duration_ms.or(Some(decoded.duration_ms));

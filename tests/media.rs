@@ -256,7 +256,7 @@ fn transcripts_carry_the_time_of_the_speech_in_each_chunk() {
         let out = transcribe(
             dir.path(),
             &provider,
-            "max_piece_secs = 6\n",
+            "max_piece_secs = 6\n[limits]\nmax_media_secs = 60\n",
             &[
                 path.to_str().unwrap(),
                 "--chunk-size",
@@ -268,6 +268,10 @@ fn transcripts_carry_the_time_of_the_speech_in_each_chunk() {
         assert_exit(&out, 0);
         let seen = &provider.seen()[before..];
         assert_eq!(seen.len(), 2, "{file}: two pieces");
+        if file == "foreign/two-tracks.mkv" {
+            // The second track, the one symphonia decodes.
+            assert_eq!(lines(&out.stdout)[0]["media"]["codec"], "mp3");
+        }
         let mut start = 0;
         for piece in seen {
             assert_eq!(piece.format, Some((16_000, 1)), "{file}: 16 kHz mono");

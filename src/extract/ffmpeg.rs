@@ -5,6 +5,7 @@
 //! killed when the file is abandoned.
 
 use std::io;
+use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 
@@ -159,7 +160,7 @@ impl Ffmpeg {
         let status = child.wait().await.map_err(|err| {
             FileError::transient(ErrorCode::Internal, format!("running `{program}`: {err}"))
         })?;
-        outcome(format, status, decoded_ms, &said)
+        outcome(format, demuxer, status, decoded_ms, &said)
     }
 
     /// ffmpeg reading a `demuxer` stream from stdin and writing 16 kHz mono 16-bit samples.
@@ -190,10 +191,12 @@ impl Ffmpeg {
 }
 
 /// What ffmpeg said when it ended, for the file's outcome: a failure after some audio keeps
-/// that audio; one before any is the file's damage, unless ffmpeg itself is at fault (killed
-/// by a signal, or an install that does not take our options).
+/// that audio; one before any is the file's damage (an MP4 it cannot stream aside), unless
+/// ffmpeg itself is at fault: killed (out of memory), or an install that does not run (a
+/// missing library, options it does not take).
 fn outcome(
     format: &str,
+    demuxer: &str,
     status: ExitStatus,
     duration_ms: u64,
     said: &[u8],
@@ -206,13 +209,20 @@ fn outcome(
             stopped: None,
         });
     }
-    let broken = ["Unrecognized option", "Option not found", "No such filter"];
-    if status.code().is_none() || broken.iter().any(|marker| said.contains(marker)) {
+    if status.signal() == Some(SIGKILL)
+        || status.code().is_some_and(|code| code >= 126)
+        || broken(&said)
+    {
         return Err(FileError::transient(
             ErrorCode::Internal,
             format!("ffmpeg failed ({status}): {said}"),
         ));
     }
+    // A crash (SIGSEGV, SIGABRT, ...) is the file's doing, like an error.
+    let said = match status.signal() {
+        Some(signal) => format!("ffmpeg crashed on it (signal {signal}) {said}"),
+        None => said,
+    };
     if duration_ms > 0 {
         return Ok(Decoded {
             duration_ms,
@@ -224,10 +234,39 @@ fn outcome(
     } else {
         format!("ffmpeg cannot decode its audio ({said})")
     };
+    // An MP4 that symphonia reads but ffmpeg cannot decode from a stream (media badly
+    // interleaved, or an index found late) is not known to be damaged.
+    if demuxer == "mov" {
+        return Err(FileError::permanent(
+            ErrorCode::UnsupportedFormat,
+            format!("{format} audio: {why}; it may not be decodable from a stream"),
+        ));
+    }
     Err(FileError::permanent(
         ErrorCode::CorruptFile,
         format!("{format} audio: {why}"),
     ))
+}
+
+/// Signal 9: what the kernel's out-of-memory killer sends.
+const SIGKILL: i32 = 9;
+
+/// Whether ffmpeg says it cannot run as asked, at the start of one of its lines (after the
+/// `[component @ address]` it may put first), so a file's own text cannot pass for it.
+fn broken(said: &str) -> bool {
+    let markers = [
+        "Unrecognized option",
+        "Option not found",
+        "No such filter",
+        "error while loading shared libraries",
+    ];
+    said.lines().any(|line| {
+        let line = match line.strip_prefix('[') {
+            Some(tagged) => tagged.split_once("] ").map_or(line, |(_, rest)| rest),
+            None => line,
+        };
+        markers.iter().any(|marker| line.starts_with(marker))
+    })
 }
 
 /// The first `limit` bytes of a child's `stream`, read to its end so the child never blocks
@@ -261,23 +300,50 @@ mod tests {
     #[test]
     fn how_ffmpeg_ended_decides_the_files_outcome() {
         let exited = |code: i32| ExitStatus::from_raw(code << 8);
-        let ok = outcome("ogg", exited(0), 9_400, b"").unwrap();
+        let ok = outcome("ogg", "ogg", exited(0), 9_400, b"").unwrap();
         assert_eq!((ok.duration_ms, ok.stopped), (9_400, None));
-        // Some audio, then an error: the audio is kept and the error said.
-        let cut = outcome("avi", exited(1), 4_000, b"Invalid data found").unwrap();
+        // Some audio, then an error or a crash: the audio is kept and what happened said.
+        let cut = outcome("avi", "avi", exited(1), 4_000, b"Invalid data found").unwrap();
         assert_eq!(cut.stopped.as_deref(), Some("Invalid data found"));
-        // Nothing decoded: the file's damage.
-        for status in [exited(0), exited(1)] {
-            let err = outcome("avi", status, 0, b"Invalid data found").unwrap_err();
+        let crashed = outcome("avi", "avi", ExitStatus::from_raw(11), 4_000, b"").unwrap();
+        assert!(crashed.stopped.unwrap().contains("crashed"));
+        // Nothing decoded: the file's damage; a crash included.
+        for status in [exited(0), exited(1), ExitStatus::from_raw(6)] {
+            let err = outcome("avi", "avi", status, 0, b"Invalid data found").unwrap_err();
             assert_eq!((err.code, err.retryable()), (ErrorCode::CorruptFile, false));
         }
-        // Killed by a signal, or an install that does not take our options: not the file's.
+        // ... but an MP4 ffmpeg cannot stream is not known to be damaged.
+        let err = outcome("mp4", "mov", exited(0), 0, b"partial file").unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnsupportedFormat);
+        // Killed (out of memory), or an install that does not run: not the file's doing.
         for (status, said) in [
             (ExitStatus::from_raw(9), &b""[..]),
             (exited(8), b"Unrecognized option 'filter_threads'."),
+            (
+                exited(127),
+                b"ffmpeg: error while loading shared libraries: libavdevice.so.59",
+            ),
+            (
+                exited(1),
+                b"[AVFilterGraph @ 0x55d0] No such filter: 'aresample'",
+            ),
         ] {
-            let err = outcome("avi", status, 0, said).unwrap_err();
-            assert_eq!((err.code, err.retryable()), (ErrorCode::Internal, true));
+            let err = outcome("avi", "avi", status, 0, said).unwrap_err();
+            assert_eq!(
+                (err.code, err.retryable()),
+                (ErrorCode::Internal, true),
+                "{said:?}"
+            );
         }
+        // A file's own text quoted in an error is not taken for a broken install.
+        let err = outcome(
+            "avi",
+            "avi",
+            exited(1),
+            0,
+            b"[avi @ 0x1] tag 'Option not found'",
+        )
+        .unwrap_err();
+        assert_eq!(err.code, ErrorCode::CorruptFile);
     }
 }

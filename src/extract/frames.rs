@@ -29,10 +29,13 @@ pub struct Layout {
 #[must_use]
 pub fn layout<R: Read + Seek>(input: &mut R, format: &str, max_index_bytes: u64) -> Layout {
     let (rate, index_after_media) = match format {
-        "mp4" | "m4v" | "m4a" | "mov" | "3gp" => match find_moov(input, max_index_bytes) {
-            Ok(Moov { body, after_media }) => (body.and_then(|moov| iso_rate(&moov)), after_media),
-            Err(_) => (None, false),
-        },
+        "mp4" | "m4v" | "m4a" | "mov" | "3gp" => {
+            let mut found = Moov::default();
+            // A read error keeps what was found before it.
+            let _ = find_moov(input, max_index_bytes, &mut found);
+            let rate = found.body.and_then(|moov| iso_rate(&moov));
+            (rate, found.after_media)
+        }
         "mkv" | "webm" => (matroska_rate(input, max_index_bytes).ok().flatten(), false),
         _ => (None, false),
     };
@@ -47,6 +50,7 @@ pub fn layout<R: Read + Seek>(input: &mut R, format: &str, max_index_bytes: u64)
 }
 
 /// The top-level `moov` box of an MP4.
+#[derive(Default)]
 struct Moov {
     /// Its contents, when found within the limit.
     body: Option<Vec<u8>>,
@@ -54,17 +58,13 @@ struct Moov {
     after_media: bool,
 }
 
-/// The body of the top-level `moov` box, wherever it is in the file.
-fn find_moov<R: Read + Seek>(input: &mut R, max_bytes: u64) -> io::Result<Moov> {
+/// Finds the top-level `moov` box, wherever it is in the file, into `found`.
+fn find_moov<R: Read + Seek>(input: &mut R, max_bytes: u64, found: &mut Moov) -> io::Result<()> {
     let end = input.seek(SeekFrom::End(0))?;
     let mut at = 0_u64;
-    let mut found = Moov {
-        body: None,
-        after_media: false,
-    };
     for _ in 0..MAX_STEPS {
         if at.saturating_add(8) > end {
-            return Ok(found);
+            return Ok(());
         }
         input.seek(SeekFrom::Start(at))?;
         let mut header = [0_u8; 16];
@@ -83,7 +83,7 @@ fn find_moov<R: Read + Seek>(input: &mut R, max_bytes: u64) -> io::Result<Moov> 
                 size => (u64::from(size), 8),
             };
         if size < header_len {
-            return Ok(found);
+            return Ok(());
         }
         match &kind {
             b"moov" => {
@@ -93,14 +93,14 @@ fn find_moov<R: Read + Seek>(input: &mut R, max_bytes: u64) -> io::Result<Moov> 
                     input.take(body).read_to_end(&mut moov)?;
                     found.body = Some(moov);
                 }
-                return Ok(found);
+                return Ok(());
             }
             b"mdat" => found.after_media = true,
             _ => {}
         }
         at = at.saturating_add(size);
     }
-    Ok(found)
+    Ok(())
 }
 
 /// The boxes inside `body`: (type, contents).

@@ -364,7 +364,12 @@ fn describe(
     let mut video_seen = false;
     for track in reader.tracks() {
         match &track.codec_params {
-            Some(CodecParameters::Audio(params)) if audio.is_none() => {
+            // The first audio track that decodes here; else the first of all (for ffmpeg).
+            Some(CodecParameters::Audio(params))
+                if audio.is_none()
+                    && (foreign_codec.is_none()
+                        || codecs.get_audio_decoder(params.codec).is_some()) =>
+            {
                 longest(track);
                 let name = audio_codec_name(params);
                 // Opus always decodes at 48 kHz; what a header says is the rate of the source
@@ -1323,6 +1328,21 @@ mod tests {
             at += piece.samples.len();
         }
         assert_eq!(at, samples.len());
+        // Digital silence filling whole pieces is not sent; what follows keeps its time.
+        let tone = &samples[..16_000];
+        let gapped: Vec<i16> = [tone, &vec![0; 48_000], tone].concat();
+        let bytes: Vec<u8> = gapped.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let mut cutter = Cutter::new("ogg", limits, 1000);
+        let mut pieces = Vec::new();
+        cutter.push(&bytes, &mut pieces).unwrap();
+        assert_eq!(cutter.finish(&mut pieces), 5000);
+        assert!(pieces.iter().all(|p| p.samples.iter().any(|s| *s != 0)));
+        let sent: usize = pieces.iter().map(|p| p.samples.len()).sum();
+        assert!(sent < gapped.len() - 16_000, "{sent} samples sent");
+        let last = pieces.last().unwrap();
+        let at = gapped.len() - last.samples.len();
+        assert_eq!(last.samples[..], gapped[at..]);
+        assert_eq!(last.start_ms, at as u64 * 1000 / 16_000);
         // Past the duration limit.
         let limits = MediaLimits {
             max_duration_ms: 2_000,

@@ -17,12 +17,19 @@ use crate::chunk::Structure;
 use crate::detect::{Detected, Family};
 use crate::error::{ErrorCode, FileError, SkipReason};
 
-/// The environment a decoder child process gets: where programs and data are, and the
-/// locale; never the service's own (provider keys, S3 credentials).
+/// The environment a decoder child process gets: where programs, libraries and data are, and
+/// the locale; not the service's own (provider keys, S3 credentials).
 pub(crate) fn child_env() -> impl Iterator<Item = (&'static str, std::ffi::OsString)> {
-    ["PATH", "LANG", "LC_ALL", "TMPDIR", "TESSDATA_PREFIX"]
-        .into_iter()
-        .filter_map(|name| Some((name, std::env::var_os(name)?)))
+    [
+        "PATH",
+        "LD_LIBRARY_PATH",
+        "LANG",
+        "LC_ALL",
+        "TMPDIR",
+        "TESSDATA_PREFIX",
+    ]
+    .into_iter()
+    .filter_map(|name| Some((name, std::env::var_os(name)?)))
 }
 
 /// Text ready to be chunked.
