@@ -435,6 +435,8 @@ fn a_provider_that_fails_is_retried_then_the_file_fails_retryably() {
         ),
     )
     .unwrap();
+    // (An Opus recording too: its ffmpeg stops with the refusal, which is what is reported.)
+    std::fs::copy(fixture("audio/speech/speech.opus"), folder.join("c.opus")).unwrap();
     let before = provider.seen().len();
     let out = ingestd_with(
         dir.path(),
@@ -442,10 +444,13 @@ fn a_provider_that_fails_is_retried_then_the_file_fails_retryably() {
         &[(KEY_VAR, wrong)],
     );
     assert_exit(&out, 3);
-    assert_eq!(provider.seen().len() - before, 1);
-    let failed = outcome(&lines(&out.stderr), "a.mp3").clone();
-    assert_eq!(failed["error_code"], "TRANSCRIPTION_FAILED");
-    assert_eq!(failed["retryable"], false);
+    assert_eq!(provider.seen().len() - before, 2);
+    let events = lines(&out.stderr);
+    for key in ["a.mp3", "c.opus"] {
+        let failed = outcome(&events, key);
+        assert_eq!(failed["error_code"], "TRANSCRIPTION_FAILED", "{failed}");
+        assert_eq!(failed["retryable"], false, "{failed}");
+    }
     for stream in [&out.stdout, &out.stderr] {
         assert!(
             !String::from_utf8_lossy(stream).contains(wrong),

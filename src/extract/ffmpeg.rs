@@ -69,9 +69,10 @@ impl Ffmpeg {
     /// `cpu`, released while a piece waits to be taken. `fed` counts the bytes given to it.
     ///
     /// # Errors
-    /// `UNSUPPORTED_FORMAT` when ffmpeg is not installed; `CORRUPT_FILE` when it decodes
-    /// nothing; the body's own errors; `LIMIT_EXCEEDED` past the duration limit; `INTERNAL`
-    /// (transient) when ffmpeg cannot be started, is killed or does not take our options, and
+    /// `UNSUPPORTED_FORMAT` when ffmpeg is not installed, or decodes nothing from an MP4 (which
+    /// may not be decodable from a stream); `CORRUPT_FILE` when it decodes nothing from other
+    /// files; the body's own errors; `LIMIT_EXCEEDED` past the duration limit; `INTERNAL`
+    /// (transient) when ffmpeg cannot be started, is killed or its install does not run, and
     /// (permanent) when `pieces` is closed.
     pub async fn decode(
         &self,
@@ -130,7 +131,12 @@ impl Ffmpeg {
             let mut cut = Vec::new();
             let mut slot = Arc::clone(&cpu).acquire_owned().await.ok();
             loop {
-                let n = stdout.read(&mut buffer).await.map_err(|err| {
+                // The transcription failing (the pieces' receiver gone) stops decoding at once.
+                let read = tokio::select! {
+                    read = stdout.read(&mut buffer) => read,
+                    () = pieces.closed() => return Err(closed()),
+                };
+                let n = read.map_err(|err| {
                     FileError::transient(
                         ErrorCode::Internal,
                         format!("reading what `{program}` decodes: {err}"),
