@@ -664,16 +664,9 @@ impl Processing {
     ) -> Result<(FileInfo, MediaInfo, Vec<Spoken>), Outcome> {
         let format = detected.format.name();
         let mut media = self.request.ffprobe.describe(head, format).await?;
-        let limit = self.request.media.max_duration_ms;
-        if let Some(duration) = media.duration_ms.filter(|d| *d > limit) {
-            return Err(Outcome::Failed(FileError::permanent(
-                ErrorCode::LimitExceeded,
-                format!(
-                    "the {format} file lasts {} s, over limits.max_media_duration_secs ({})",
-                    duration / 1000,
-                    limit / 1000
-                ),
-            )));
+        let limits = self.request.media;
+        if let Some(duration) = media.duration_ms.filter(|d| *d > limits.max_duration_ms) {
+            return Err(Outcome::Failed(media::too_long(format, duration, limits)));
         }
         let mut object = self.object.clone();
         if object.etag.is_none() {
@@ -781,7 +774,7 @@ impl Processing {
             .then(|| source.random_access(&self.object))
             .transpose()
             .map_err(Outcome::Failed)?;
-        let input = Input::new(head, rest, self.object.size).cancelled_by(Arc::clone(&abandoned));
+        let input = Input::new(head, rest, self.object.size).cancelled_by(abandoned);
         let fetched = input.fetched();
         let transcriber = self.request.transcriber.clone();
         let (object, kind, request) = (self.object.clone(), self.kind, Arc::clone(&self.request));

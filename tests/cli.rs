@@ -671,11 +671,7 @@ fn ocr_that_cannot_run_or_runs_too_long_fails_the_file_and_the_next_is_chunked()
     )
     .unwrap();
     // A Tesseract that never answers (a real child process, killed at the limit).
-    let stuck = dir.path().join("stuck-tesseract");
-    std::fs::write(&stuck, "#!/bin/sh\nexec sleep 60\n").unwrap();
-    let mut permissions = std::fs::metadata(&stuck).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
-    std::fs::set_permissions(&stuck, permissions).unwrap();
+    let stuck = common::program(&dir.path().join("stuck-tesseract"), "exec sleep 60");
     for (config, code, words) in [
         (
             format!(

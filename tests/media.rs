@@ -200,13 +200,10 @@ fn other_containers_are_described_by_ffprobe_or_skipped_without_it() {
     );
     // An ffprobe that answers without end: what is past the limit is read and dropped, and the
     // file fails.
-    let chatty = dir.path().join("chatty-ffprobe");
-    std::fs::write(
-        &chatty,
-        "#!/bin/sh\ncat > /dev/null\nhead -c 50000000 /dev/zero | tr '\\0' ' '\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&chatty, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let chatty = common::program(
+        &dir.path().join("chatty-ffprobe"),
+        "cat > /dev/null\nhead -c 50000000 /dev/zero | tr '\\0' ' '",
+    );
     std::fs::write(
         dir.path().join("pipeline.toml"),
         format!("[media]\nffprobe = \"{}\"\n", chatty.display()),
@@ -473,16 +470,10 @@ fn an_mp4_ffmpeg_cannot_read_from_a_stream_keeps_its_record() {
     // by when a stream reaches the index, so ffmpeg is not even started.
     let path = fixture("audio/foreign/ac3.mp4");
     let started = dir.path().join("started");
-    let ffmpeg = dir.path().join("ffmpeg");
-    std::fs::write(
-        &ffmpeg,
-        format!(
-            "#!/bin/sh\ntouch {}\nexec ffmpeg \"$@\"\n",
-            started.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&ffmpeg, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let ffmpeg = common::program(
+        &dir.path().join("ffmpeg"),
+        &format!("touch {}\nexec ffmpeg \"$@\"", started.display()),
+    );
     let out = transcribe(
         dir.path(),
         &provider,
@@ -561,18 +552,15 @@ fn without_ffmpeg_such_audio_keeps_its_record_and_a_hung_ffmpeg_is_killed() {
     assert_eq!(opus["text"], "");
     assert!(provider.seen().is_empty());
     // An ffmpeg that hangs is killed at the media time limit, and the next file goes on.
-    let hung = dir.path().join("hung-ffmpeg");
     let (pids, env) = (dir.path().join("pids"), dir.path().join("env"));
-    std::fs::write(
-        &hung,
-        format!(
-            "#!/bin/sh\necho $$ >> {}\nenv > {}\nexec sleep 60\n",
+    let hung = common::program(
+        &dir.path().join("hung-ffmpeg"),
+        &format!(
+            "echo $$ >> {}\nenv > {}\nexec sleep 60",
             pids.display(),
             env.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&hung, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let started = std::time::Instant::now();
     let out = transcribe(
         dir.path(),

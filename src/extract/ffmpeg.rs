@@ -207,8 +207,7 @@ fn outcome(
     duration_ms: u64,
     said: &[u8],
 ) -> Result<Decoded, FileError> {
-    let said = String::from_utf8_lossy(said);
-    let said: String = said.trim().chars().take(300).collect();
+    let said = super::said(said, 300);
     if status.success() && duration_ms > 0 {
         return Ok(Decoded {
             duration_ms,

@@ -159,8 +159,7 @@ impl Ffprobe {
         };
         // A program that does not run as ffprobe (a broken install) is not the file's fault.
         if !output.status.success() && !output.stdout.starts_with(b"{") {
-            let said = String::from_utf8_lossy(&output.stderr);
-            let said: String = said.trim().chars().take(200).collect();
+            let said = super::said(&output.stderr, 200);
             return Err(Rejection::Error(FileError::transient(
                 ErrorCode::Internal,
                 format!("`{}` failed ({}): {said}", self.program, output.status),
@@ -170,8 +169,7 @@ impl Ffprobe {
             return Err(corrupt("ffprobe's description is too large".to_owned()));
         }
         let answer: Answer = serde_json::from_slice(&output.stdout).map_err(|_| {
-            let said = String::from_utf8_lossy(&output.stderr);
-            let said: String = said.trim().chars().take(200).collect();
+            let said = super::said(&output.stderr, 200);
             corrupt(format!("ffprobe cannot read it ({said})"))
         })?;
         media(answer)

@@ -286,7 +286,7 @@ pub fn probe(input: Input, format: &str, limits: MediaLimits) -> Result<Probed, 
     if let Some(duration) = probed.media.duration_ms
         && duration > limits.max_duration_ms
     {
-        return Err(too_long(format, duration, limits));
+        return Err(Rejection::Error(too_long(format, duration, limits)));
     }
     // A header alone, or a file cut right after it, describes audio that is not there. The
     // packets before the first audio one (a video's) get an allowance of their own.
@@ -593,15 +593,17 @@ fn crashed(format: &str) -> Rejection {
     ))
 }
 
-fn too_long(format: &str, duration_ms: u64, limits: MediaLimits) -> Rejection {
-    Rejection::Error(FileError::permanent(
+/// `LIMIT_EXCEEDED` for a `format` file lasting `duration_ms`, over `max_duration_ms`.
+#[must_use]
+pub fn too_long(format: &str, duration_ms: u64, limits: MediaLimits) -> FileError {
+    FileError::permanent(
         ErrorCode::LimitExceeded,
         format!(
             "the {format} file lasts {} s, over limits.max_media_duration_secs ({})",
             duration_ms / 1000,
             limits.max_duration_ms / 1000
         ),
-    ))
+    )
 }
 
 /// A stretch of a recording at 16 kHz mono, for one transcription request.
@@ -787,10 +789,7 @@ impl Cutter {
         self.splitter
             .pending
             .extend(samples.map(|pair| f32::from(i16::from_le_bytes([pair[0], pair[1]])) * scale));
-        let decoded_ms = self.splitter.decoded_ms();
-        if decoded_ms > self.limits.max_duration_ms {
-            return Err(too_long_error(&self.format, decoded_ms, self.limits));
-        }
+        self.splitter.within(&self.format, self.limits)?;
         self.splitter.emit_full(&mut |piece| {
             out.push(piece);
             Ok(())
@@ -848,13 +847,6 @@ fn abandoned() -> FileError {
     )
 }
 
-fn too_long_error(format: &str, duration_ms: u64, limits: MediaLimits) -> FileError {
-    match too_long(format, duration_ms, limits) {
-        Rejection::Error(err) => err,
-        Rejection::Skip { message, .. } => FileError::permanent(ErrorCode::LimitExceeded, message),
-    }
-}
-
 /// The mean of the channels.
 fn downmix(planes: &[Vec<f32>], mono: &mut Vec<f32>) {
     let Some(first) = planes.first() else {
@@ -891,10 +883,7 @@ impl<P: FnMut(Piece) -> Result<(), FileError>> Feed<'_, P> {
             .push(rate, mono, &mut self.splitter.pending)
             .map_err(|err| self.resampling(&err))?;
         self.position += mono.len() as f64 * f64::from(TRANSCRIPTION_RATE) / f64::from(rate);
-        let decoded_ms = self.splitter.decoded_ms();
-        if decoded_ms > self.limits.max_duration_ms {
-            return Err(too_long_error(self.format, decoded_ms, self.limits));
-        }
+        self.splitter.within(self.format, self.limits)?;
         self.splitter.emit_full(&mut self.piece)
     }
 
@@ -910,7 +899,7 @@ impl<P: FnMut(Piece) -> Result<(), FileError>> Feed<'_, P> {
         }
         let until_ms = (seconds * 1000.0) as u64;
         if until_ms > self.limits.max_duration_ms {
-            return Err(too_long_error(self.format, until_ms, self.limits));
+            return Err(too_long(self.format, until_ms, self.limits));
         }
         self.resampler
             .flush(&mut self.splitter.pending)
@@ -956,6 +945,15 @@ const QUIET_WINDOW: usize = TRANSCRIPTION_RATE as usize / 10;
 impl Splitter {
     fn decoded_ms(&self) -> u64 {
         (self.start + self.pending.len() as u64) * 1000 / u64::from(TRANSCRIPTION_RATE)
+    }
+
+    /// `LIMIT_EXCEEDED` once the audio handed in runs past `max_duration_ms`.
+    fn within(&self, format: &str, limits: MediaLimits) -> Result<(), FileError> {
+        let decoded_ms = self.decoded_ms();
+        if decoded_ms > limits.max_duration_ms {
+            return Err(too_long(format, decoded_ms, limits));
+        }
+        Ok(())
     }
 
     fn emit_full(

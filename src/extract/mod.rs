@@ -32,6 +32,16 @@ pub(crate) fn child_env() -> impl Iterator<Item = (&'static str, std::ffi::OsStr
     .filter_map(|name| Some((name, std::env::var_os(name)?)))
 }
 
+/// What a child process said (its stderr), trimmed to its first `chars` characters for a
+/// message.
+pub(crate) fn said(output: &[u8], chars: usize) -> String {
+    String::from_utf8_lossy(output)
+        .trim()
+        .chars()
+        .take(chars)
+        .collect()
+}
+
 /// Text ready to be chunked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Extracted {

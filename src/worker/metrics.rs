@@ -158,7 +158,7 @@ impl Metrics {
             "Bytes read from sources.",
             self.bytes_read.load(Ordering::Relaxed).to_string(),
         );
-        self.render_embedding(&mut out);
+        self.render_providers(&mut out);
         let labelled = |out: &mut String,
                         name: &str,
                         help: &str,
@@ -211,57 +211,57 @@ impl Metrics {
     }
 
     /// The embedding providers' counters.
-    fn render_embedding(&self, out: &mut String) {
-        let embedding = &self.embedding;
-        let _ = writeln!(
+    fn render_providers(&self, out: &mut String) {
+        let (embedding, transcription) = (&self.embedding, &self.transcription);
+        requests(
             out,
-            "# HELP ingestd_embedding_requests_total Requests to embedding providers by outcome \
-             (retried: failed and tried again; failed: gave up).\n\
-             # TYPE ingestd_embedding_requests_total counter"
+            "ingestd_embedding_requests_total",
+            "Requests to embedding providers by outcome (retried: failed and tried again; \
+             failed: gave up).",
+            [&embedding.succeeded, &embedding.retried, &embedding.failed],
         );
-        for (outcome, count) in [
-            ("ok", &embedding.succeeded),
-            ("retried", &embedding.retried),
-            ("failed", &embedding.failed),
-        ] {
-            let _ = writeln!(
-                out,
-                "ingestd_embedding_requests_total{{outcome=\"{outcome}\"}} {}",
-                count.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
+        counter(
             out,
-            "# HELP ingestd_embedding_inputs_total Chunks embedded.\n\
-             # TYPE ingestd_embedding_inputs_total counter\n\
-             ingestd_embedding_inputs_total {}",
-            embedding.inputs.load(Ordering::Relaxed)
+            "ingestd_embedding_inputs_total",
+            "Chunks embedded.",
+            embedding.inputs.load(Ordering::Relaxed),
         );
-        let transcription = &self.transcription;
-        let _ = writeln!(
+        requests(
             out,
-            "# HELP ingestd_transcription_requests_total Requests to the transcription provider \
-             by outcome (ok: a piece transcribed; retried: failed and tried again; failed: gave \
-             up).\n\
-             # TYPE ingestd_transcription_requests_total counter"
+            "ingestd_transcription_requests_total",
+            "Requests to the transcription provider by outcome (ok: a piece transcribed; \
+             retried: failed and tried again; failed: gave up).",
+            [
+                &transcription.succeeded,
+                &transcription.retried,
+                &transcription.failed,
+            ],
         );
-        for (outcome, count) in [
-            ("ok", &transcription.succeeded),
-            ("retried", &transcription.retried),
-            ("failed", &transcription.failed),
-        ] {
-            let _ = writeln!(
-                out,
-                "ingestd_transcription_requests_total{{outcome=\"{outcome}\"}} {}",
-                count.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
+        counter(
             out,
-            "# HELP ingestd_transcription_audio_seconds_total Seconds of audio transcribed.\n\
-             # TYPE ingestd_transcription_audio_seconds_total counter\n\
-             ingestd_transcription_audio_seconds_total {}",
-            transcription.audio_ms.load(Ordering::Relaxed) as f64 / 1000.0
+            "ingestd_transcription_audio_seconds_total",
+            "Seconds of audio transcribed.",
+            transcription.audio_ms.load(Ordering::Relaxed) as f64 / 1000.0,
         );
     }
+}
+
+/// A provider's requests by outcome: `ok`, `retried`, `failed`, in that order.
+fn requests(out: &mut String, name: &str, help: &str, counts: [&AtomicU64; 3]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (outcome, count) in ["ok", "retried", "failed"].into_iter().zip(counts) {
+        let _ = writeln!(
+            out,
+            "{name}{{outcome=\"{outcome}\"}} {}",
+            count.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// A counter without labels.
+fn counter(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
 }

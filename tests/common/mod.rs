@@ -22,6 +22,14 @@ pub fn fixture(relative: &str) -> PathBuf {
     root().join("fixtures").join(relative)
 }
 
+/// A shell script at `path` that runs `body`, made executable: a stand-in for a program
+/// ingestd runs (one that hangs, talks without end, or records that it was started).
+pub fn program(path: &Path, body: &str) -> PathBuf {
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path.to_path_buf()
+}
+
 /// Runs `ingestd` with `args` in `dir` (so no stray `pipeline.toml` is picked up).
 pub fn ingestd(dir: &Path, args: &[&str]) -> Output {
     ingestd_with(dir, args, &[])
