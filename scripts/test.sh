@@ -3,7 +3,8 @@
 # the Rust toolchain must be there (rustup's stable with rustfmt and clippy); RabbitMQ is
 # installed from Debian's packages and started when nothing answers on 127.0.0.1:5672, and
 # Tesseract (tesseract-ocr) and ffprobe (ffmpeg) when they are missing. The S3-compatible server and the embedding
-# provider are started by the tests themselves.
+# provider are started by the tests themselves. Poppler (poppler-utils) is installed when
+# pdftotext is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +49,8 @@ install() {
 }
 command -v tesseract >/dev/null || install tesseract-ocr
 command -v ffprobe >/dev/null || install ffmpeg
+# The document tests read PDFs with Poppler's pdftotext and render scans with pdftoppm.
+command -v pdftotext >/dev/null || install poppler-utils
 
 # Benchmarks are run on purpose (cargo bench), not as tests.
 cargo test --locked --lib --bins --tests

@@ -70,6 +70,9 @@ pub struct Config {
     /// `[media]`: how audio and video are read.
     #[serde(default)]
     pub media: MediaConfig,
+    /// `[documents]`: how PDF, Office, OpenDocument, RTF, e-mail and EPUB files are read.
+    #[serde(default)]
+    pub documents: crate::extract::document::DocumentsConfig,
     /// `[s3]`: S3 and Spaces endpoints and client behaviour.
     #[serde(default)]
     pub s3: S3Config,
@@ -740,6 +743,9 @@ impl Config {
         if self.media.ffprobe_timeout_secs == 0 {
             return Err(invalid("media.ffprobe_timeout_secs", "must be at least 1"));
         }
+        self.documents
+            .validate()
+            .map_err(|message| invalid("documents", message))?;
         if self.images.ocr_timeout_secs == 0 || self.images.max_read_bytes == 0 {
             return Err(invalid(
                 "images",

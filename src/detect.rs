@@ -208,9 +208,76 @@ pub fn detect(head: &[u8], content_type: Option<&str>, name: &str) -> Detected {
 }
 
 /// Binary formats recognised by their magic numbers.
+/// The format an object's declared content type and name say, without reading it (for files
+/// registered but not processed). Never used where the bytes can be looked at.
+#[must_use]
+pub fn declared(content_type: Option<&str>, name: &str) -> Format {
+    let mime = content_type.map(str::to_ascii_lowercase);
+    let extension = Path::new(name)
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    if let Some(format) = mime.as_deref().and_then(text_format_from_mime) {
+        return format;
+    }
+    let by_extension = match extension.as_str() {
+        "pdf" | "docx" | "docm" | "doc" | "pptx" | "pptm" | "ppt" | "xlsx" | "xlsm" | "xls"
+        | "odt" | "odp" | "ods" | "rtf" | "eml" | "msg" | "epub" => DOCUMENTS
+            .iter()
+            .find(|d| **d == extension)
+            .map(|d| Format::Document(d)),
+        "png" | "jpg" | "jpeg" | "gif" | "webp" | "bmp" | "tif" | "tiff" | "heic" | "avif" => {
+            Some(Format::Image(match extension.as_str() {
+                "jpg" | "jpeg" => "jpeg",
+                "tif" | "tiff" => "tiff",
+                "png" => "png",
+                "gif" => "gif",
+                "webp" => "webp",
+                "bmp" => "bmp",
+                "heic" => "heif",
+                _ => "avif",
+            }))
+        }
+        "mp3" | "wav" | "flac" | "m4a" | "aac" | "ogg" | "opus" => {
+            Some(Format::Audio(match extension.as_str() {
+                "mp3" => "mp3",
+                "wav" => "wav",
+                "flac" => "flac",
+                "m4a" => "m4a",
+                "aac" => "aac",
+                _ => "ogg",
+            }))
+        }
+        "mp4" | "mov" | "mkv" | "webm" | "avi" => Some(Format::Video(match extension.as_str() {
+            "mp4" => "mp4",
+            "mov" => "mov",
+            "mkv" => "mkv",
+            "webm" => "webm",
+            _ => "avi",
+        })),
+        _ => text_format_from_extension(&extension, name),
+    };
+    by_extension.unwrap_or(Format::Unknown)
+}
+
+/// Document formats by name.
+const DOCUMENTS: [&str; 17] = [
+    "pdf", "docx", "docm", "doc", "pptx", "pptm", "ppt", "xlsx", "xlsm", "xls", "odt", "odp",
+    "ods", "rtf", "eml", "msg", "epub",
+];
+
 fn magic(head: &[u8]) -> Option<Format> {
     if let Some(format) = audio_magic(head) {
         return Some(format);
+    }
+    // OLE compound files (legacy Office, Outlook MSG) and ZIPs are told apart by their own
+    // directory when they are read; RTF is text that starts with its signature.
+    if head.starts_with(&[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1]) {
+        return Some(Format::Binary("ole"));
+    }
+    if head.starts_with(b"{\\rtf") {
+        return Some(Format::Document("rtf"));
     }
     let kind = infer::get(head)?;
     let format = match kind.mime_type() {
@@ -417,6 +484,7 @@ fn text_format_from_mime(mime: &str) -> Option<Format> {
         }
         "application/x-subrip" => Format::Srt,
         "text/vtt" => Format::WebVtt,
+        "message/rfc822" => Format::Document("eml"),
         _ => return None,
     })
 }
@@ -433,6 +501,7 @@ fn text_format_from_extension(extension: &str, name: &str) -> Option<Format> {
         "jsonl" | "ndjson" => Format::JsonLines,
         "srt" => Format::Srt,
         "vtt" => Format::WebVtt,
+        "eml" => Format::Document("eml"),
         _ => return code_language(extension, name).map(Format::Code),
     })
 }
@@ -487,6 +556,8 @@ fn text_format_from_content(head: &[u8]) -> Option<Format> {
         Some(Format::Xml)
     } else if lead.starts_with(b"webvtt") {
         Some(Format::WebVtt)
+    } else if mail_headers(&head[start..]) {
+        Some(Format::Document("eml"))
     } else if lead.starts_with(b"{") || lead.starts_with(b"[") {
         serde_json::from_slice::<serde::de::IgnoredAny>(head)
             .is_ok()
@@ -496,9 +567,61 @@ fn text_format_from_content(head: &[u8]) -> Option<Format> {
     }
 }
 
+/// Whether text starts with the header block of an e-mail: `Name: value` fields (folded lines
+/// allowed) up to a blank line, with a sender and at least two other fields.
+fn mail_headers(head: &[u8]) -> bool {
+    let mut names = Vec::new();
+    for line in head.split(|&b| b == b'\n').take(200) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            if names.is_empty() {
+                return false;
+            }
+            continue;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return false;
+        };
+        let name = &line[..colon];
+        if name.is_empty() || !name.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-') {
+            return false;
+        }
+        names.push(name.to_ascii_lowercase());
+    }
+    let has = |field: &[u8]| names.iter().any(|n| n == field);
+    has(b"from")
+        && names.len() >= 3
+        && [
+            &b"date"[..],
+            b"subject",
+            b"message-id",
+            b"to",
+            b"mime-version",
+        ]
+        .iter()
+        .any(|f| has(f))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mail_is_told_from_text_by_its_headers() {
+        let mail = b"Received: by x\r\nFrom: A <a@b.c>\r\nSubject: Hi\r\n folded\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\nBody";
+        assert_eq!(detect(mail, None, "x").format, Format::Document("eml"));
+        let prose = b"From: the start of a story\nit was a dark night.\n";
+        assert_eq!(detect(prose, None, "x.txt").format, Format::Plain);
+        let ole = [0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1, 0, 0];
+        assert_eq!(detect(&ole, None, "x.doc").format, Format::Binary("ole"));
+        assert_eq!(
+            detect(b"{\\rtf1\\ansi hi}", None, "x.txt").format,
+            Format::Document("rtf")
+        );
+    }
 
     #[test]
     fn media_type_names_are_the_wire_names() {

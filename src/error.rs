@@ -67,6 +67,8 @@ pub enum ErrorCode {
     /// The transcription provider failed: retryable after the attempts for 429, 5xx, timeouts
     /// and garbage; permanent when it refused the key or the request.
     TranscriptionFailed,
+    /// The document is encrypted with a password it was not given (a PDF with a user password).
+    PasswordProtected,
 }
 
 impl ErrorCode {
@@ -97,6 +99,7 @@ impl ErrorCode {
             ErrorCode::EmbeddingRejected => "EMBEDDING_REJECTED",
             ErrorCode::OcrUnavailable => "OCR_UNAVAILABLE",
             ErrorCode::TranscriptionFailed => "TRANSCRIPTION_FAILED",
+            ErrorCode::PasswordProtected => "PASSWORD_PROTECTED",
         }
     }
 }
@@ -185,6 +188,7 @@ mod tests {
             ErrorCode::EmbeddingNotConfigured,
             ErrorCode::EmbeddingRateLimited,
             ErrorCode::EmbeddingBadResponse,
+            ErrorCode::PasswordProtected,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }

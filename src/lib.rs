@@ -5,12 +5,14 @@
 //! * [`job`]       — the message contract: jobs in, chunk records and events out, JSON Schemas.
 //! * [`source`]    — where objects come from ([`source::Source`]): local files, S3 and Spaces.
 //! * [`detect`]    — bytes + content type + name → format and media type.
-//! * [`extract`]   — text out of each format family, with limits, off the async runtime.
+//! * [`extract`]   — text out of each format family (text, document, image, media), with limits,
+//!   off the async runtime.
 //! * [`chunk`]     — token-exact chunking with overlap on semantic boundaries.
 //! * [`embed`]     — vectors for chunk records from OpenAI-compatible providers, batched.
 //! * [`provider`]  — what the HTTP providers we call share: keys, retry timing, quoted errors.
 //! * [`transcribe`] — transcripts of audio and video from OpenAI-compatible speech-to-text.
-//! * [`pipeline`]  — one object through detect → extract → chunk → embed → records.
+//! * [`pipeline`]  — one object through detect → extract → chunk → embed → records; a file per
+//!   family (`text`, `document`, `image`, `media`), records cut in `records`.
 //! * [`sink`]      — where records and events go: JSON Lines, RabbitMQ with confirms.
 //! * [`sync`]      — the one-shot `ingestd sync` run over a whole source.
 //! * [`worker`]    — `ingestd worker`: jobs from RabbitMQ, retries, dead letters, health.

@@ -17,7 +17,7 @@ use ingestd::embed::{
 };
 use ingestd::job::Secret;
 use ingestd::job::{ItemRecord, ItemType, SchemaKind, schema};
-use ingestd::pipeline::Request;
+use ingestd::pipeline::{Bounds, Request};
 use ingestd::sink::JsonlSink;
 use ingestd::source::{AnySource, LocalSource, S3Access, S3Credentials, S3Source};
 use ingestd::telemetry::{Progress, init_tracing};
@@ -134,9 +134,20 @@ struct SyncArgs {
     /// terminal.
     #[arg(long)]
     summary: bool,
-    /// Recognise the text in images with Tesseract (images.tesseract) and chunk it.
+    /// Recognise the text in images and in PDF pages without a text layer with Tesseract
+    /// (images.tesseract) and chunk it.
     #[arg(long)]
     ocr: bool,
+    /// Keep every chunk of a paged document (PDF, PPTX, ODP) within one page or slide.
+    #[arg(long)]
+    page_boundary: bool,
+    /// End chunks of tables, spreadsheets and JSON only where rows or items end (a row longer
+    /// than a chunk is cut alone); rows do not overlap.
+    #[arg(long)]
+    split_rows: bool,
+    /// At most this many rows or JSON items per chunk (implies --split-rows).
+    #[arg(long, value_name = "N")]
+    max_items_per_chunk: Option<std::num::NonZeroUsize>,
     /// Embed every chunk with embedding.default_model [default: the config's sync.embed, else
     /// off]. API keys come from the environment (OPENAI_API_KEY), never from the command line.
     #[arg(long)]
@@ -162,6 +173,19 @@ struct SyncArgs {
     /// transcription.language.
     #[arg(long)]
     detect_language: bool,
+}
+
+/// Where chunks must end besides their size: `--page-boundary`, `--split-rows`,
+/// `--max-items-per-chunk`.
+fn bounds(args: &SyncArgs) -> Bounds {
+    Bounds {
+        pages: args.page_boundary,
+        rows: match (args.max_items_per_chunk, args.split_rows) {
+            (Some(max), _) => Some(max.get()),
+            (None, true) => Some(usize::MAX),
+            (None, false) => None,
+        },
+    }
 }
 
 /// Whether a one-shot run embeds, and with which model; refused before anything is written
@@ -433,6 +457,7 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
     if events_to_terminal {
         sink = sink.with_event_wrapper(progress.suspender());
     }
+    let bounds = bounds(&args);
     let request = Arc::new(Request {
         chunker: Arc::new(chunker),
         prepend_filename: args.prepend_filename || chunking.prepend_filename,
@@ -462,6 +487,9 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
             detect_language: args.detect_language,
         },
         max_media: config.limits.max_media(),
+        documents: config.documents.clone(),
+        bounds,
+        skip_processing: false,
     });
     if let AnySource::S3(catalog) = &source
         && args.target == "s3://"

@@ -1605,3 +1605,134 @@ fn audio_jobs_are_transcribed_with_the_options_of_the_job() {
     assert!((27.0..30.0).contains(&seconds), "{seconds}");
     assert!(!worker.log().contains(API_KEY), "the key was logged");
 }
+
+/// The good document fixtures as the bucket `docs`.
+fn documents() -> Server {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("documents")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    server.bucket_from("docs", dir.path());
+    server
+}
+
+#[test]
+fn document_jobs_and_every_option_do_what_they_say() {
+    let server = documents();
+    let names = Names::new("docopts");
+    let _worker = Worker::start(&names, BROKER);
+    let ds = data_source(&server, SECRET_KEY);
+    let job = |key: &str, options: Value| {
+        let mut job = json!({"schema_version": 1, "type": "sync_object", "data_source": ds,
+                             "bucket": "docs", "key": key});
+        job.as_object_mut()
+            .unwrap()
+            .extend(options.as_object().unwrap().clone());
+        job
+    };
+    // set_page_as_boundary: every chunk of the PDF within one page; without it, one chunk
+    // reaches from the first page to the last.
+    enqueue(
+        &names,
+        &job(
+            "report.pdf",
+            json!({"chunk_size": 4000, "skip_embedding_generation": true,
+                                               "set_page_as_boundary": true}),
+        ),
+    );
+    // split_rows / max_items_per_chunk: at most two rows per chunk of the workbook.
+    enqueue(
+        &names,
+        &job(
+            "budget.xlsx",
+            json!({"skip_embedding_generation": true, "max_items_per_chunk": 2,
+                                                "file_sync_config": {"split_rows": true}}),
+        ),
+    );
+    // generate_chunks_only: chunks without vectors, although embedding is not skipped (this
+    // worker has no provider: without the option the file fails, as the last job shows).
+    enqueue(
+        &names,
+        &job(
+            "memo.docx",
+            json!({"file_sync_config": {"generate_chunks_only": true}}),
+        ),
+    );
+    // skip_file_processing: the record and event, the object never read.
+    enqueue(
+        &names,
+        &job(
+            "deck.pptx",
+            json!({"skip_embedding_generation": true,
+                                              "file_sync_config": {"skip_file_processing": true}}),
+        ),
+    );
+    enqueue(&names, &job("notes.odt", json!({})));
+    let (_, outcomes) = outcomes_for(&names, 5);
+    for key in ["report.pdf", "budget.xlsx", "memo.docx", "deck.pptx"] {
+        assert_eq!(
+            outcomes[key]["event"], "FILE_READY",
+            "{key}: {}",
+            outcomes[key]
+        );
+    }
+    assert_eq!(
+        outcomes["notes.odt"]["error_code"],
+        "EMBEDDING_NOT_CONFIGURED"
+    );
+    let expected_chunks: u64 = ["report.pdf", "budget.xlsx", "memo.docx", "deck.pptx"]
+        .iter()
+        .map(|k| outcomes[*k]["chunk_count"].as_u64().unwrap())
+        .sum();
+    let records: Vec<Value> = collect_until(&names.chunks(), "the document chunks", |got| {
+        got.len() as u64 >= expected_chunks
+    })
+    .iter()
+    .map(Got::json)
+    .collect();
+    let of = |key: &'static str| records.iter().filter(move |r| r["file"]["key"] == key);
+    assert_eq!(of("report.pdf").count(), 3, "one chunk per page");
+    for (page, record) in of("report.pdf").enumerate() {
+        assert_eq!(record["page"], page + 1);
+        assert_eq!(record["last_page"], page + 1);
+    }
+    assert!(of("budget.xlsx").count() >= 4);
+    for record in of("budget.xlsx") {
+        let text = record["text"].as_str().unwrap();
+        let rows = text.lines().filter(|l| !l.starts_with("Sheet: ")).count();
+        assert!((1..=2).contains(&rows), "{text:?}");
+        assert_eq!(record["file"]["format"], "xlsx");
+    }
+    assert!(
+        of("memo.docx")
+            .all(|r| r["embedding"].is_null() && !r["text"].as_str().unwrap().is_empty())
+    );
+    let registered: Vec<&Value> = of("deck.pptx").collect();
+    assert_eq!(registered.len(), 1);
+    assert_eq!(registered[0]["text"], "");
+    assert_eq!(registered[0]["file"]["format"], "pptx");
+    assert!(
+        outcomes["deck.pptx"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("skip_file_processing")
+    );
+}
+
+#[test]
+fn a_row_limit_of_zero_is_refused_naming_the_option() {
+    let server = documents();
+    let names = Names::new("docrows");
+    let _worker = Worker::start(&names, BROKER);
+    let job = json!({"schema_version": 1, "type": "sync_object", "bucket": "docs", "key": "budget.xlsx",
+                     "data_source": data_source(&server, SECRET_KEY),
+                     "skip_embedding_generation": true, "max_items_per_chunk": 0});
+    publish_raw(&names, "sync_object", job.to_string().as_bytes());
+    let dead = collect_until(&names.dead(), "the refused job", |got| !got.is_empty());
+    assert_eq!(dead[0].headers["ingestd-error-code"], "INVALID_JOB");
+    assert!(dead[0].headers["ingestd-error"].contains("max_items_per_chunk"));
+}

@@ -36,9 +36,10 @@ pub enum ChunkError {
 }
 
 /// How the text is structured, which decides the boundaries chunks prefer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Structure {
     /// Paragraphs, lines, sentences, words.
+    #[default]
     Plain,
     /// Markdown blocks (headings, lists, code fences) first, then as plain text.
     Markdown,

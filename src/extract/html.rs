@@ -70,10 +70,24 @@ const LINES: &[&str] = &[
     "legend",
 ];
 
-/// Extracts the readable text of `html`.
+/// Extracts the readable text of `html`, its `<title>` first.
 #[must_use]
 pub fn text(html: &str) -> String {
-    let sink = TextSink::default();
+    readable(html, true)
+}
+
+/// Extracts the readable text of `html` without its `<title>` (a chapter of a book, whose
+/// title repeats its heading).
+#[must_use]
+pub fn body(html: &str) -> String {
+    readable(html, false)
+}
+
+fn readable(html: &str, title: bool) -> String {
+    let sink = TextSink {
+        skip_title: !title,
+        ..TextSink::default()
+    };
     let tokenizer = Tokenizer::new(sink, TokenizerOpts::default());
     let input = BufferQueue::default();
     input.push_back(StrTendril::from_slice(html));
@@ -93,6 +107,8 @@ struct TextSink {
     pre_depth: Cell<u32>,
     /// `<title>` text is kept even though `<head>` is hidden.
     in_title: Cell<bool>,
+    /// Leave the `<title>` out too.
+    skip_title: bool,
 }
 
 impl TextSink {
@@ -157,7 +173,7 @@ impl TextSink {
                         TagKind::StartTag => {}
                     }
                 }
-                if name == "title" {
+                if name == "title" && !self.skip_title {
                     self.in_title.set(kind == TagKind::StartTag);
                     if kind == TagKind::EndTag {
                         drop(hidden);

@@ -2,10 +2,11 @@
 //! runtime, and never trusts the input: every failure is a classified [`Rejection`].
 
 mod charset;
+pub mod document;
 pub mod ffmpeg;
 pub mod ffprobe;
 pub mod frames;
-mod html;
+pub(crate) mod html;
 pub mod image;
 pub mod media;
 pub mod ocr;
@@ -43,12 +44,18 @@ pub(crate) fn said(output: &[u8], chars: usize) -> String {
 }
 
 /// Text ready to be chunked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Extracted {
     /// The text; chunk ranges are byte offsets into it.
     pub text: String,
     /// The structure that decides chunk boundaries.
     pub structure: Structure,
+    /// Where each page (or slide) of a paged document starts, as byte offsets in `text`,
+    /// ascending; empty for text that has no pages.
+    pub pages: Vec<usize>,
+    /// Where each row (tables, spreadsheets) or item (JSON, JSON Lines) starts, as byte
+    /// offsets in `text`, ascending; empty for text that has none.
+    pub items: Vec<usize>,
 }
 
 /// Why a file yields no text.
@@ -102,7 +109,7 @@ pub fn extract(
         Family::Document | Family::Image | Family::Audio | Family::Video => {
             return Err(Rejection::Skip {
                 reason: SkipReason::UnsupportedFormat,
-                message: format!("{} files are not supported yet", format.name()),
+                message: format!("{} files are not read as text", format.name()),
             });
         }
         Family::Other => {
@@ -121,7 +128,7 @@ pub fn extract(
     }
     let hint = detected.text_hint.unwrap_or(crate::detect::TextHint::Bytes);
     let decoded = charset::decode(bytes, hint, declared_charset)?;
-    let (text, structure) = text::extract(format, &decoded, max_text_bytes)?;
+    let (text, structure, items) = text::extract(format, &decoded, max_text_bytes)?;
     if text.len() > max_text_bytes {
         return Err(Rejection::Error(FileError::permanent(
             ErrorCode::LimitExceeded,
@@ -131,5 +138,10 @@ pub fn extract(
             ),
         )));
     }
-    Ok(Extracted { text, structure })
+    Ok(Extracted {
+        text,
+        structure,
+        pages: Vec::new(),
+        items,
+    })
 }

@@ -11,7 +11,8 @@ use crate::chunk::Structure;
 use crate::detect::Format;
 use crate::error::{ErrorCode, FileError};
 
-/// Turns the decoded `text` of a file of text `format` into chunkable text.
+/// Turns the decoded `text` of a file of text `format` into chunkable text, with where each row
+/// or item starts for tables and JSON (empty for other formats).
 ///
 /// Formats that name a column or path on every line can grow past their input; `limit` (bytes)
 /// stops them as soon as they pass it.
@@ -19,19 +20,25 @@ use crate::error::{ErrorCode, FileError};
 /// # Errors
 /// `CORRUPT_FILE` when the content does not parse as its format, `LIMIT_EXCEEDED` when the
 /// text outgrows `limit`.
-pub fn extract(format: Format, text: &str, limit: usize) -> Result<(String, Structure), FileError> {
+pub fn extract(
+    format: Format,
+    text: &str,
+    limit: usize,
+) -> Result<(String, Structure, Vec<usize>), FileError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    Ok(match format {
+    let mut items = Vec::new();
+    let (text, structure) = match format {
         Format::Markdown => (text.to_owned(), Structure::Markdown),
         Format::Html => (super::html::text(text), Structure::Plain),
         Format::Xml => (xml(text)?, Structure::Plain),
-        Format::Csv => (table(text, b',', limit)?, Structure::Plain),
-        Format::Tsv => (table(text, b'\t', limit)?, Structure::Plain),
-        Format::Json => (json(text, limit)?, Structure::Plain),
-        Format::JsonLines => (json_lines(text, limit)?, Structure::Plain),
+        Format::Csv => (table(text, b',', limit, &mut items)?, Structure::Plain),
+        Format::Tsv => (table(text, b'\t', limit, &mut items)?, Structure::Plain),
+        Format::Json => (json(text, limit, &mut items)?, Structure::Plain),
+        Format::JsonLines => (json_lines(text, limit, &mut items)?, Structure::Plain),
         Format::Srt | Format::WebVtt => (subtitles(text), Structure::Plain),
         _ => (text.to_owned(), Structure::Plain),
-    })
+    };
+    Ok((text, structure, items))
 }
 
 fn corrupt(format: &str, err: impl std::fmt::Display) -> FileError {
@@ -47,17 +54,15 @@ fn xml(text: &str) -> Result<String, FileError> {
     loop {
         match reader.read_event().map_err(|err| corrupt("xml", err))? {
             XmlEvent::Text(t) => {
-                let t = t.decode().map_err(|err| corrupt("xml", err))?;
-                pending
-                    .push_str(&quick_xml::escape::unescape(&t).map_err(|err| corrupt("xml", err))?);
+                pending.push_str(&t.xml10_content());
             }
             XmlEvent::GeneralRef(r) => {
-                let reference = format!("&{};", r.decode().map_err(|err| corrupt("xml", err))?);
+                let reference = format!("&{};", &*r);
                 pending.push_str(
                     &quick_xml::escape::unescape(&reference).map_err(|err| corrupt("xml", err))?,
                 );
             }
-            XmlEvent::CData(t) => pending.push_str(&String::from_utf8_lossy(&t)),
+            XmlEvent::CData(t) => pending.push_str(&t),
             XmlEvent::Start(_) | XmlEvent::End(_) | XmlEvent::Empty(_) => {
                 let line = pending.trim();
                 if !line.is_empty() {
@@ -75,7 +80,12 @@ fn xml(text: &str) -> Result<String, FileError> {
 
 /// One line per record, each field named by its column: `name: Ada; year: 1815`. Chunks from
 /// the middle of a table keep the meaning of their columns.
-fn table(text: &str, delimiter: u8, limit: usize) -> Result<String, FileError> {
+fn table(
+    text: &str,
+    delimiter: u8,
+    limit: usize,
+    items: &mut Vec<usize>,
+) -> Result<String, FileError> {
     let name = if delimiter == b'\t' { "tsv" } else { "csv" };
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
@@ -90,6 +100,7 @@ fn table(text: &str, delimiter: u8, limit: usize) -> Result<String, FileError> {
     let mut out = String::new();
     for record in reader.records() {
         let record = record.map_err(|err| corrupt(name, err))?;
+        let start = out.len();
         let mut first = true;
         for (i, value) in record.iter().enumerate() {
             let value = value.trim();
@@ -109,22 +120,49 @@ fn table(text: &str, delimiter: u8, limit: usize) -> Result<String, FileError> {
         }
         if !first {
             out.push('\n');
+            items.push(start);
         }
         within(&out, limit)?;
     }
     Ok(out)
 }
 
-/// A JSON document as `path: value` lines (`users[0].name: Ada`).
-fn json(text: &str, limit: usize) -> Result<String, FileError> {
+/// A JSON document as `path: value` lines (`users[0].name: Ada`); each element of a top-level
+/// array (or member of a top-level object) is an item.
+fn json(text: &str, limit: usize, items: &mut Vec<usize>) -> Result<String, FileError> {
     let value: Value = serde_json::from_str(text).map_err(|err| corrupt("json", err))?;
     let mut out = String::new();
-    flatten(&value, &mut String::new(), &mut out, limit)?;
+    let mut path = String::new();
+    match &value {
+        Value::Array(elements) => {
+            for (i, element) in elements.iter().enumerate() {
+                let start = out.len();
+                let _ = write!(path, "[{i}]");
+                flatten(element, &mut path, &mut out, limit)?;
+                path.clear();
+                if out.len() > start {
+                    items.push(start);
+                }
+            }
+        }
+        Value::Object(members) => {
+            for (key, member) in members {
+                let start = out.len();
+                path.push_str(key);
+                flatten(member, &mut path, &mut out, limit)?;
+                path.clear();
+                if out.len() > start {
+                    items.push(start);
+                }
+            }
+        }
+        scalar => flatten(scalar, &mut path, &mut out, limit)?,
+    }
     Ok(out)
 }
 
-/// Each line's document flattened, records separated by blank lines.
-fn json_lines(text: &str, limit: usize) -> Result<String, FileError> {
+/// Each line's document flattened, records separated by blank lines; each line an item.
+fn json_lines(text: &str, limit: usize, items: &mut Vec<usize>) -> Result<String, FileError> {
     let mut out = String::new();
     for (number, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -135,7 +173,11 @@ fn json_lines(text: &str, limit: usize) -> Result<String, FileError> {
         if !out.is_empty() {
             out.push('\n');
         }
+        let start = out.len();
         flatten(&value, &mut String::new(), &mut out, limit)?;
+        if out.len() > start {
+            items.push(start);
+        }
     }
     Ok(out)
 }
@@ -239,7 +281,7 @@ mod tests {
         let page = "<html><head><title>T</title><style>p{color:red}</style>\
                     <script>var secret = 1;</script></head>\
                     <body><h1>Heading</h1><p>First &amp; second.</p><p>Next</p></body></html>";
-        let (text, _) = extract(Format::Html, page, usize::MAX).unwrap();
+        let (text, _, _) = extract(Format::Html, page, usize::MAX).unwrap();
         assert!(
             text.contains("Heading") && text.contains("First & second."),
             "{text}"
@@ -257,7 +299,7 @@ mod tests {
         let page = format!(
             "<table><tr><td>{wide}</td><td>b</td></tr><tr><td>a</td><td>c</td></tr></table>"
         );
-        let (text, _) = extract(Format::Html, &page, usize::MAX).unwrap();
+        let (text, _, _) = extract(Format::Html, &page, usize::MAX).unwrap();
         assert!(
             text.len() < page.len(),
             "{} bytes from {}",
@@ -276,7 +318,7 @@ mod tests {
             "</div>".repeat(depth)
         );
         let started = std::time::Instant::now();
-        let (text, _) = extract(Format::Html, &page, usize::MAX).unwrap();
+        let (text, _, _) = extract(Format::Html, &page, usize::MAX).unwrap();
         assert_eq!(text, "deep text");
         // A tree-building parser takes minutes here; linear work takes milliseconds.
         assert!(
@@ -290,13 +332,13 @@ mod tests {
     fn html_keeps_structure_and_preformatted_text() {
         let page =
             "<ul><li>one</li><li>two</li></ul><pre>a  b\n  c</pre><p>x<br>y &eacute;&#233;</p>";
-        let (text, _) = extract(Format::Html, page, usize::MAX).unwrap();
+        let (text, _, _) = extract(Format::Html, page, usize::MAX).unwrap();
         assert_eq!(text, "one\ntwo\n\na  b\n  c\n\nx\ny éé");
     }
 
     #[test]
     fn html_without_a_closing_head_keeps_its_body() {
-        let (text, _) = extract(
+        let (text, _, _) = extract(
             Format::Html,
             "<head><title>T</title><body><p>body text</p>",
             usize::MAX,
@@ -320,7 +362,7 @@ mod tests {
 
     #[test]
     fn xml_text_and_entities() {
-        let (text, _) = extract(
+        let (text, _, _) = extract(
             Format::Xml,
             "<?xml version=\"1.0\"?><a><b>x &lt; y</b><c><![CDATA[z]]></c></a>",
             usize::MAX,
@@ -337,20 +379,45 @@ mod tests {
 
     #[test]
     fn tables_name_their_columns() {
-        let (text, _) = extract(
+        let (text, _, _) = extract(
             Format::Csv,
             "name,year\nAda,1815\n\"Lovelace, A\",\n",
             usize::MAX,
         )
         .unwrap();
         assert_eq!(text, "name: Ada; year: 1815\nname: Lovelace, A\n");
-        let (text, _) = extract(Format::Tsv, "a\tb\n1\t2\n", usize::MAX).unwrap();
+        let (text, _, _) = extract(Format::Tsv, "a\tb\n1\t2\n", usize::MAX).unwrap();
         assert_eq!(text, "a: 1; b: 2\n");
     }
 
     #[test]
+    fn rows_and_items_are_where_their_lines_start() {
+        let (text, _, items) = extract(
+            Format::Csv,
+            "name,year\nAda,1815\n,\nAlan,1912\n",
+            usize::MAX,
+        )
+        .unwrap();
+        let starts: Vec<&str> = items.iter().map(|&i| &text[i..]).collect();
+        assert_eq!(
+            starts,
+            [
+                "name: Ada; year: 1815\nname: Alan; year: 1912\n",
+                "name: Alan; year: 1912\n"
+            ]
+        );
+        let (text, _, items) =
+            extract(Format::Json, r#"[{"a":1,"b":2},{"a":3},[]]"#, usize::MAX).unwrap();
+        assert_eq!(text, "[0].a: 1\n[0].b: 2\n[1].a: 3\n");
+        assert_eq!(items, [0, text.find("[1]").unwrap()]);
+        let (text, _, items) =
+            extract(Format::JsonLines, "{\"a\":1}\n\n{\"a\":2}\n", usize::MAX).unwrap();
+        assert_eq!(items, [0, text.rfind("a: 2").unwrap()]);
+    }
+
+    #[test]
     fn json_is_flattened_to_paths() {
-        let (text, _) = extract(
+        let (text, _, _) = extract(
             Format::Json,
             r#"{"users":[{"name":"Ada","age":36}],"ok":true}"#,
             usize::MAX,

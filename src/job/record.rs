@@ -33,8 +33,13 @@ pub struct ChunkRecord {
     pub token_count: usize,
     /// Byte offsets `[start, end)` of the chunk in the extracted text.
     pub range: [usize; 2],
-    /// Page of a document the chunk starts on, from 1.
+    /// Page (or slide) of a paged document (PDF, PPTX, ODP) the chunk starts on, from 1;
+    /// null for text without pages.
     pub page: Option<u32>,
+    /// Page (or slide) the chunk ends on, from 1: equal to `page` unless the chunk crosses a
+    /// page break. Present exactly when `page` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_page: Option<u32>,
     /// Time span `[start, end)` in milliseconds, for audio and video.
     pub time_range_ms: Option<[u64; 2]>,
     /// The job's tags.

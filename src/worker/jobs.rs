@@ -19,7 +19,7 @@ use crate::job::{
     ChunkRecord, DataSource, Event, EventKind, FileRef, ItemRecord, ItemType, Job, JobKind,
     ObjectSelector, SCHEMA_VERSION, SyncFiles, SyncObject, SyncOptions,
 };
-use crate::pipeline::{self, Emitted, FileReport, Request};
+use crate::pipeline::{self, Bounds, Emitted, FileReport, Request};
 use crate::sink::amqp::{Confirms, Message, PublishError, Publisher};
 use crate::source::{Listed, ObjectMeta, S3Access, S3Credentials, S3Source, Source};
 use crate::transcribe::{Ask, Transcriber};
@@ -350,11 +350,27 @@ fn request(
         options.chunk_overlap.unwrap_or(chunking.chunk_overlap),
     )
     .map_err(|err| invalid(err.to_string()))?;
-    // `force_embedding_generation` (resync_file) embeds even when the job says skip.
+    let files = options.file_sync_config.clone().unwrap_or_default();
+    let chunks_only = files.generate_chunks_only.unwrap_or(false);
+    let rows = match (
+        options.max_items_per_chunk,
+        files.split_rows.unwrap_or(false),
+    ) {
+        (Some(0), _) => {
+            return Err(invalid(
+                "max_items_per_chunk must be at least 1 (or absent)".to_owned(),
+            ));
+        }
+        (Some(max), _) => Some(max),
+        (None, true) => Some(usize::MAX),
+        (None, false) => None,
+    };
+    // `force_embedding_generation` (resync_file) embeds even when the job says skip;
+    // `generate_chunks_only` never embeds (Carbon: it overrides the other two).
     let embedding = ctx
         .embedder
         .plan(
-            options.skip_embedding_generation && !force_embedding,
+            chunks_only || (options.skip_embedding_generation && !force_embedding),
             options.embedding_model.as_deref(),
             chunker.size(),
         )
@@ -393,6 +409,12 @@ fn request(
             })
             .unwrap_or_default(),
         max_media: limits.max_media(),
+        documents: ctx.config.documents.clone(),
+        bounds: Bounds {
+            pages: options.set_page_as_boundary.unwrap_or(false),
+            rows,
+        },
+        skip_processing: files.skip_file_processing.unwrap_or(false),
     }))
 }
 

@@ -1,0 +1,365 @@
+//! Audio and video: one record describing the recording, or its transcript chunked.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::mpsc;
+
+use super::{
+    Detected, Emitter, FileError, Outcome, Processing, Timed, closed, content_etag, file_info,
+};
+use crate::error::ErrorCode;
+use crate::extract::ffmpeg;
+use crate::extract::media::{self, Cutter, Input, Piece};
+use crate::job::{FileInfo, MediaInfo};
+use crate::source::{ObjectMeta, Source, SourceKind};
+use crate::transcribe::{Ask, Spoken, Transcriber};
+
+impl Processing {
+    /// Audio or video: one record with its facts in `media`; with a transcription provider,
+    /// the transcript chunked instead, each record carrying `media` and `time_range_ms`.
+    /// Describing, decoding and transcribing together may take `max_media`; past it the file
+    /// is abandoned and its decoding stops at the next packet.
+    pub(super) async fn describe_media<S: Source>(
+        &mut self,
+        source: &S,
+        head: Vec<u8>,
+        ended: bool,
+        detected: Detected,
+        out: &Emitter,
+    ) -> Outcome {
+        let limit = self.request.max_media;
+        let abandon = Abandon(Arc::new(AtomicBool::new(false)));
+        // Boxed: the media path's state is large, and most files never take it.
+        let work = Box::pin(async {
+            if crate::extract::ffprobe::describes(detected.format.name()) {
+                self.hear_other(source, &head, detected).await
+            } else {
+                let abandoned = Arc::clone(&abandon.0);
+                self.hear_media(source, head, ended, detected, abandoned)
+                    .await
+            }
+        });
+        let transcribed = tokio::time::timeout(limit, work).await;
+        drop(abandon);
+        let (file, media, segments) = match transcribed {
+            Ok(Ok(transcribed)) => transcribed,
+            Ok(Err(outcome)) => return outcome,
+            Err(_) => {
+                return Outcome::Failed(FileError::permanent(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "describing, decoding and transcribing took longer than \
+                         limits.max_media_secs ({} s); the file was abandoned",
+                        limit.as_secs()
+                    ),
+                ));
+            }
+        };
+        if segments.is_empty() {
+            if self.note.is_none() {
+                self.note = Some("no speech was heard in the audio".to_owned());
+            }
+            return self.send_media_record(file, media, out).await;
+        }
+        let (text, times) = transcript_text(&segments);
+        self.cut_recognised(text, file, media, times, out).await
+    }
+
+    /// A container symphonia does not read, described by ffprobe from its head and, with a
+    /// provider, its audio decoded by ffmpeg and transcribed.
+    async fn hear_other<S: Source>(
+        &mut self,
+        source: &S,
+        head: &[u8],
+        detected: Detected,
+    ) -> Result<(FileInfo, MediaInfo, Vec<Spoken>), Outcome> {
+        let format = detected.format.name();
+        let mut media = self.request.ffprobe.describe(head, format).await?;
+        let limits = self.request.media;
+        if let Some(duration) = media.duration_ms.filter(|d| *d > limits.max_duration_ms) {
+            return Err(Outcome::Failed(media::too_long(format, duration, limits)));
+        }
+        let mut object = self.object.clone();
+        if object.etag.is_none() {
+            object.etag = Some(content_etag(head));
+        }
+        let mut file = file_info(&object, detected, self.kind);
+        // An ASF or FLV holding only sound (WMA) is audio.
+        if media.width.is_none() {
+            file.media_type = Some(crate::detect::MediaType::Audio);
+            self.file_ref.media_type = file.media_type;
+        }
+        let transcriber = match &self.request.transcriber {
+            Ok(_) if media.sample_rate.is_none() => Err("the file has no audio track".to_owned()),
+            transcriber => transcriber.clone(),
+        };
+        let segments = match transcriber {
+            Ok(transcriber) => {
+                self.hear_elsewhere(source, format, &transcriber, &mut media)
+                    .await?
+            }
+            Err(why) => {
+                self.note = Some(format!("no transcript was made: {why}"));
+                Vec::new()
+            }
+        };
+        Ok((file, media, segments))
+    }
+
+    /// Transcribes audio that ffmpeg decodes: the object is read again as a stream into it
+    /// (the version already described, or `OBJECT_CHANGED`). The language heard, and the
+    /// duration decoded when the header did not say, go to `media`.
+    async fn hear_elsewhere<S: Source>(
+        &mut self,
+        source: &S,
+        format: &str,
+        transcriber: &Transcriber,
+        media: &mut MediaInfo,
+    ) -> Result<Vec<Spoken>, Outcome> {
+        let opened = source.open(&self.object).await.map_err(Outcome::Failed)?;
+        if let (Some(read), Some(described)) = (&opened.etag, &self.object.etag)
+            && read != described
+        {
+            return Err(Outcome::Failed(FileError::transient(
+                ErrorCode::ObjectChanged,
+                format!(
+                    "{} was replaced while being read; read it again",
+                    self.object.key
+                ),
+            )));
+        }
+        let request = Arc::clone(&self.request);
+        let cutter = Cutter::new(format, request.media, transcriber.max_piece_ms());
+        let (pieces, next_piece) = mpsc::channel::<Piece>(1);
+        let mut fed = 0;
+        let decode = request.ffmpeg.decode(
+            format,
+            opened.body,
+            cutter,
+            pieces,
+            Arc::clone(&request.cpu),
+            &mut fed,
+        );
+        let (decoded, heard) =
+            tokio::join!(decode, hear(transcriber, request.transcription, next_piece));
+        self.bytes_read += fed;
+        match (decoded, heard) {
+            // Decoding stopped because the transcription failed: the failure is the news.
+            (_, Err(err)) => Err(Outcome::Failed(err)),
+            // ffmpeg cannot be run, or cannot read this file from a stream: the file keeps its
+            // metadata record, and says why.
+            (Err(err), _) if err.code == ErrorCode::UnsupportedFormat => {
+                self.note = Some(format!("no transcript was made: {}", err.message));
+                Ok(Vec::new())
+            }
+            (Err(err), _) => Err(Outcome::Failed(err)),
+            (Ok(decoded), Ok((segments, language))) => {
+                if let Some(said) = &decoded.stopped {
+                    tracing::warn!(key = %self.object.key, decoded_ms = decoded.duration_ms, %said, "ffmpeg stopped with an error; the audio before it is kept");
+                    self.note = Some(format!(
+                        "the transcript stops at {:.1} s, where decoding failed: {said}",
+                        decoded.duration_ms as f64 / 1000.0
+                    ));
+                }
+                media.language = language;
+                media.duration_ms = media.duration_ms.or(Some(decoded.duration_ms));
+                Ok(segments)
+            }
+        }
+    }
+
+    /// Describes a media file and, with a provider, transcribes it. The container is read
+    /// through random access, so a large object is not downloaded to be described; its audio
+    /// is decoded on a blocking thread (under a CPU slot, released while a piece waits) and
+    /// sent in pieces while the next piece decodes.
+    async fn hear_media<S: Source>(
+        &mut self,
+        source: &S,
+        head: Vec<u8>,
+        ended: bool,
+        detected: Detected,
+        abandoned: Arc<AtomicBool>,
+    ) -> Result<(FileInfo, MediaInfo, Vec<Spoken>), Outcome> {
+        let format = detected.format.name();
+        let rest = (!ended)
+            .then(|| source.random_access(&self.object))
+            .transpose()
+            .map_err(Outcome::Failed)?;
+        let input = Input::new(head, rest, self.object.size).cancelled_by(abandoned);
+        let fetched = input.fetched();
+        let transcriber = self.request.transcriber.clone();
+        let (object, kind, request) = (self.object.clone(), self.kind, Arc::clone(&self.request));
+        let (pieces, next_piece) = mpsc::channel::<Piece>(1);
+        let (described, description) = tokio::sync::oneshot::channel();
+        let (cpu, runtime) = (Arc::clone(&request.cpu), tokio::runtime::Handle::current());
+        let max_piece_ms = transcriber.as_ref().ok().map(|t| t.max_piece_ms());
+        let no_provider = transcriber.as_ref().err().cloned();
+        let mut slot = self.cpu_slot().await;
+        let work = tokio::task::spawn_blocking(move || {
+            let probed = match media::probe(input, format, request.media) {
+                Ok(probed) => probed,
+                Err(rejection) => {
+                    let _ = described.send(Err(rejection));
+                    return Ok(None);
+                }
+            };
+            let (file, why_not, foreign) =
+                media_file(&probed, &object, detected, kind, no_provider.as_deref());
+            if described
+                .send(Ok((probed.media.clone(), file, why_not, foreign)))
+                .is_err()
+            {
+                return Ok(None);
+            }
+            let Some(max_piece_ms) = max_piece_ms.filter(|_| probed.has_audio()) else {
+                return Ok(None);
+            };
+            // The slot is held while decoding, not while a piece waits for the provider.
+            let decoded = probed.decode(max_piece_ms, |piece| {
+                slot = None;
+                pieces.blocking_send(piece).map_err(|_| closed())?;
+                slot = runtime.block_on(Arc::clone(&cpu).acquire_owned()).ok();
+                // (Abandoning the file stops the decoder at its next packet.)
+                Ok(())
+            });
+            drop(slot);
+            decoded.map(Some)
+        });
+        let (mut media, file, why_not, foreign) = match description.await {
+            Ok(Ok(description)) => description,
+            Ok(Err(rejection)) => {
+                self.bytes_read += fetched.load(Ordering::Relaxed);
+                return Err(rejection.into());
+            }
+            // The blocking work ended without a word: it crashed.
+            Err(_) => {
+                return Err(match self.blocking(work).await {
+                    Err(err) => Outcome::Failed(err),
+                    Ok(_) => Outcome::Failed(closed()),
+                });
+            }
+        };
+        self.file_ref.media_type = file.media_type;
+        self.note = why_not;
+        // A codec without a decoder here: ffmpeg decodes it (symphonia's work ends at once,
+        // having no audio to decode).
+        if foreign && let Ok(transcriber) = &transcriber {
+            drop(next_piece);
+            self.blocking(work).await.map_err(Outcome::Failed)?;
+            self.bytes_read += fetched.load(Ordering::Relaxed);
+            let segments = self
+                .hear_elsewhere(source, format, transcriber, &mut media)
+                .await?;
+            return Ok((file, media, segments));
+        }
+        let mut segments = Vec::new();
+        let mut failed = None;
+        if let Ok(transcriber) = &transcriber {
+            match hear(transcriber, self.request.transcription, next_piece).await {
+                Ok((transcript, language)) => {
+                    segments = transcript;
+                    media.language = language;
+                }
+                // Decoding stops at its next piece.
+                Err(err) => failed = Some(err),
+            }
+        }
+        let decoded = self.blocking(work).await;
+        self.bytes_read += fetched.load(Ordering::Relaxed);
+        if let Some(err) = failed {
+            return Err(Outcome::Failed(err));
+        }
+        match decoded {
+            Ok(Some(decoded)) if decoded.bad_packets > 0 => {
+                tracing::warn!(key = %self.object.key, bad_packets = decoded.bad_packets, "damaged audio packets were skipped");
+            }
+            Ok(_) => {}
+            // A feature the decoder lacks: the file keeps its metadata record, and says why.
+            Err(err) if err.code == ErrorCode::UnsupportedFormat => {
+                self.note = Some(format!("no transcript was made: {}", err.message));
+                return Ok((file, media, Vec::new()));
+            }
+            Err(err) => return Err(Outcome::Failed(err)),
+        }
+        Ok((file, media, segments))
+    }
+}
+
+/// How records describe a media file; why it gets no transcript (when it does not); and
+/// whether its audio is for ffmpeg to decode (a codec without a decoder here, in a container
+/// ffmpeg reads from a stream).
+fn media_file(
+    probed: &media::Probed,
+    object: &ObjectMeta,
+    detected: Detected,
+    kind: SourceKind,
+    no_provider: Option<&str>,
+) -> (FileInfo, Option<String>, bool) {
+    let mut file = file_info(object, detected, kind);
+    // A video container holding only sound (WebM or MP4 audio) is audio.
+    if probed.media.width.is_none() && probed.media.sample_rate.is_some() {
+        file.media_type = Some(crate::detect::MediaType::Audio);
+    }
+    let format = detected.format.name();
+    let foreign = probed.foreign_codec.is_some() && ffmpeg::decodes(format);
+    let why_not = match (no_provider, probed.no_audio.as_deref()) {
+        (None, Some(why)) if foreign && probed.index_after_media => Some(format!(
+            "{why}, and ffmpeg cannot decode it from a stream: the {format} file's index follows \
+             its media"
+        )),
+        (None, Some(_)) if foreign => None,
+        (Some(why), _) | (None, Some(why)) => Some(why.to_owned()),
+        (None, None) => None,
+    };
+    let foreign = foreign && no_provider.is_none() && !probed.index_after_media;
+    let why_not = why_not.map(|why| format!("no transcript was made: {why}"));
+    (file, why_not, foreign)
+}
+
+/// The transcript of every piece `next` brings, in order, and the language first heard.
+/// Dropping `next` on a failure stops the decoding that feeds it.
+async fn hear(
+    transcriber: &Transcriber,
+    ask: Ask,
+    mut next: mpsc::Receiver<Piece>,
+) -> Result<(Vec<Spoken>, Option<String>), FileError> {
+    let (mut segments, mut language) = (Vec::new(), None);
+    while let Some(piece) = next.recv().await {
+        let transcript = transcriber.transcribe(&piece, ask).await?;
+        language = language.or(transcript.language);
+        segments.extend(transcript.segments);
+    }
+    Ok((segments, language))
+}
+
+/// Abandons a media file's decoding when dropped: its reads fail and decoding stops at the
+/// next packet, even when the file's future was dropped at a time limit.
+struct Abandon(Arc<AtomicBool>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A transcript as text, one segment per line (`Speaker A: …` when labelled), with where each
+/// segment is in it.
+fn transcript_text(segments: &[Spoken]) -> (String, Vec<Timed>) {
+    let mut text = String::new();
+    let mut times = Vec::with_capacity(segments.len());
+    for segment in segments {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        let start = text.len();
+        if let Some(speaker) = &segment.speaker {
+            text.push_str("Speaker ");
+            text.push_str(speaker);
+            text.push_str(": ");
+        }
+        text.push_str(&segment.text);
+        times.push((start..text.len(), [segment.start_ms, segment.end_ms]));
+    }
+    (text, times)
+}
