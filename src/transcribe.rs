@@ -28,6 +28,9 @@ pub struct TranscriptionConfig {
     pub url: Option<String>,
     /// The provider's model (`whisper-1`; `gpt-4o-transcribe` does not give timestamps).
     pub model: String,
+    /// The names a job's `file_sync_config.transcription_service` may give for this provider
+    /// (compared without case); a job naming another service is refused (`INVALID_JOB`).
+    pub service_names: Vec<String>,
     /// The model asked when a job wants speaker labels (`gpt-4o-transcribe-diarize`, answered
     /// as `diarized_json`). Unset: the provider cannot label speakers, and transcripts have none.
     pub speaker_labels_model: Option<String>,
@@ -57,6 +60,7 @@ impl Default for TranscriptionConfig {
         TranscriptionConfig {
             url: None,
             model: "whisper-1".to_owned(),
+            service_names: vec!["OPENAI".to_owned(), "OPENAI_WHISPER".to_owned()],
             speaker_labels_model: None,
             auth: Auth::Bearer,
             api_key_env: Some(OPENAI_API_KEY.to_owned()),

@@ -1724,7 +1724,7 @@ fn document_jobs_and_every_option_do_what_they_say() {
 }
 
 #[test]
-fn a_row_limit_of_zero_is_refused_naming_the_option() {
+fn options_that_cannot_be_honoured_are_refused_naming_them() {
     let server = documents();
     let names = Names::new("docrows");
     let _worker = Worker::start(&names, BROKER);
@@ -1735,4 +1735,23 @@ fn a_row_limit_of_zero_is_refused_naming_the_option() {
     let dead = collect_until(&names.dead(), "the refused job", |got| !got.is_empty());
     assert_eq!(dead[0].headers["ingestd-error-code"], "INVALID_JOB");
     assert!(dead[0].headers["ingestd-error"].contains("max_items_per_chunk"));
+
+    // A transcription service other than the configured provider is refused, not ignored;
+    // the provider's own name (any case) is accepted.
+    let with_service = |service: &str| {
+        json!({"schema_version": 1, "type": "sync_object", "bucket": "docs", "key": "plain.eml",
+               "data_source": data_source(&server, SECRET_KEY), "skip_embedding_generation": true,
+               "file_sync_config": {"transcription_service": service}})
+    };
+    publish_raw(
+        &names,
+        "sync_object",
+        with_service("deepgram").to_string().as_bytes(),
+    );
+    enqueue(&names, &with_service("openai"));
+    let dead = collect_until(&names.dead(), "the refused service", |got| !got.is_empty());
+    assert_eq!(dead[0].headers["ingestd-error-code"], "INVALID_JOB");
+    assert!(dead[0].headers["ingestd-error"].contains("transcription_service"));
+    let (_, outcomes) = outcomes_for(&names, 1);
+    assert_eq!(outcomes["plain.eml"]["event"], "FILE_READY");
 }

@@ -351,6 +351,16 @@ fn request(
     )
     .map_err(|err| invalid(err.to_string()))?;
     let files = options.file_sync_config.clone().unwrap_or_default();
+    if let Some(service) = &files.transcription_service {
+        let names = &ctx.config.transcription.service_names;
+        if !names.iter().any(|name| name.eq_ignore_ascii_case(service)) {
+            return Err(invalid(format!(
+                "transcription_service `{service}` is not available here: audio and video are \
+                 transcribed by the configured provider (transcription.service_names: {})",
+                names.join(", ")
+            )));
+        }
+    }
     let chunks_only = files.generate_chunks_only.unwrap_or(false);
     let rows = match (
         options.max_items_per_chunk,

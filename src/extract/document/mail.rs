@@ -215,11 +215,12 @@ fn write_msg<F: Read + std::io::Seek>(
         (Some(name), Some(address)) if name != address => Some(format!("{name} <{address}>")),
         (name, address) => name.or(address),
     };
+    let (to, cc) = recipients(file, root)?;
     let header = Header {
         subject: string_property(file, root, 0x0037)?,
         from,
-        to: string_property(file, root, 0x0E04)?,
-        cc: string_property(file, root, 0x0E03)?,
+        to: to.or(string_property(file, root, 0x0E04)?),
+        cc: cc.or(string_property(file, root, 0x0E03)?),
         date: sent_at(file, root),
     };
     header.write(out)?;
@@ -263,6 +264,55 @@ fn write_msg<F: Read + std::io::Seek>(
         }
     }
     Ok(())
+}
+
+/// The To and Cc lines of the message at `root`, from its recipient storages: each recipient's
+/// name and address (`Name <address>`), by its type (1 To, 2 Cc; Bcc is left out). `None`
+/// where it has none of that type.
+fn recipients<F: Read + std::io::Seek>(
+    file: &mut cfb::CompoundFile<F>,
+    root: &str,
+) -> Result<(Option<String>, Option<String>), FileError> {
+    const RECIPIENT_TYPE: u32 = 0x0C15_0003;
+    let storages: Vec<String> = file
+        .read_storage(if root.is_empty() { "/" } else { root })
+        .map_err(|err| corrupt("msg", err))?
+        .filter(|entry| entry.is_storage() && entry.name().starts_with("__recip_version1.0_#"))
+        .map(|entry| entry.path().to_string_lossy().into_owned())
+        .collect();
+    let (mut to, mut cc) = (Vec::new(), Vec::new());
+    for storage in storages {
+        let name = string_property(file, &storage, 0x3001)?;
+        let address = string_property(file, &storage, 0x39FE)?
+            .or(string_property(file, &storage, 0x3003)?)
+            .filter(|a| a.contains('@'));
+        let shown = match (name, address) {
+            (Some(name), Some(address)) if name != address => format!("{name} <{address}>"),
+            (Some(one), _) | (None, Some(one)) => one,
+            (None, None) => continue,
+        };
+        // Recipient storages have an 8-byte header before their fixed-size properties.
+        let kind = stream(file, &format!("{storage}/__properties_version1.0"))?
+            .and_then(|bytes| fixed_property(bytes.get(8..)?, RECIPIENT_TYPE))
+            .unwrap_or(1);
+        match kind & 0xFF {
+            2 => cc.push(shown),
+            3 => {}
+            _ => to.push(shown),
+        }
+    }
+    let line = |list: Vec<String>| (!list.is_empty()).then(|| list.join(", "));
+    Ok((line(to), line(cc)))
+}
+
+/// The 8-byte value of the fixed-size property `tag` among `entries` (16 bytes each).
+fn fixed_property(entries: &[u8], tag: u32) -> Option<u64> {
+    entries.chunks_exact(16).find_map(|entry| {
+        let found = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]);
+        let mut value = [0; 8];
+        value.copy_from_slice(&entry[8..16]);
+        (found == tag).then(|| u64::from_le_bytes(value))
+    })
 }
 
 /// A string property: Unicode (`001F`) or 8-bit (`001E`, taken as Windows-1252).
@@ -327,18 +377,11 @@ fn sent_at<F: Read + std::io::Seek>(file: &mut cfb::CompoundFile<F>, root: &str)
         .flatten()?;
     // The file's own message has a 32-byte header; an attached one 24 bytes.
     let header = if root.is_empty() { 32 } else { 24 };
-    let entries = bytes.get(header..)?.chunks_exact(16);
-    let mut found = None;
-    for entry in entries {
-        let tag = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]);
-        if tag == SUBMITTED || (tag == DELIVERED && found.is_none()) {
-            let mut value = [0; 8];
-            value.copy_from_slice(&entry[8..16]);
-            found = Some(u64::from_le_bytes(value));
-        }
-    }
+    let entries = bytes.get(header..)?;
+    let found =
+        fixed_property(entries, SUBMITTED).or_else(|| fixed_property(entries, DELIVERED))?;
     // FILETIME: 100 ns ticks since 1601.
-    let unix = (found? / 10_000_000).checked_sub(11_644_473_600)?;
+    let unix = (found / 10_000_000).checked_sub(11_644_473_600)?;
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
     Some(humantime::format_rfc3339_seconds(at).to_string())
 }
