@@ -58,6 +58,19 @@ enum Command {
         #[arg(value_enum)]
         message: SchemaArg,
     },
+    /// Read one document and print its text as JSON: the process `sync` and the worker run
+    /// for each document (documents.isolate), not a command for people.
+    #[command(hide = true)]
+    ExtractDocument {
+        /// The detected format (pdf, docx, zip, ole, …).
+        #[arg(long)]
+        format: String,
+        /// The budget, as JSON.
+        #[arg(long)]
+        task: String,
+        /// The document, or - for stdin.
+        path: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -319,6 +332,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => worker(&args),
         Command::Enqueue { job, config } => enqueue(&job, config.as_deref()),
         Command::Schema { message } => print_schema(message),
+        Command::ExtractDocument { format, task, path } => extract_document(&format, &task, &path),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -395,6 +409,25 @@ fn enqueue(path: &Path, config: Option<&Path>) -> Result<u8, Failure> {
         .block_on(ingestd::worker::enqueue(&config.worker, &job))
         .map_err(|err| fatal(anyhow!(err)))?;
     println!("{job_id}");
+    Ok(0)
+}
+
+fn extract_document(format: &str, task: &str, path: &Path) -> Result<u8, Failure> {
+    let task = serde_json::from_str(task)
+        .context("reading the task")
+        .map_err(usage)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .map_err(fatal)?;
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    runtime
+        .block_on(ingestd::extract::document::serve(
+            format, task, path, &mut out,
+        ))
+        .context("writing the document's text")
+        .map_err(fatal)?;
     Ok(0)
 }
 

@@ -348,6 +348,8 @@ fn hostile_documents_get_their_codes_and_the_run_goes_on() {
         std::fs::copy(&path, bad.join(path.file_name().unwrap())).unwrap();
     }
     many_entries(&bad.join("many_entries.docx"));
+    sparse_sheet(&bad.join("sparse.xlsx"));
+    encrypted_office(&bad.join("secret.docx"));
     let started = std::time::Instant::now();
     let (records, events, out) = sync(
         work.path(),
@@ -367,6 +369,19 @@ fn hostile_documents_get_their_codes_and_the_run_goes_on() {
             check_hostile(key, spec, &events, &records, &texts);
         }
     }
+    // A sheet claiming a million rows of 16,384 columns is stopped at the reader's memory
+    // limit; a password-protected Office file says so.
+    let sparse = outcome(&events, "sparse.xlsx");
+    assert_eq!(sparse["error_code"], "LIMIT_EXCEEDED", "{sparse}");
+    assert!(
+        sparse["message"]
+            .as_str()
+            .unwrap()
+            .contains("child_memory_bytes"),
+        "{sparse}"
+    );
+    let secret = outcome(&events, "secret.docx");
+    assert_eq!(secret["error_code"], "PASSWORD_PROTECTED", "{secret}");
     // The flate bomb's pdftotext was killed at the time limit, not left running.
     let running = std::process::Command::new("pgrep")
         .args(["-f", "flate_bomb.pdf"])
@@ -486,6 +501,62 @@ fn many_entries(path: &Path) {
     zip.finish().unwrap();
 }
 
+/// An XLSX of two cells, A1 and XFD1048576: a grid of 17 billion cells if read densely.
+fn sparse_sheet(path: &Path) {
+    use std::io::Write as _;
+    let main = "http://schemas.openxmlformats.org/spreadsheetml/2006/main";
+    let rels = "http://schemas.openxmlformats.org/officeDocument/2006/relationships";
+    let package = "http://schemas.openxmlformats.org/package/2006/relationships";
+    let parts = [
+        (
+            "[Content_Types].xml".to_owned(),
+            "<Types xmlns=\"http://schemas.openxmlformats.org/package/2006/content-types\">\
+             <Override PartName=\"/xl/workbook.xml\" ContentType=\"application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml\"/>\
+             <Override PartName=\"/xl/worksheets/sheet1.xml\" ContentType=\"application/vnd.openxmlformats-officedocument.spreadsheetml.worksheet+xml\"/></Types>".to_owned(),
+        ),
+        (
+            "_rels/.rels".to_owned(),
+            format!("<Relationships xmlns=\"{package}\"><Relationship Id=\"rId1\" Type=\"{rels}/officeDocument\" Target=\"xl/workbook.xml\"/></Relationships>"),
+        ),
+        (
+            "xl/workbook.xml".to_owned(),
+            format!("<workbook xmlns=\"{main}\" xmlns:r=\"{rels}\"><sheets><sheet name=\"S\" sheetId=\"1\" r:id=\"rId1\"/></sheets></workbook>"),
+        ),
+        (
+            "xl/_rels/workbook.xml.rels".to_owned(),
+            format!("<Relationships xmlns=\"{package}\"><Relationship Id=\"rId1\" Type=\"{rels}/worksheet\" Target=\"worksheets/sheet1.xml\"/></Relationships>"),
+        ),
+        (
+            "xl/worksheets/sheet1.xml".to_owned(),
+            format!("<worksheet xmlns=\"{main}\"><sheetData><row r=\"1\"><c r=\"A1\"><v>1</v></c></row>\
+                     <row r=\"1048576\"><c r=\"XFD1048576\"><v>2</v></c></row></sheetData></worksheet>"),
+        ),
+    ];
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    for (name, text) in &parts {
+        zip.start_file(name.as_str(), zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zip.write_all(text.as_bytes()).unwrap();
+    }
+    zip.finish().unwrap();
+}
+
+/// What Office writes for a password-protected document: an OLE file holding the encryption
+/// header and the encrypted package.
+fn encrypted_office(path: &Path) {
+    use std::io::Write as _;
+    let mut file = cfb::create(path).unwrap();
+    file.create_stream("EncryptionInfo")
+        .unwrap()
+        .write_all(&[4, 0, 4, 0, 0x40, 0, 0, 0])
+        .unwrap();
+    file.create_stream("EncryptedPackage")
+        .unwrap()
+        .write_all(&[0x5A; 4096])
+        .unwrap();
+    file.flush().unwrap();
+}
+
 #[test]
 fn a_pdf_reader_that_cannot_be_run_is_a_clear_error() {
     let work = tempfile::tempdir().unwrap();
@@ -506,6 +577,19 @@ fn a_pdf_reader_that_cannot_be_run_is_a_clear_error() {
     assert_eq!(event["reason"], "UNSUPPORTED_FORMAT", "{event}");
     assert!(
         event["message"].as_str().unwrap().contains("poppler-utils"),
+        "{event}"
+    );
+    // A scan read without OCR says what it left out.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (_, events, out) = sync(elsewhere.path(), &fixture("documents/scan.pdf"), &[]);
+    assert_exit(&out, 0);
+    let event = outcome(&events, "scan.pdf");
+    assert_eq!(event["event"], "FILE_READY", "{event}");
+    assert!(
+        event["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 of 2 pages have no text layer"),
         "{event}"
     );
 }

@@ -56,6 +56,8 @@ pub struct Extracted {
     /// Where each row (tables, spreadsheets) or item (JSON, JSON Lines) starts, as byte
     /// offsets in `text`, ascending; empty for text that has none.
     pub items: Vec<usize>,
+    /// What `FILE_READY` should say about the text (pages without a text layer left out).
+    pub note: Option<String>,
 }
 
 /// Why a file yields no text.
@@ -143,5 +145,6 @@ pub fn extract(
         structure,
         pages: Vec::new(),
         items,
+        note: None,
     })
 }

@@ -48,6 +48,27 @@ impl Processing {
         let deadline = budget.deadline;
         let format = detected.format.name();
         let slot = self.cpu_slot().await;
+        if budget.config.isolate {
+            let input = match &spool {
+                Some(file) => Input::File(file.path()),
+                None => Input::Bytes(&bytes),
+            };
+            let read = match std::env::current_exe() {
+                Ok(program) => document::extract_isolated(&program, input, format, &budget).await,
+                Err(err) => Err(crate::extract::Rejection::Error(FileError::transient(
+                    ErrorCode::Internal,
+                    format!("finding this program to read the document with: {err}"),
+                ))),
+            };
+            drop(slot);
+            return match read {
+                Ok((format, extracted)) => {
+                    self.cut_document(format, extracted, detected, etag, out)
+                        .await
+                }
+                Err(rejection) => rejection.into(),
+            };
+        }
         let work = tokio::task::spawn_blocking(move || {
             let input = match &spool {
                 Some(file) => Input::File(file.path()),
@@ -73,8 +94,22 @@ impl Processing {
                 ));
             }
         };
-        // A ZIP or OLE file is named by what it turned out to be.
+        self.cut_document(format, extracted, detected, etag, out)
+            .await
+    }
+
+    /// Cuts a document's text into records. A ZIP or OLE file is named by what it turned out
+    /// to be.
+    async fn cut_document(
+        &mut self,
+        format: &'static str,
+        extracted: crate::extract::Extracted,
+        detected: Detected,
+        etag: String,
+        out: &Emitter,
+    ) -> Outcome {
         self.file_ref.format = Some(format.to_owned());
+        self.note.clone_from(&extracted.note);
         let mut object = self.object.clone();
         if object.etag.is_none() {
             object.etag = Some(etag);

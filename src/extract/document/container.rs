@@ -38,20 +38,21 @@ impl<'a> Zip<'a> {
     ) -> Result<Self, FileError> {
         let entries = entry_count(&mut reader).map_err(|err| corrupt("zip", err))?;
         if entries > config.max_zip_entries as u64 {
-            return Err(FileError::permanent(
-                ErrorCode::LimitExceeded,
-                format!(
-                    "the zip container has {entries} entries, over documents.max_zip_entries ({})",
-                    config.max_zip_entries
-                ),
-            ));
+            return Err(too_many(entries, config));
         }
         let archive = zip::ZipArchive::new(reader).map_err(|err| corrupt("zip", err))?;
+        // The end record read above may not be the one the directory was read from.
+        if archive.len() > config.max_zip_entries {
+            return Err(too_many(archive.len() as u64, config));
+        }
         let mut zip = Zip {
             archive,
             budget: config.max_unzipped_bytes,
             max_ratio: config.max_zip_ratio,
         };
+        // Markup parts are what readers inflate (calamine opens the archive itself): together
+        // they must fit the inflation budget, as each must the ratio limit.
+        let mut markup = 0u64;
         for index in 0..zip.archive.len() {
             let entry = zip
                 .archive
@@ -59,6 +60,22 @@ impl<'a> Zip<'a> {
                 .map_err(|err| corrupt("zip", err))?;
             let name = entry.name().map_err(|err| corrupt("zip", err))?;
             check_ratio(&name, entry.size(), entry.compressed_size(), zip.max_ratio)?;
+            if [".xml", ".rels", ".xhtml", ".html", ".htm", ".opf", ".ncx"]
+                .iter()
+                .any(|ext| name.to_ascii_lowercase().ends_with(ext))
+            {
+                markup = markup.saturating_add(entry.size());
+            }
+        }
+        if markup > config.max_unzipped_bytes {
+            return Err(FileError::permanent(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "the zip container's markup parts inflate to {markup} bytes, over \
+                     documents.max_unzipped_bytes ({})",
+                    config.max_unzipped_bytes
+                ),
+            ));
         }
         Ok(zip)
     }
@@ -141,8 +158,12 @@ impl<'a> Zip<'a> {
         }
         let mut bytes = Vec::with_capacity(usize::try_from(declared).unwrap_or(0).min(1 << 20));
         let inflated = entry.take(declared + 1).read_to_end(&mut bytes);
-        // The zip reader itself may be the one to stop a part at its declared size.
-        if bytes.len() as u64 > declared || (inflated.is_err() && bytes.len() as u64 >= declared) {
+        // The zip reader itself may be the one to stop a part at its declared size (its only
+        // word for it is its message; a bad checksum fails at the same place).
+        let past_declared = inflated
+            .as_ref()
+            .is_err_and(|err| err.to_string().contains("larger than its declared"));
+        if bytes.len() as u64 > declared || past_declared {
             return Err(FileError::permanent(
                 ErrorCode::LimitExceeded,
                 format!("the zip part {name} inflates past the {declared} bytes it declares"),
@@ -152,6 +173,16 @@ impl<'a> Zip<'a> {
         self.budget -= bytes.len() as u64;
         Ok(Some(bytes))
     }
+}
+
+fn too_many(entries: u64, config: &DocumentsConfig) -> FileError {
+    FileError::permanent(
+        ErrorCode::LimitExceeded,
+        format!(
+            "the zip container has {entries} entries, over documents.max_zip_entries ({})",
+            config.max_zip_entries
+        ),
+    )
 }
 
 fn too_much(name: &str, declared: u64, max: u64, budget: u64) -> FileError {
@@ -234,6 +265,12 @@ fn invalid(why: &str) -> std::io::Error {
 /// holds no document read here.
 pub fn ole_kind(reader: Box<dyn Seekable + '_>) -> Result<&'static str, super::Rejection> {
     let file = cfb::CompoundFile::open(reader).map_err(|err| corrupt("ole", err))?;
+    // Office's password protection: the real document, encrypted, inside an OLE file.
+    if file.is_stream("EncryptedPackage") || file.is_stream("EncryptionInfo") {
+        return Err(super::Rejection::Error(super::password_protected(
+            "the Office document is encrypted with a password",
+        )));
+    }
     if file.is_stream("WordDocument") {
         return Ok("doc");
     }
@@ -314,17 +351,25 @@ mod tests {
     }
 
     #[test]
-    fn a_part_is_read_within_the_budget() {
+    fn parts_are_read_within_the_budget() {
         let big = vec![b' '; 4 * 1024 * 1024];
-        let bytes = archive(&[("big.xml", &big)]);
         let config = DocumentsConfig {
             max_zip_ratio: 1_000_000,
             max_unzipped_bytes: 1024 * 1024,
             ..DocumentsConfig::default()
         };
+        // Markup parts declaring more than the budget: refused before any is read.
+        let bytes = archive(&[("big.xml", &big)]);
+        let err = Zip::open(Box::new(Cursor::new(bytes)), &config)
+            .err()
+            .unwrap();
+        assert_eq!(err.code, ErrorCode::LimitExceeded);
+        assert!(err.message.contains("markup parts"), "{}", err.message);
+        // Any part read past the budget fails as it is read.
+        let bytes = archive(&[("big.bin", &big)]);
         let mut zip = Zip::open(Box::new(Cursor::new(bytes.clone())), &config).unwrap();
         assert_eq!(
-            zip.read("big.xml", u64::MAX).unwrap_err().code,
+            zip.read("big.bin", u64::MAX).unwrap_err().code,
             ErrorCode::LimitExceeded
         );
         // The same part compresses far past the default ratio: refused on opening.

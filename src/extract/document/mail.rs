@@ -63,13 +63,14 @@ fn write_message(
         date: message.date().map(mail_parser::DateTime::to_rfc3339),
     };
     header.write(out)?;
-    let body = message.text_bodies().find_map(|part| match &part.body {
-        PartType::Text(text) => Some(text.to_string()),
-        PartType::Html(html) => Some(crate::extract::html::text(html)),
-        _ => None,
-    });
-    if let Some(body) = body {
-        out.push(body.trim())?;
+    // Every text part of the body, in order (a message may interleave text and pictures).
+    for part in message.text_bodies() {
+        let text = match &part.body {
+            PartType::Text(text) => text.to_string(),
+            PartType::Html(html) => crate::extract::html::text(html),
+            _ => continue,
+        };
+        out.push(text.trim())?;
         out.end_paragraph()?;
     }
     for part in message.attachments() {
@@ -258,7 +259,13 @@ fn write_msg<F: Read + std::io::Seek>(
             }
             continue;
         }
-        if let Some(data) = binary_property(file, &storage, 0x3701)? {
+        let data = format!("{storage}/__substg1.0_37010102");
+        let size = file.entry(&data).map_or(0, |entry| entry.len());
+        if size > MAX_PROPERTY_BYTES {
+            out.push(&format!(
+                "(not read: {size} bytes, over {MAX_PROPERTY_BYTES})\n"
+            ))?;
+        } else if let Some(data) = binary_property(file, &storage, 0x3701)? {
             let mime = string_property(file, &storage, 0x370E)?;
             attachment(&data, &name, mime.as_deref(), budget, depth, out)?;
         }
@@ -384,4 +391,33 @@ fn sent_at<F: Read + std::io::Seek>(file: &mut cfb::CompoundFile<F>, root: &str)
     let unix = (found / 10_000_000).checked_sub(11_644_473_600)?;
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
     Some(humantime::format_rfc3339_seconds(at).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extract::document::DocumentsConfig;
+
+    #[test]
+    fn every_text_part_of_the_body_is_kept() {
+        let message = "From: A <a@example.com>\r\nTo: B <b@example.com>\r\nSubject: Parts\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n\
+Content-Type: text/plain\r\n\r\nFirst part.\r\n--x\r\nContent-Type: image/png\r\n\
+Content-Disposition: inline; filename=dot.png\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+iVBORw0KGgo=\r\n--x\r\nContent-Type: text/plain\r\n\r\nSecond part.\r\n--x--\r\n";
+        let budget = Budget::starting_now(&DocumentsConfig::default(), None, usize::MAX);
+        let text = eml(Input::Bytes(message.as_bytes()), &budget, 1)
+            .unwrap()
+            .text;
+        assert!(
+            text.starts_with("Subject: Parts\nFrom: A <a@example.com>\nTo: B <b@example.com>"),
+            "{text}"
+        );
+        let (first, second) = (
+            text.find("First part.").unwrap(),
+            text.find("Second part.").unwrap(),
+        );
+        assert!(first < second, "{text}");
+        assert!(text.contains("Attachment: dot.png"), "{text}");
+    }
 }

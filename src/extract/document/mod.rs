@@ -5,7 +5,9 @@
 //! anything is inflated, XML entities are never expanded, child processes run with a cleared
 //! environment, a memory limit and a deadline, and nested attachments stop at a depth.
 
+mod child;
 mod container;
+mod isolated;
 mod mail;
 mod ooxml;
 mod opendoc;
@@ -18,23 +20,30 @@ use std::io::{Read, Seek};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Extracted, Rejection};
 use crate::chunk::Structure;
 use crate::error::{ErrorCode, FileError, SkipReason};
 
 use container::Container;
+pub use isolated::{Assignment, extract_isolated, serve};
 
 /// `[documents]`: how documents are read, and what one may cost.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DocumentsConfig {
+    /// Read each document in a process of its own (this program, `ingestd extract-document`)
+    /// under `child_memory_bytes` and the deadline, so that a reader that crashes, aborts on
+    /// an allocation or hangs costs that process, not the worker. Off: read in the worker.
+    pub isolate: bool,
     /// The pdftotext program (Debian's poppler-utils) that reads the text layer of PDFs; when
     /// it cannot be run, PDFs fail with `UNSUPPORTED_FORMAT`.
     pub pdftotext: String,
     /// The pdftoppm program (poppler-utils) that renders pages without text for OCR.
     pub pdftoppm: String,
+    /// The pdfinfo program (poppler-utils) that gives a page's size before it is rendered.
+    pub pdfinfo: String,
     /// The prlimit program (util-linux) that puts `child_memory_bytes` on each child process;
     /// empty to run children without it.
     pub prlimit: String,
@@ -60,6 +69,9 @@ pub struct DocumentsConfig {
     pub max_ocr_pages: usize,
     /// Resolution pages are rendered at for OCR (dots per inch).
     pub ocr_dpi: u32,
+    /// Most pixels a page is rendered to for OCR: a larger page is rendered at a lower
+    /// resolution to fit.
+    pub max_ocr_pixels: u64,
 }
 
 impl DocumentsConfig {
@@ -75,10 +87,11 @@ impl DocumentsConfig {
             || self.max_zip_ratio == 0
             || self.max_depth == 0
             || self.ocr_dpi == 0
+            || self.max_ocr_pixels == 0
         {
             return Err(
                 "timeout_secs, max_bytes, max_zip_entries, max_unzipped_bytes, \
-                        max_zip_ratio, max_depth and ocr_dpi must be at least 1"
+                        max_zip_ratio, max_depth, ocr_dpi and max_ocr_pixels must be at least 1"
                     .to_owned(),
             );
         }
@@ -92,8 +105,10 @@ impl DocumentsConfig {
 impl Default for DocumentsConfig {
     fn default() -> Self {
         DocumentsConfig {
+            isolate: true,
             pdftotext: "pdftotext".to_owned(),
             pdftoppm: "pdftoppm".to_owned(),
+            pdfinfo: "pdfinfo".to_owned(),
             prlimit: "prlimit".to_owned(),
             child_memory_bytes: 2 * 1024 * 1024 * 1024,
             timeout_secs: 300,
@@ -104,6 +119,7 @@ impl Default for DocumentsConfig {
             max_depth: 3,
             max_ocr_pages: 50,
             ocr_dpi: 300,
+            max_ocr_pixels: 40_000_000,
         }
     }
 }
@@ -317,6 +333,7 @@ impl Builder {
             structure: Structure::Plain,
             pages,
             items,
+            note: None,
         }
     }
 }
@@ -378,6 +395,14 @@ pub(crate) fn corrupt(format: &str, why: impl std::fmt::Display) -> FileError {
     FileError::permanent(ErrorCode::CorruptFile, format!("{format} reader: {why}"))
 }
 
+/// `PASSWORD_PROTECTED`, saying what is encrypted.
+fn password_protected(what: &str) -> FileError {
+    FileError::permanent(
+        ErrorCode::PasswordProtected,
+        format!("{what}; it cannot be read without it"),
+    )
+}
+
 /// A format that is recognised but not read.
 fn unsupported(message: String) -> Rejection {
     Rejection::Skip {
@@ -430,6 +455,12 @@ fn extract_at(
                         .to_owned(),
                 )
             })?;
+            if matches!(format, "odt" | "ods" | "odp") && opendoc::encrypted(&mut zip) {
+                return Err(password_protected(
+                    "the OpenDocument file is encrypted with a password",
+                )
+                .into());
+            }
             (format, Some(Container::Zip(Box::new(zip))))
         }
         "ole" | "doc" | "xls" | "ppt" | "msg" => {

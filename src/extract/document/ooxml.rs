@@ -38,12 +38,20 @@ pub fn word(mut zip: Zip<'_>, budget: &Budget) -> Result<Extracted, FileError> {
             .map(str::to_owned),
     );
     order.extend(footers);
+    // Headers and footers come in up to three versions (first page, even pages, the rest),
+    // often with the same text: each text is kept once.
+    let mut seen = std::collections::HashSet::new();
     for name in order {
         let Some(part) = zip.read_opt(&name, MAX_PART_BYTES)? else {
             continue;
         };
-        part_text(&part, &name, budget, &mut out, false)?;
-        out.end_paragraph()?;
+        let mut text = Builder::new(budget.max_text_bytes);
+        part_text(&part, &name, budget, &mut text, false)?;
+        let text = text.finish().text;
+        if !text.is_empty() && seen.insert(blake3::hash(text.as_bytes())) {
+            out.push(&text)?;
+            out.end_paragraph()?;
+        }
     }
     if !zip.has("word/document.xml") {
         return Err(super::corrupt(
@@ -59,7 +67,7 @@ pub fn word(mut zip: Zip<'_>, budget: &Budget) -> Result<Extracted, FileError> {
 fn skipped(name: &str) -> bool {
     matches!(
         name,
-        "pPr" | "rPr" | "tblPr" | "sectPr" | "instrText" | "delText" | "Fallback"
+        "pPr" | "rPr" | "tblPr" | "sectPr" | "instrText" | "delText" | "moveFrom" | "Fallback"
     )
 }
 
@@ -91,6 +99,24 @@ fn part_text(
                     "ph" if notes => keep = xml::attr(start, "type").as_deref() == Some("body"),
                     "t" => in_text = true,
                     "tab" => out.push("\t")?,
+                    "noBreakHyphen" => out.push("-")?,
+                    "sym" => {
+                        // A symbol-font character: its code in the private-use area
+                        // (F0xx) stands for the ASCII position xx.
+                        let code = xml::attr(start, "char")
+                            .and_then(|hex| u32::from_str_radix(&hex, 16).ok())
+                            .map(|c| {
+                                if (0xF020..=0xF0FF).contains(&c) {
+                                    c - 0xF000
+                                } else {
+                                    c
+                                }
+                            })
+                            .and_then(char::from_u32);
+                        if let Some(c) = code {
+                            out.push(c.encode_utf8(&mut [0; 4]))?;
+                        }
+                    }
                     "br" | "cr" => out.push("\n")?,
                     "tbl" => tables.open(out)?,
                     "tr" => tables.row(),
@@ -239,10 +265,15 @@ mod tests {
 <w:p><w:r><mc:AlternateContent><mc:Choice><w:txbxContent><w:p><w:r><w:t>Boxed</w:t></w:r></w:p></w:txbxContent></mc:Choice>
 <mc:Fallback><w:txbxContent><w:p><w:r><w:t>Boxed</w:t></w:r></w:p></w:txbxContent></mc:Fallback></mc:AlternateContent></w:r></w:p>
 <w:p><w:r><w:instrText>PAGE</w:instrText><w:delText>gone</w:delText><w:t>End</w:t></w:r></w:p>
+<w:p><w:r><w:t>co</w:t><w:noBreakHyphen/><w:t>operate </w:t><w:sym w:font="Symbol" w:char="F061"/></w:r></w:p>
+<w:p><w:moveFrom><w:r><w:t>Moved</w:t></w:r></w:moveFrom><w:moveTo><w:r><w:t>Moved</w:t></w:r></w:moveTo></w:p>
 </w:body></w:document>"#;
         let budget = Budget::starting_now(&DocumentsConfig::default(), None, usize::MAX);
         let mut out = Builder::new(usize::MAX);
         part_text(body.as_bytes(), "document.xml", &budget, &mut out, false).unwrap();
-        assert_eq!(out.finish().text, "Intro\ttext\na | b\nc | d\nBoxed\nEnd");
+        assert_eq!(
+            out.finish().text,
+            "Intro\ttext\na | b\nc | d\nBoxed\nEnd\nco-operate a\nMoved"
+        );
     }
 }

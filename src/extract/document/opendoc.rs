@@ -136,6 +136,14 @@ impl Walk {
     }
 }
 
+/// Whether an OpenDocument file's parts are encrypted (its manifest says how).
+pub fn encrypted(zip: &mut Zip<'_>) -> bool {
+    zip.read_opt("META-INF/manifest.xml", MAX_PART_BYTES)
+        .ok()
+        .flatten()
+        .is_some_and(|manifest| memchr::memmem::find(&manifest, b"encryption-data").is_some())
+}
+
 /// An EPUB: the chapters its package's spine lists, in that order, each read as HTML.
 ///
 /// # Errors
