@@ -1662,18 +1662,9 @@ fn document_jobs_and_every_option_do_what_they_say() {
             json!({"file_sync_config": {"generate_chunks_only": true}}),
         ),
     );
-    // skip_file_processing: the record and event, the object never read.
-    enqueue(
-        &names,
-        &job(
-            "deck.pptx",
-            json!({"skip_embedding_generation": true,
-                                              "file_sync_config": {"skip_file_processing": true}}),
-        ),
-    );
     enqueue(&names, &job("notes.odt", json!({})));
-    let (_, outcomes) = outcomes_for(&names, 5);
-    for key in ["report.pdf", "budget.xlsx", "memo.docx", "deck.pptx"] {
+    let (_, outcomes) = outcomes_for(&names, 4);
+    for key in ["report.pdf", "budget.xlsx", "memo.docx"] {
         assert_eq!(
             outcomes[key]["event"], "FILE_READY",
             "{key}: {}",
@@ -1684,7 +1675,7 @@ fn document_jobs_and_every_option_do_what_they_say() {
         outcomes["notes.odt"]["error_code"],
         "EMBEDDING_NOT_CONFIGURED"
     );
-    let expected_chunks: u64 = ["report.pdf", "budget.xlsx", "memo.docx", "deck.pptx"]
+    let expected_chunks: u64 = ["report.pdf", "budget.xlsx", "memo.docx"]
         .iter()
         .map(|k| outcomes[*k]["chunk_count"].as_u64().unwrap())
         .sum();
@@ -1711,16 +1702,57 @@ fn document_jobs_and_every_option_do_what_they_say() {
         of("memo.docx")
             .all(|r| r["embedding"].is_null() && !r["text"].as_str().unwrap().is_empty())
     );
-    let registered: Vec<&Value> = of("deck.pptx").collect();
-    assert_eq!(registered.len(), 1);
-    assert_eq!(registered[0]["text"], "");
-    assert_eq!(registered[0]["file"]["format"], "pptx");
-    assert!(
-        outcomes["deck.pptx"]["message"]
-            .as_str()
+}
+
+#[test]
+fn skip_file_processing_registers_objects_without_reading_them() {
+    let server = documents();
+    let names = Names::new("docskip");
+    let _worker = Worker::start(&names, BROKER);
+    let job = |key: &str, listed: Value| {
+        let mut job = json!({"schema_version": 1, "type": "sync_object", "bucket": "docs", "key": key,
+                             "data_source": data_source(&server, SECRET_KEY),
+                             "skip_embedding_generation": true,
+                             "file_sync_config": {"skip_file_processing": true}});
+        job.as_object_mut()
             .unwrap()
-            .contains("skip_file_processing")
+            .extend(listed.as_object().unwrap().clone());
+        job
+    };
+    enqueue(&names, &job("deck.pptx", json!({})));
+    // Not even an object that is gone since it was listed is read: the listing is all it takes.
+    enqueue(
+        &names,
+        &job(
+            "listed-then-deleted.pdf",
+            json!({"size": 123_456, "etag": "\"0123abcd\""}),
+        ),
     );
+    let (_, outcomes) = outcomes_for(&names, 2);
+    let records: Vec<Value> =
+        collect_until(&names.chunks(), "the two records", |got| got.len() >= 2)
+            .iter()
+            .map(Got::json)
+            .collect();
+    for (key, format) in [("deck.pptx", "pptx"), ("listed-then-deleted.pdf", "pdf")] {
+        let outcome = &outcomes[key];
+        assert_eq!(outcome["event"], "FILE_READY", "{outcome}");
+        assert_eq!(outcome["chunk_count"], 1);
+        assert!(
+            outcome["message"]
+                .as_str()
+                .unwrap()
+                .contains("skip_file_processing")
+        );
+        let record = records.iter().find(|r| r["file"]["key"] == key).unwrap();
+        assert_eq!(record["text"], "");
+        assert_eq!(record["file"]["format"], format);
+    }
+    let gone = records
+        .iter()
+        .find(|r| r["file"]["key"] == "listed-then-deleted.pdf")
+        .unwrap();
+    assert_eq!(gone["file"]["size"], 123_456);
 }
 
 #[test]
