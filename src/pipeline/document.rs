@@ -53,13 +53,9 @@ impl Processing {
                 Some(file) => Input::File(file.path()),
                 None => Input::Bytes(&bytes),
             };
-            let read = match std::env::current_exe() {
-                Ok(program) => document::extract_isolated(&program, input, format, &budget).await,
-                Err(err) => Err(crate::extract::Rejection::Error(FileError::transient(
-                    ErrorCode::Internal,
-                    format!("finding this program to read the document with: {err}"),
-                ))),
-            };
+            // This process's own executable, even when the file was replaced since it started.
+            let program = std::path::PathBuf::from(format!("/proc/{}/exe", std::process::id()));
+            let read = document::extract_isolated(&program, input, format, &budget).await;
             drop(slot);
             return match read {
                 Ok((format, extracted)) => {

@@ -17,6 +17,8 @@ pub const QUOTED_CHARS: usize = 200;
 pub struct Output {
     /// It exited with 0 (or was stopped once its output reached the cap).
     pub success: bool,
+    /// Its exit code, when it exited (not when it was stopped at the cap).
+    pub code: Option<i32>,
     /// Its output, up to the cap.
     pub stdout: Vec<u8>,
     /// Its error output, up to 64 KiB.
@@ -78,6 +80,10 @@ pub async fn run(
         // Dropping the child kills it.
         return Err(budget.timed_out());
     };
+    let code = status
+        .as_ref()
+        .and_then(|status| status.as_ref().ok())
+        .and_then(std::process::ExitStatus::code);
     let success = match status {
         None => true,
         Some(Ok(status)) if status.success() => true,
@@ -105,6 +111,7 @@ pub async fn run(
     };
     Ok(Output {
         success,
+        code,
         stdout,
         stderr,
     })

@@ -44,8 +44,9 @@ pub struct Assignment {
     pub ocr: Option<(String, String, u64)>,
     /// `limits.max_text_bytes`.
     pub max_text_bytes: usize,
-    /// Seconds left until the deadline.
-    pub seconds: u64,
+    /// Milliseconds the reader has: the time left until the deadline, less a margin in which
+    /// it stops its own children before it is itself stopped.
+    pub millis: u64,
 }
 
 /// Reads a document in a reader process (`ingestd extract-document`) run by `program` (this
@@ -70,11 +71,15 @@ pub async fn extract_isolated(
             )
         }),
         max_text_bytes: budget.max_text_bytes,
-        seconds: budget
-            .deadline
-            .saturating_duration_since(Instant::now())
-            .as_secs()
-            .max(1),
+        millis: u64::try_from(
+            budget
+                .deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX)
+        .saturating_sub(MARGIN.as_millis() as u64)
+        .max(1),
     };
     let assignment = serde_json::to_string(&assignment).map_err(|err| {
         FileError::permanent(
@@ -95,29 +100,59 @@ pub async fn extract_isolated(
         path,
     ];
     let program = program.to_string_lossy();
-    // Text travels as JSON: escapes can double it.
+    // The reader keeps the text within limits.max_text_bytes; as JSON it can take up to six
+    // bytes a character (`\u0001`), plus row and page offsets. This cap only guards against a
+    // reader gone wrong.
     let cap = budget
         .max_text_bytes
-        .saturating_mul(2)
+        .saturating_mul(8)
         .saturating_add(1 << 20);
-    let output = child::run(&program, &args, stdin, cap, budget).await?;
+    // The reader stops its own children at its deadline; it is stopped a margin later.
+    let outer = Budget {
+        deadline: budget.deadline + MARGIN,
+        ..budget.clone()
+    };
+    let output = child::run(&program, &args, stdin, cap, &outer)
+        .await
+        .map_err(|err| match err.code {
+            // This program could not be started (replaced on disk, no processes left).
+            ErrorCode::UnsupportedFormat => FileError::transient(
+                ErrorCode::Internal,
+                format!("starting the document reader: {}", err.message),
+            ),
+            _ => err,
+        })?;
+    let said = || crate::extract::said(&output.stderr, child::QUOTED_CHARS);
     let answer: Answer = match serde_json::from_slice(&output.stdout) {
         Ok(answer) if output.success => answer,
         _ if output.stdout.len() >= cap => {
             return Err(Rejection::Error(FileError::permanent(
                 ErrorCode::LimitExceeded,
                 format!(
-                    "extracted text is over the limit of {} bytes (limits.max_text_bytes)",
+                    "the document reader answered more than {cap} bytes for a text of at most \
+                     {} (limits.max_text_bytes)",
                     budget.max_text_bytes
                 ),
             )));
         }
-        _ => {
+        // A panic in a reader is the document's doing.
+        _ if output.code == Some(101) => {
             return Err(Rejection::Error(FileError::permanent(
                 ErrorCode::CorruptFile,
+                format!("the document reader crashed on it: {}", said()),
+            )));
+        }
+        // Anything else (a task it refused, a runtime it could not start) is ours, and may
+        // pass.
+        _ => {
+            return Err(Rejection::Error(FileError::transient(
+                ErrorCode::Internal,
                 format!(
-                    "the document reader stopped without an answer: {}",
-                    crate::extract::said(&output.stderr, child::QUOTED_CHARS)
+                    "the document reader stopped without an answer (exit {}): {}",
+                    output
+                        .code
+                        .map_or_else(|| "unknown".to_owned(), |c| c.to_string()),
+                    said()
                 ),
             )));
         }
@@ -170,6 +205,9 @@ impl Answer {
     }
 }
 
+/// How much earlier than the worker's deadline the reader's own falls.
+const MARGIN: Duration = Duration::from_secs(2);
+
 /// The formats a document can be read as.
 const KNOWN: [&str; 16] = [
     "pdf", "docx", "docm", "pptx", "pptm", "xlsx", "xlsm", "xls", "odt", "odp", "ods", "rtf",
@@ -203,7 +241,7 @@ pub async fn serve(
                 timeout: Duration::from_secs(seconds),
             }),
         max_text_bytes: assignment.max_text_bytes,
-        deadline: Instant::now() + Duration::from_secs(assignment.seconds),
+        deadline: Instant::now() + Duration::from_millis(assignment.millis),
     };
     let bytes = if path == Path::new("-") {
         let mut bytes = Vec::new();
