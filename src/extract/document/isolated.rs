@@ -87,10 +87,7 @@ pub async fn extract_isolated(
             format!("encoding a reader's task: {err}"),
         )
     })?;
-    let (path, stdin) = match input {
-        Input::File(path) => (path.as_os_str().to_owned(), None),
-        Input::Bytes(bytes) => ("-".into(), Some(bytes)),
-    };
+    let (path, stdin) = input.for_child();
     let args: Vec<std::ffi::OsString> = vec![
         "extract-document".into(),
         "--format".into(),

@@ -188,6 +188,15 @@ pub(crate) trait Seekable: Read + Seek {}
 impl<T: Read + Seek> Seekable for T {}
 
 impl<'a> Input<'a> {
+    /// How a child process is given the document: the file's path, or `-` and the bytes to
+    /// feed its standard input.
+    fn for_child(self) -> (std::ffi::OsString, Option<&'a [u8]>) {
+        match self {
+            Input::File(path) => (path.as_os_str().to_owned(), None),
+            Input::Bytes(bytes) => ("-".into(), Some(bytes)),
+        }
+    }
+
     fn open(self) -> Result<Box<dyn Seekable + 'a>, FileError> {
         Ok(match self {
             Input::File(path) => Box::new(std::io::BufReader::new(

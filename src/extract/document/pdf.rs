@@ -26,10 +26,7 @@ pub fn extract(input: Input<'_>, budget: &Budget) -> Result<Extracted, FileError
 
 async fn read(input: Input<'_>, budget: &Budget) -> Result<Extracted, FileError> {
     let config = &budget.config;
-    let (path, stdin) = match input {
-        Input::File(path) => (path.as_os_str().to_owned(), None),
-        Input::Bytes(bytes) => ("-".into(), Some(bytes)),
-    };
+    let (path, stdin) = input.for_child();
     let args: Vec<std::ffi::OsString> = vec![
         "-enc".into(),
         "UTF-8".into(),
