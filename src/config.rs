@@ -85,6 +85,9 @@ pub struct Config {
     /// `[transcription]`: the speech-to-text provider for audio and video.
     #[serde(default)]
     pub transcription: crate::transcribe::TranscriptionConfig,
+    /// `[state]`: stored data sources, incremental sync and auto-sync (none by default).
+    #[serde(default)]
+    pub state: crate::state::StateConfig,
     /// `[log]`: diagnostics.
     #[serde(default)]
     pub log: LogConfig,
@@ -664,6 +667,9 @@ impl Config {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the first offending field.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some((field, message)) = self.state.problem() {
+            return Err(invalid(field, message));
+        }
         let c = &self.chunking;
         if c.max_chunk_size < MIN_CHUNK_SIZE {
             return Err(invalid(
@@ -779,6 +785,8 @@ fn apply_env(
         // The broker URL also has the short name every deployment tool expects.
         let path = if var == AMQP_URL_ENV {
             Some("WORKER__AMQP_URL")
+        } else if var == crate::state::STATE_URL_ENV {
+            Some("STATE__URL")
         } else {
             var.strip_prefix(ENV_PREFIX)
         };
@@ -793,15 +801,18 @@ fn apply_env(
             });
         };
         // Credentials are strings whatever they look like (a secret of digits is not a number).
-        let value =
-            if key.ends_with("key_id") || key.ends_with("secret_access_key") || key == "amqp_url" {
-                toml::Value::String(raw)
-            } else {
-                toml::from_str::<toml::Table>(&format!("v = {raw}"))
-                    .ok()
-                    .and_then(|mut t| t.remove("v"))
-                    .unwrap_or(toml::Value::String(raw))
-            };
+        let value = if key.ends_with("key_id")
+            || key.ends_with("secret_access_key")
+            || key == "amqp_url"
+            || key == "url"
+        {
+            toml::Value::String(raw)
+        } else {
+            toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(raw))
+        };
         let entry = root
             .entry(table.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));

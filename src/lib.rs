@@ -14,6 +14,8 @@
 //! * [`pipeline`]  — one object through detect → extract → chunk → embed → records; a file per
 //!   family (`text`, `document`, `image`, `media`), records cut in `records`.
 //! * [`sink`]      — where records and events go: JSON Lines, RabbitMQ with confirms.
+//! * [`state`]     — what is remembered between syncs: stored data sources (secrets sealed),
+//!   synced objects and their chunk ids, auto-sync settings; SQLite or PostgreSQL.
 //! * [`sync`]      — the one-shot `ingestd sync` run over a whole source.
 //! * [`worker`]    — `ingestd worker`: jobs from RabbitMQ, retries, dead letters, health.
 //! * [`error`]     — stable error codes and skip reasons carried by events.
@@ -30,6 +32,7 @@ pub mod pipeline;
 pub mod provider;
 pub mod sink;
 pub mod source;
+pub mod state;
 pub mod sync;
 pub mod telemetry;
 pub mod transcribe;

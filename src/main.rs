@@ -186,6 +186,10 @@ struct SyncArgs {
     /// transcription.language.
     #[arg(long)]
     detect_language: bool,
+    /// Remember what was synced in this SQLite file (created on first use) or postgres:// URL:
+    /// a later run skips what is unchanged without reading it and reports what was deleted.
+    #[arg(long, value_name = "FILE|URL")]
+    state: Option<String>,
 }
 
 /// Where chunks must end besides their size: `--page-boundary`, `--split-rows`,
@@ -355,7 +359,11 @@ fn worker(args: &WorkerArgs) -> Result<u8, Failure> {
             args.allow_private_endpoint,
             stop_signal(),
         ))
-        .map_err(fatal)?;
+        .map_err(|err| match err {
+            // A store that can never be used as configured is a configuration error.
+            ingestd::worker::WorkerError::State(_) => usage(anyhow!(err)),
+            other @ ingestd::worker::WorkerError::Listen { .. } => fatal(other),
+        })?;
     Ok(0)
 }
 
@@ -475,7 +483,11 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
         let _runtime = runtime.enter();
         transcriber(&args, &config)?
     };
-    let source = runtime.block_on(open_source(&args, &config))?;
+    let (source, exact) = runtime.block_on(open_source(&args, &config))?;
+    let incremental = match &args.state {
+        Some(location) => Some(runtime.block_on(incremental(location, &args, &config, exact))?),
+        None => None,
+    };
     let chunks: Box<dyn Write + Send> = match &args.out {
         Some(path) => Box::new(BufWriter::new(create(path)?)),
         None => Box::new(BufWriter::new(std::io::stdout())),
@@ -537,6 +549,7 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
             source,
             request,
             concurrency,
+            incremental,
             &mut sink,
             &progress,
         ))
@@ -586,14 +599,59 @@ async fn write_catalog(
     Ok(0)
 }
 
+/// `--state`: the store, and where this target's objects are remembered in it.
+async fn incremental(
+    location: &str,
+    args: &SyncArgs,
+    config: &Config,
+    exact: bool,
+) -> Result<ingestd::sync::Incremental, Failure> {
+    let key = std::env::var(&config.state.key_env).ok();
+    let store = ingestd::state::Store::open(location, key.as_deref())
+        .await
+        .map_err(|err| {
+            let failure = if err.retryable() { fatal } else { usage };
+            failure(anyhow!("--state: {}: {err}", err.code()))
+        })?;
+    let (scope, bucket, prefix) = if let Some(location) = args.target.strip_prefix("s3://") {
+        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+        let endpoint = args
+            .endpoint_url
+            .clone()
+            .unwrap_or_else(|| config.s3.default_endpoint.clone());
+        let scope = ingestd::state::scope(None, None, Some(&endpoint));
+        (scope, bucket.to_owned(), prefix.to_owned())
+    } else {
+        // A folder is remembered by its absolute path; one file as part of its folder.
+        let path = std::fs::canonicalize(&args.target)
+            .with_context(|| format!("cannot read {}", args.target))
+            .map_err(usage)?;
+        let folder = if path.is_file() {
+            path.parent().map(Path::to_path_buf).unwrap_or_default()
+        } else {
+            path
+        };
+        let scope = ingestd::sync::LOCAL_SCOPE.to_owned();
+        (scope, folder.display().to_string(), String::new())
+    };
+    Ok(ingestd::sync::Incremental {
+        store,
+        scope,
+        bucket,
+        prefix,
+        deletions: !exact,
+    })
+}
+
 /// The source named by the target: a local path, or an S3 bucket/prefix/key whose endpoint has
-/// passed the endpoint policy.
-async fn open_source(args: &SyncArgs, config: &Config) -> Result<AnySource, Failure> {
+/// passed the endpoint policy; and whether it is one object (not a folder or prefix).
+async fn open_source(args: &SyncArgs, config: &Config) -> Result<(AnySource, bool), Failure> {
     let Some(location) = args.target.strip_prefix("s3://") else {
         let local = LocalSource::new(&args.target, config.sync.follow_symlinks)
             .with_context(|| format!("cannot read {}", args.target))
             .map_err(usage)?;
-        return Ok(AnySource::Local(local));
+        let exact = Path::new(&args.target).is_file();
+        return Ok((AnySource::Local(local), exact));
     };
     let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
     if bucket.is_empty() && !prefix.is_empty() {
@@ -631,15 +689,15 @@ async fn open_source(args: &SyncArgs, config: &Config) -> Result<AnySource, Fail
         })?;
     if bucket.is_empty() {
         // `s3://`: the catalog of buckets, not files.
-        return Ok(AnySource::S3(source));
+        return Ok((AnySource::S3(source), false));
     }
     // A key names one object, anything else a prefix. Wrong credentials or a missing bucket
     // then surface from the listing as classified FILE_ERROR events.
     match source.clone().narrow_to_exact_object().await {
-        Ok(narrowed) => Ok(AnySource::S3(narrowed)),
+        Ok(narrowed) => Ok((AnySource::S3(narrowed), true)),
         // A passing fault must not silently turn a key into a prefix.
         Err(err) if err.retryable() => Err(fatal(anyhow!("{}: {}", err.code, err.message))),
-        Err(_) => Ok(AnySource::S3(source)),
+        Err(_) => Ok((AnySource::S3(source), false)),
     }
 }
 

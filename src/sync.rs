@@ -10,11 +10,46 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::job::{EventKind, FileRef, ProcessedCounts};
+use crate::job::{Event, EventKind, FileRef, ProcessedCounts};
 use crate::pipeline::{self, Emitted, Emitter, FileReport, Request, Tally};
 use crate::sink::{JsonlSink, SinkError};
 use crate::source::{Listed, Source};
+use crate::state::{self, Change, Diff, StateError, Store, Tracker, Verdict};
 use crate::telemetry::Progress;
+
+/// Why a run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The output could not be written.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// The state store (`--state`) failed.
+    #[error("{code}: {0}", code = .0.code())]
+    State(#[from] StateError),
+}
+
+/// A run with state (`--state`): objects unchanged since the last run are skipped without
+/// being read, and objects the last run saw that are gone now are reported deleted.
+#[derive(Debug, Clone)]
+pub struct Incremental {
+    /// The store.
+    pub store: Store,
+    /// Where the source's objects are remembered ([`state::scope`], or `local`).
+    pub scope: String,
+    /// The bucket, or the folder's absolute path.
+    pub bucket: String,
+    /// The prefix listed.
+    pub prefix: String,
+    /// Whether the listing covers the whole prefix, so that what it lacks was deleted (not
+    /// when the target names one object).
+    pub deletions: bool,
+}
+
+/// State changes written per transaction, after the output they stand for is flushed.
+const CHANGES_PER_WRITE: usize = 500;
+
+/// Events of unchanged or deleted objects gathered into one note.
+const PER_NOTE: usize = 1000;
 
 /// Totals of one run.
 #[derive(Debug, Clone, Default)]
@@ -27,6 +62,8 @@ pub struct Summary {
     pub bytes_read: u64,
     /// Wall-clock time of the run.
     pub elapsed: Duration,
+    /// Operations on the state store (`--state`): queries and batches of writes.
+    pub state_operations: Option<u64>,
 }
 
 impl Summary {
@@ -77,6 +114,12 @@ impl Summary {
                 .collect();
             let _ = writeln!(out, "  {outcome:<8} {total:>6}  {}", detail.join(", "));
         }
+        if c.files_deleted > 0 {
+            let _ = writeln!(out, "  deleted  {:>6}", c.files_deleted);
+        }
+        if let Some(operations) = self.state_operations {
+            let _ = writeln!(out, "  state    {operations:>6}  store operations");
+        }
         let _ = writeln!(
             out,
             "  chunks   {:>6}  tokens {}",
@@ -94,40 +137,84 @@ struct InFlight {
     key: String,
     output: mpsc::Receiver<Emitted>,
     task: tokio::task::JoinHandle<FileReport>,
+    /// With state: its chunk ids, and what to remember of it once its output is written.
+    tracking: Option<(Tracker, state::Put)>,
+}
+
+/// What the writer takes next, in listing order.
+enum Queued {
+    /// A file.
+    File(Box<InFlight>),
+    /// Objects reported without being processed: unchanged ones, deleted ones.
+    Note {
+        events: Vec<Event>,
+        skipped: u64,
+        deleted: u64,
+        changes: Vec<Change>,
+    },
+    /// The store failed: the run stops.
+    Failed(StateError),
 }
 
 /// Runs every object of `source` through the pipeline and writes the results to `sink`.
 ///
 /// Up to `concurrency` files are processed at once and written in listing order; memory is
-/// bounded by the concurrency, not by the number or size of the files.
+/// bounded by the concurrency, not by the number or size of the files. With `state`, state is
+/// written only after the output it stands for is flushed.
 ///
 /// # Errors
-/// Only when the output cannot be written; file problems are events, not errors.
+/// When the output cannot be written or the state store fails; file problems are events, not
+/// errors.
 pub async fn run<S: Source + Clone + 'static>(
     source: S,
     request: Arc<Request>,
     concurrency: usize,
+    state: Option<Incremental>,
     sink: &mut JsonlSink,
     progress: &Progress,
-) -> Result<Summary, SinkError> {
+) -> Result<Summary, RunError> {
     let started = Instant::now();
     let concurrency = concurrency.max(1);
     let mut summary = Summary::default();
-    let (queue, mut files) = mpsc::channel::<InFlight>(concurrency);
+    let store = state.as_ref().map(|s| s.store.clone());
+    let (queue, mut files) = mpsc::channel::<Queued>(concurrency);
     let producer = tokio::spawn(start_files(
         source,
         Arc::clone(&request),
         concurrency,
+        state,
         queue,
     ));
-    while let Some(InFlight {
-        key,
-        mut output,
-        task,
-    }) = files.recv().await
-    {
+    let mut pending: Vec<Change> = Vec::new();
+    while let Some(queued) = files.recv().await {
+        let InFlight {
+            key,
+            mut output,
+            task,
+            mut tracking,
+        } = match queued {
+            Queued::File(file) => *file,
+            Queued::Note {
+                events,
+                skipped,
+                deleted,
+                changes,
+            } => {
+                for event in &events {
+                    sink.write_event(event)?;
+                }
+                summary.counts.files_skipped += skipped;
+                summary.counts.files_deleted += deleted;
+                pending.extend(changes);
+                continue;
+            }
+            Queued::Failed(err) => return Err(err.into()),
+        };
         let mut records = 0;
-        while let Some(item) = output.recv().await {
+        while let Some(mut item) = output.recv().await {
+            if let Some((tracker, _)) = &mut tracking {
+                tracker.see(&mut item);
+            }
             match item {
                 Emitted::Event(event) => sink.write_event(&event)?,
                 Emitted::Record(record) => {
@@ -136,35 +223,38 @@ pub async fn run<S: Source + Clone + 'static>(
                 }
             }
         }
-        let report = match task.await {
-            Ok(report) => report,
-            Err(join) => {
-                // `process` reports every problem itself; this is a bug, and costs one file.
-                let err = crate::error::FileError::permanent(
-                    crate::error::ErrorCode::Internal,
-                    format!("processing {key} stopped unexpectedly: {join}"),
-                );
-                let report = FileReport {
-                    outcome: request.event(failed(&err), Some(file_ref(None, key))),
-                    bytes_read: 0,
-                };
-                sink.write_event(&report.outcome)?;
-                report
-            }
-        };
+        let report = report_of(task, key, &request, sink).await?;
+        if let Some((tracker, put)) = tracking
+            && let Some(put) = tracker.put(
+                &put.scope,
+                &put.bucket,
+                &put.key,
+                put.version,
+                put.size,
+                &put.fingerprint,
+            )
+        {
+            pending.push(Change::Put(put));
+        }
+        if pending.len() >= CHANGES_PER_WRITE {
+            remember(store.as_ref(), &mut pending, sink).await?;
+        }
         summary.add(&report);
         progress.file_done(report.bytes_read, records);
     }
     // The listing ended (or failed and said so in an event).
     let _ = producer.await;
+    remember(store.as_ref(), &mut pending, sink).await?;
     sink.write_event(&request.event(EventKind::AllFilesProcessed(summary.counts), None))?;
     sink.flush()?;
     summary.elapsed = started.elapsed();
+    summary.state_operations = store.as_ref().map(Store::operations);
     let c = &summary.counts;
     tracing::info!(
         ready = c.files_ready,
         skipped = c.files_skipped,
         failed = c.files_failed,
+        deleted = c.files_deleted,
         chunks = c.chunk_count,
         elapsed_ms = summary.elapsed.as_millis(),
         "sync finished"
@@ -172,17 +262,75 @@ pub async fn run<S: Source + Clone + 'static>(
     Ok(summary)
 }
 
+/// The tally of a file's task; a task that stopped unexpectedly (a bug) gets its `FILE_ERROR`.
+async fn report_of(
+    task: tokio::task::JoinHandle<FileReport>,
+    key: String,
+    request: &Request,
+    sink: &mut JsonlSink,
+) -> Result<FileReport, SinkError> {
+    match task.await {
+        Ok(report) => Ok(report),
+        Err(join) => {
+            // `process` reports every problem itself; this is a bug, and costs one file.
+            let err = crate::error::FileError::permanent(
+                crate::error::ErrorCode::Internal,
+                format!("processing {key} stopped unexpectedly: {join}"),
+            );
+            let report = FileReport {
+                outcome: request.event(failed(&err), Some(file_ref(None, key))),
+                bytes_read: 0,
+            };
+            sink.write_event(&report.outcome)?;
+            Ok(report)
+        }
+    }
+}
+
+/// Flushes the output, then writes the state it stands for.
+async fn remember(
+    store: Option<&Store>,
+    pending: &mut Vec<Change>,
+    sink: &mut JsonlSink,
+) -> Result<(), RunError> {
+    if let Some(store) = store
+        && !pending.is_empty()
+    {
+        sink.flush()?;
+        store.apply(std::mem::take(pending)).await?;
+    }
+    Ok(())
+}
+
 /// Lists `source` and starts each file once one of `concurrency` slots is free, queueing them
-/// for the writer in listing order. Stops when the writer goes away.
+/// for the writer in listing order. With state, compares the listing with the store on the way.
+/// Stops when the writer goes away.
 async fn start_files<S: Source + Clone + 'static>(
     source: S,
     request: Arc<Request>,
     concurrency: usize,
-    queue: mpsc::Sender<InFlight>,
+    state: Option<Incremental>,
+    queue: mpsc::Sender<Queued>,
 ) {
     let slots = Arc::new(Semaphore::new(concurrency));
+    let mut compare = state.map(|state| Compare::new(state, request.fingerprint()));
     let mut listing = std::pin::pin!(source.list());
     while let Some(listed) = listing.next().await {
+        let mut tracking = None;
+        if let Some(compare) = &mut compare {
+            match compare.step(&listed, &request, &queue).await {
+                Ok(Some(Next::Skip)) => continue,
+                Ok(Some(Next::Process(track))) => tracking = Some(*track),
+                Ok(None) => {}
+                Err(err) => {
+                    let _ = queue.send(Queued::Failed(err)).await;
+                    return;
+                }
+            }
+            if !compare.flush(&request, &queue).await {
+                return;
+            }
+        }
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
@@ -205,11 +353,188 @@ async fn start_files<S: Source + Clone + 'static>(
             drop(slot);
             report
         });
-        if queue.send(InFlight { key, output, task }).await.is_err() {
+        let file = InFlight {
+            key,
+            output,
+            task,
+            tracking,
+        };
+        if queue.send(Queued::File(Box::new(file))).await.is_err() {
             return;
         }
     }
+    if let Some(compare) = &mut compare {
+        // The listing reached its end: whatever the store still has under it is gone.
+        if let Err(err) = compare.gone(None, &request, &queue).await {
+            let _ = queue.send(Queued::Failed(err)).await;
+            return;
+        }
+        compare.flush(&request, &queue).await;
+    }
 }
+
+/// What to do with a listed object, the store consulted.
+enum Next {
+    /// Unchanged: reported, not processed.
+    Skip,
+    /// Process it, tracking its chunk ids.
+    Process(Box<(Tracker, state::Put)>),
+}
+
+/// The listing compared with the store.
+struct Compare {
+    state: Incremental,
+    diff: Diff,
+    fingerprint: String,
+    unchanged: Vec<FileRef>,
+}
+
+impl Compare {
+    fn new(state: Incremental, fingerprint: String) -> Self {
+        let diff = Diff::new(
+            state.store.clone(),
+            &state.scope,
+            &state.bucket,
+            &state.prefix,
+            None,
+        );
+        Compare {
+            state,
+            diff,
+            fingerprint,
+            unchanged: Vec::new(),
+        }
+    }
+
+    fn file(&self, key: String) -> FileRef {
+        // Local files are named by their path alone.
+        let bucket = (self.state.scope != LOCAL_SCOPE).then(|| self.state.bucket.clone());
+        file_ref(bucket, key)
+    }
+
+    async fn step(
+        &mut self,
+        listed: &Listed,
+        request: &Request,
+        queue: &mpsc::Sender<Queued>,
+    ) -> Result<Option<Next>, StateError> {
+        let object = match listed {
+            Listed::Object(object) => object,
+            Listed::Problem {
+                key, skip: true, ..
+            } => {
+                // Seen and left alone on purpose (a link not followed): not deleted.
+                self.gone(Some(key), request, queue).await?;
+                self.diff.verdict(key, "", "").await?;
+                return Ok(None);
+            }
+            Listed::Problem { .. } => {
+                // What the listing could not read may still exist.
+                self.diff.halt();
+                return Ok(None);
+            }
+        };
+        self.gone(Some(&object.key), request, queue).await?;
+        let version = state::version_of(object);
+        let verdict = self
+            .diff
+            .verdict(&object.key, &version, &self.fingerprint)
+            .await?;
+        let old = match verdict {
+            Verdict::Unchanged => {
+                let mut file = self.file(object.key.clone());
+                file.etag.clone_from(&object.etag);
+                self.unchanged.push(file);
+                if self.unchanged.len() >= PER_NOTE {
+                    self.flush(request, queue).await;
+                }
+                return Ok(Some(Next::Skip));
+            }
+            Verdict::New => Vec::new(),
+            Verdict::Changed => {
+                let s = &self.state;
+                let found = s.store.object(&s.scope, &s.bucket, &object.key).await?;
+                found.map(|(_, ids)| ids).unwrap_or_default()
+            }
+        };
+        let put = state::Put {
+            scope: self.state.scope.clone(),
+            bucket: self.state.bucket.clone(),
+            key: object.key.clone(),
+            version,
+            size: object.size,
+            fingerprint: self.fingerprint.clone(),
+            chunk_ids: Vec::new(),
+        };
+        Ok(Some(Next::Process(Box::new((Tracker::new(old), put)))))
+    }
+
+    /// Reports what the store has before `upto` (everything left, at the end) as deleted.
+    async fn gone(
+        &mut self,
+        upto: Option<&str>,
+        request: &Request,
+        queue: &mpsc::Sender<Queued>,
+    ) -> Result<(), StateError> {
+        let mut events = Vec::new();
+        let mut changes = Vec::new();
+        loop {
+            let next = self.diff.next_gone(upto).await?;
+            let full = events.len() >= PER_NOTE;
+            if (next.is_none() || full) && !events.is_empty() {
+                self.flush(request, queue).await;
+                let deleted = events.len() as u64;
+                let note = Queued::Note {
+                    events: std::mem::take(&mut events),
+                    skipped: 0,
+                    deleted,
+                    changes: std::mem::take(&mut changes),
+                };
+                if queue.send(note).await.is_err() {
+                    return Ok(());
+                }
+            }
+            let Some(entry) = next else {
+                return Ok(());
+            };
+            if !self.state.deletions {
+                continue;
+            }
+            let file = self.file(entry.key.clone());
+            events.push(request.event(EventKind::FileDeleted {}, Some(file)));
+            changes.push(Change::Forget {
+                scope: self.state.scope.clone(),
+                bucket: self.state.bucket.clone(),
+                key: entry.key,
+            });
+        }
+    }
+
+    /// Queues the unchanged objects gathered so far as one `FILES_SKIPPED`; false when the
+    /// writer is gone.
+    async fn flush(&mut self, request: &Request, queue: &mpsc::Sender<Queued>) -> bool {
+        if self.unchanged.is_empty() {
+            return true;
+        }
+        let files = std::mem::take(&mut self.unchanged);
+        let skipped = files.len() as u64;
+        let kind = EventKind::FilesSkipped {
+            reason: crate::error::SkipReason::Unchanged,
+            message: "unchanged since the last sync (same version and options)".to_owned(),
+            files,
+        };
+        let note = Queued::Note {
+            events: vec![request.event(kind, None)],
+            skipped,
+            deleted: 0,
+            changes: Vec::new(),
+        };
+        queue.send(note).await.is_ok()
+    }
+}
+
+/// The scope local folders are remembered under; their bucket is the folder's absolute path.
+pub const LOCAL_SCOPE: &str = "local";
 
 fn file_ref(bucket: Option<String>, key: String) -> FileRef {
     FileRef {
@@ -243,6 +568,7 @@ async fn problem(
         EventKind::FilesSkipped {
             reason: crate::error::SkipReason::UnsupportedFormat,
             message: error.message.clone(),
+            files: Vec::new(),
         }
     } else {
         failed(error)

@@ -745,3 +745,147 @@ fn a_large_tiff_with_its_directory_at_the_end_is_read_on_to_find_it() {
             .contains("max_read_bytes")
     );
 }
+
+/// `sync DIR --state FILE`, events of the run from its `--events` file.
+fn sync_with_state(
+    dir: &std::path::Path,
+    folder: &std::path::Path,
+    state: &str,
+) -> (i32, Vec<Value>, Vec<Value>) {
+    let events = dir.join("events.jsonl");
+    let out = ingestd(
+        dir,
+        &[
+            "sync",
+            folder.to_str().unwrap(),
+            "--state",
+            state,
+            "--events",
+            events.to_str().unwrap(),
+        ],
+    );
+    let code = out.status.code().unwrap_or(-1);
+    assert!(
+        code == 0 || code == 2,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = std::fs::read(&events)
+        .map(|b| lines(&b))
+        .unwrap_or_default();
+    (code, lines(&out.stdout), events)
+}
+
+#[test]
+fn sync_with_state_skips_what_is_unchanged_and_reports_what_was_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("docs");
+    // Names whose walk order and byte order differ ("a-c" < "a/b").
+    std::fs::create_dir_all(folder.join("a")).unwrap();
+    std::fs::write(folder.join("a/b.txt"), "Inside a folder.\n").unwrap();
+    std::fs::write(folder.join("a-c.txt"), "Beside the folder.\n").unwrap();
+    std::fs::copy(fixture("text/formats/guide.md"), folder.join("guide.md")).unwrap();
+    let state = dir.path().join("state.sqlite");
+    let state = state.to_str().unwrap();
+
+    let (code, records, events) = sync_with_state(dir.path(), &folder, state);
+    assert_eq!(code, 0);
+    assert_eq!(
+        events.iter().filter(|e| e["event"] == "FILE_READY").count(),
+        3
+    );
+    let guide_ids: BTreeSet<String> = records
+        .iter()
+        .filter(|r| r["file"]["key"] == "guide.md")
+        .map(|r| r["chunk_id"].as_str().unwrap().to_owned())
+        .collect();
+
+    // Nothing changed: no records, one FILES_SKIPPED naming every file, nothing deleted.
+    let (code, records, events) = sync_with_state(dir.path(), &folder, state);
+    assert_eq!(code, 0);
+    assert!(records.is_empty(), "{records:?}");
+    let skipped: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "FILES_SKIPPED")
+        .collect();
+    assert_eq!(skipped.len(), 1, "{events:?}");
+    assert_eq!(skipped[0]["reason"], "UNCHANGED");
+    let keys: Vec<&str> = skipped[0]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["a-c.txt", "a/b.txt", "guide.md"]);
+    assert!(
+        !events.iter().any(|e| e["event"] == "FILE_DELETED"),
+        "{events:?}"
+    );
+    let all = events.last().unwrap();
+    assert_eq!(all["event"], "ALL_FILES_PROCESSED");
+    assert_eq!(all["files_skipped"], 3);
+
+    // One file replaced, one removed: the new one's records, the old ids announced, a tombstone.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(folder.join("guide.md"), "Rewritten entirely.\n").unwrap();
+    std::fs::remove_file(folder.join("a-c.txt")).unwrap();
+    let (code, records, events) = sync_with_state(dir.path(), &folder, state);
+    assert_eq!(code, 0);
+    assert!(
+        records.iter().all(|r| r["file"]["key"] == "guide.md"),
+        "{records:?}"
+    );
+    assert_eq!(
+        records[0]["text"].as_str().unwrap().trim(),
+        "Rewritten entirely."
+    );
+    let ready = outcome(&events, "guide.md");
+    assert_eq!(ready["event"], "FILE_READY");
+    let removed: BTreeSet<String> = ready["removed_chunk_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(removed, guide_ids);
+    let deleted: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "FILE_DELETED")
+        .collect();
+    assert_eq!(deleted.len(), 1, "{events:?}");
+    assert_eq!(deleted[0]["file"]["key"], "a-c.txt");
+    assert_eq!(events.last().unwrap()["files_deleted"], 1);
+
+    // Other options shape other records: everything is processed again.
+    let out = ingestd(
+        dir.path(),
+        &[
+            "sync",
+            folder.to_str().unwrap(),
+            "--state",
+            state,
+            "--chunk-size",
+            "100",
+        ],
+    );
+    assert_exit(&out, 0);
+    assert_eq!(lines(&out.stdout).len(), 2);
+
+    // A file that is not a store is refused before anything is written.
+    let bad = dir.path().join("bad.sqlite");
+    std::fs::write(&bad, vec![0x5a_u8; 8192]).unwrap();
+    let (code, records, _) = sync_with_state(dir.path(), &folder, bad.to_str().unwrap());
+    assert_eq!(code, 2);
+    assert!(records.is_empty());
+    let out = ingestd(
+        dir.path(),
+        &[
+            "sync",
+            folder.to_str().unwrap(),
+            "--state",
+            bad.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("STATE_CORRUPT"), "{stderr}");
+}

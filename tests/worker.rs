@@ -1787,3 +1787,382 @@ fn options_that_cannot_be_honoured_are_refused_naming_them() {
     let (_, outcomes) = outcomes_for(&names, 1);
     assert_eq!(outcomes["plain.eml"]["event"], "FILE_READY");
 }
+
+// ---- State: stored data sources, incremental sync, deletions, auto-sync (PostgreSQL) ----
+
+/// The PostgreSQL server the tests use (127.0.0.1:5432, or `INGESTD_TEST_POSTGRES`).
+fn postgres_base() -> String {
+    std::env::var("INGESTD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A schema of the test's own, dropped afterwards; `url` reaches it.
+struct Pg {
+    name: String,
+    url: String,
+    client: tokio_postgres::Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Pg {
+    fn new(test: &str) -> Pg {
+        let runtime = runtime();
+        let name = format!("t_{test}_{}", std::process::id());
+        let client = runtime.block_on(async {
+            let (client, connection) =
+                tokio_postgres::connect(&postgres_base(), tokio_postgres::NoTls)
+                    .await
+                    .unwrap_or_else(|err| {
+                        panic!("PostgreSQL at {} is needed: {err}", postgres_base())
+                    });
+            tokio::spawn(connection);
+            client
+                .batch_execute(&format!(
+                    "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"
+                ))
+                .await
+                .unwrap();
+            client
+        });
+        let sep = if postgres_base().contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let url = format!("{}{sep}options=-csearch_path%3D{name}", postgres_base());
+        Pg {
+            name,
+            url,
+            client,
+            runtime,
+        }
+    }
+
+    fn sql(&self, sql: &str) {
+        self.runtime
+            .block_on(
+                self.client
+                    .batch_execute(&sql.replace("SCHEMA.", &format!("{}.", self.name))),
+            )
+            .unwrap();
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let _ = self.runtime.block_on(
+            self.client
+                .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name)),
+        );
+    }
+}
+
+const STATE_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+fn state_worker(names: &Names, pg: &Pg, extra: &[(&str, &str)]) -> Worker {
+    let mut env = vec![
+        ("INGESTD_STATE_URL", pg.url.as_str()),
+        ("INGESTD_STATE_KEY", STATE_KEY),
+        ("INGESTD__STATE__AUTO_SYNC_POLL_SECS", "1"),
+    ];
+    env.extend_from_slice(extra);
+    Worker::start_with(names, BROKER, &env)
+}
+
+fn events_of(names: &Names, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let got = collect_until(&names.events(), what, |got| {
+        done(&got.iter().map(Got::json).collect::<Vec<_>>())
+    });
+    got.iter().map(Got::json).collect()
+}
+
+fn named<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["event"] == name).collect()
+}
+
+/// `sync_files` of the whole library bucket, naming the stored data source by id alone.
+fn sync_by_id(request_id: &str) -> Value {
+    json!({"schema_version": 1, "type": "sync_files", "request_id": request_id,
+           "customer_id": "c1", "data_source": {"id": "ds-s"}, "ids": [{"bucket": "library"}],
+           "skip_embedding_generation": true})
+}
+
+/// Connects the library as data source `ds-s` of customer `c1` and syncs it once by id: the
+/// outcomes by key and the records.
+fn connect_and_sync(
+    names: &Names,
+    server: &Server,
+    count: usize,
+) -> (BTreeMap<String, Value>, Vec<Got>) {
+    let mut connect = data_source(server, SECRET_KEY);
+    connect["id"] = json!("ds-s");
+    enqueue(
+        names,
+        &json!({"schema_version": 1, "type": "connect_data_source",
+                            "customer_id": "c1", "data_source": connect}),
+    );
+    events_of(names, "DATA_SOURCE_READY", |e| {
+        !named(e, "DATA_SOURCE_READY").is_empty()
+    });
+    enqueue(names, &sync_by_id("r1"));
+    let (_, outcomes) = outcomes_for(names, count);
+    assert!(
+        outcomes.values().all(|e| e["event"] == "FILE_READY"),
+        "{outcomes:?}"
+    );
+    let records = collect_until(&names.chunks(), "the records", |got| {
+        got.len() as u64
+            >= outcomes
+                .values()
+                .map(|e| e["chunk_count"].as_u64().unwrap())
+                .sum()
+    });
+    (outcomes, records)
+}
+
+#[test]
+fn stored_data_sources_sync_incrementally_and_report_deletions() {
+    let (server, count) = library();
+    let names = Names::new("state");
+    let pg = Pg::new("state");
+    let _worker = state_worker(&names, &pg, &[]);
+
+    // Named by id before it is stored: refused.
+    enqueue(&names, &sync_by_id("r0"));
+    let dead = collect_until(&names.dead(), "the refusal", |got| !got.is_empty());
+    assert_eq!(dead[0].headers["ingestd-error-code"], "UNKNOWN_DATA_SOURCE");
+
+    // Stored by connect_data_source, then named by id alone.
+    let (outcomes, first_records) = connect_and_sync(&names, &server, count);
+    // The secret is sealed in the store.
+    let secret_in_clear: i64 = pg.runtime.block_on(async {
+        pg.client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {}.ingestd_data_sources WHERE position($1::bytea in secret) > 0",
+                    pg.name
+                ),
+                &[&SECRET_KEY.as_bytes()],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(secret_in_clear, 0);
+
+    // Again, nothing changed: one FILES_SKIPPED naming every object, and no GET or HEAD.
+    let reads = server.counts.reads();
+    let run = |request_id: &str| {
+        enqueue(&names, &sync_by_id(request_id));
+        events_of(&names, request_id, |e| {
+            e.iter()
+                .any(|e| e["event"] == "FILES_SKIPPED" && e["request_id"] == request_id)
+        })
+    };
+    let events = run("r2");
+    let skipped = named(&events, "FILES_SKIPPED");
+    assert_eq!(skipped.len(), 1, "{events:?}");
+    assert_eq!(skipped[0]["reason"], "UNCHANGED");
+    assert_eq!(skipped[0]["files"].as_array().unwrap().len(), count);
+    assert!(named(&events, "FILE_SYNCING").is_empty(), "{events:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        server.counts.reads(),
+        reads,
+        "an unchanged re-sync reads no object"
+    );
+    assert!(
+        drain(&names.chunks()).is_empty(),
+        "an unchanged re-sync emits no record"
+    );
+
+    // One object changed (and shorter), one deleted.
+    let mut keys = outcomes.keys().filter(|k| k.starts_with("encodings/"));
+    let (changed, deleted) = (keys.next().unwrap().clone(), keys.next().unwrap().clone());
+    let bucket = server.root.path().join("library");
+    std::fs::write(bucket.join(&changed), "A short replacement.\n").unwrap();
+    std::fs::remove_file(bucket.join(&deleted)).unwrap();
+    let events = {
+        enqueue(&names, &sync_by_id("r3"));
+        events_of(&names, "the changed sync", |e| {
+            e.iter()
+                .any(|e| e["event"] == "FILE_READY" && e["file"]["key"] == changed.as_str())
+                && e.iter().any(|e| e["event"] == "FILES_SKIPPED")
+        })
+    };
+    let old_ids: BTreeSet<String> = records_of(&first_records, &changed)
+        .iter()
+        .map(|r| r["chunk_id"].as_str().unwrap().to_owned())
+        .collect();
+    let outcome = named(&events, "FILE_READY");
+    assert_eq!(outcome.len(), 1, "{events:?}");
+    let removed: BTreeSet<String> = outcome[0]["removed_chunk_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        !old_ids.is_empty() && removed == old_ids,
+        "{removed:?} vs {old_ids:?}"
+    );
+    let gone = named(&events, "FILE_DELETED");
+    assert_eq!(gone.len(), 1, "{events:?}");
+    assert_eq!(gone[0]["file"]["key"], deleted.as_str());
+    assert_eq!(gone[0]["file"]["bucket"], "library");
+    assert_eq!(
+        named(&events, "FILES_SKIPPED")[0]["files"]
+            .as_array()
+            .unwrap()
+            .len(),
+        count - 2
+    );
+
+    // The deleted object is forgotten: it is not reported twice.
+    let events = run("r4");
+    assert!(named(&events, "FILE_DELETED").is_empty(), "{events:?}");
+    assert_eq!(
+        named(&events, "FILES_SKIPPED")[0]["files"]
+            .as_array()
+            .unwrap()
+            .len(),
+        count - 1
+    );
+}
+
+#[test]
+fn auto_sync_enqueues_each_due_sync_once_across_workers() {
+    let (server, count) = library();
+    let names = Names::new("autosync");
+    let pg = Pg::new("autosync");
+    let _worker = state_worker(&names, &pg, &[]);
+    connect_and_sync(&names, &server, count);
+    // Auto-sync: bad settings are refused; good ones make the data source due, and of two
+    // workers exactly one enqueues its sync.
+    let zero = json!({"schema_version": 1, "type": "update_users", "customer_ids": ["c1"],
+                      "auto_sync_enabled_sources": ["S3"], "sync_interval_hours": 0});
+    publish_raw(&names, "update_users", zero.to_string().as_bytes());
+    let dead = collect_until(&names.dead(), "the refusal", |got| !got.is_empty());
+    assert_eq!(dead[0].headers["ingestd-error-code"], "INVALID_JOB");
+    let too_many: Vec<String> = (0..101).map(|i| format!("c{i}")).collect();
+    let job = json!({"schema_version": 1, "type": "update_users", "customer_ids": too_many,
+                     "auto_sync_enabled_sources": "ALL"});
+    publish_raw(&names, "update_users", job.to_string().as_bytes());
+    let dead = collect_until(&names.dead(), "the refusal", |got| !got.is_empty());
+    assert_eq!(dead[0].headers["ingestd-error-code"], "INVALID_JOB");
+    let _second = state_worker(&names, &pg, &[]);
+    enqueue(
+        &names,
+        &json!({"schema_version": 1, "type": "update_users", "customer_ids": ["c1"],
+                            "auto_sync_enabled_sources": "ALL", "sync_interval_hours": 24}),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let nothing: Vec<Value> = drain(&names.events()).iter().map(Got::json).collect();
+    assert!(nothing.is_empty(), "synced just now, not due: {nothing:?}");
+    // A day passes.
+    pg.sql("UPDATE SCHEMA.ingestd_data_sources SET sync_base_at = sync_base_at - 86400");
+    let mut events = events_of(&names, "the scheduled sync", |e| {
+        e.iter().any(|e| e["event"] == "FILES_SKIPPED")
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    events.extend(drain(&names.events()).iter().map(Got::json));
+    let scheduled: BTreeSet<&str> = events
+        .iter()
+        .filter_map(|e| e["request_id"].as_str())
+        .collect();
+    assert_eq!(scheduled.len(), 1, "one scheduled sync: {scheduled:?}");
+    let id = scheduled.into_iter().next().unwrap();
+    assert!(id.starts_with("scheduled:ds-s:"), "{id}");
+    assert_eq!(named(&events, "FILES_SKIPPED")[0]["customer_id"], "c1");
+    assert!(drain(&names.dead()).is_empty());
+}
+
+#[test]
+fn a_worker_killed_between_records_and_state_reprocesses_the_object_identically() {
+    let (server, _) = library();
+    let names = Names::new("statekill");
+    let pg = Pg::new("statekill");
+    let mut worker = state_worker(&names, &pg, &[]);
+    let job = json!({"schema_version": 1, "type": "sync_files", "request_id": "k1",
+                     "customer_id": "c1", "data_source": data_source(&server, SECRET_KEY),
+                     "ids": [{"bucket": "library", "id": "formats/guide.md"}],
+                     "skip_embedding_generation": true});
+    // Reads pass, writes wait: the worker publishes the records, then blocks writing state.
+    let (client, connection) = pg
+        .runtime
+        .block_on(tokio_postgres::connect(&pg.url, tokio_postgres::NoTls))
+        .unwrap();
+    pg.runtime.spawn(connection);
+    pg.runtime
+        .block_on(client.batch_execute("BEGIN; LOCK TABLE ingestd_objects IN EXCLUSIVE MODE"))
+        .unwrap();
+    enqueue(&names, &job);
+    let (_, outcomes) = outcomes_for(&names, 1);
+    let count = outcomes["formats/guide.md"]["chunk_count"]
+        .as_u64()
+        .unwrap() as usize;
+    let first = collect_until(&names.chunks(), "the records", |got| got.len() >= count);
+    std::thread::sleep(Duration::from_millis(500));
+    worker.signal("KILL");
+    worker.wait_exit(Duration::from_secs(10)).unwrap();
+    pg.runtime.block_on(client.batch_execute("COMMIT")).unwrap();
+
+    // The job comes back to a new worker: the same records again, then the state.
+    let _worker = state_worker(&names, &pg, &[]);
+    let (_, outcomes) = outcomes_for(&names, 1);
+    assert_eq!(outcomes["formats/guide.md"]["event"], "FILE_READY");
+    let second = collect_until(&names.chunks(), "the records again", |got| {
+        got.len() >= count
+    });
+    let bodies = |got: &[Got]| got.iter().map(Got::json).collect::<Vec<_>>();
+    assert_eq!(
+        bodies(&second),
+        bodies(&first),
+        "at least once, byte-identical"
+    );
+    let mut again = job.clone();
+    again["request_id"] = json!("k2");
+    enqueue(&names, &again);
+    let events = events_of(&names, "the unchanged report", |e| {
+        e.iter().any(|e| e["event"] == "FILES_SKIPPED")
+    });
+    assert_eq!(named(&events, "FILES_SKIPPED")[0]["reason"], "UNCHANGED");
+}
+
+#[test]
+fn a_state_store_that_cannot_be_used_keeps_the_worker_unready_or_stops_it() {
+    let names = Names::new("statebad");
+    // Unreachable: not ready, consuming nothing, trying again.
+    let worker = Worker::spawn(
+        &names,
+        BROKER,
+        &[("INGESTD_STATE_URL", "postgres://u@127.0.0.1:9/db")],
+    );
+    assert!(
+        worker.wait_ready(false, Duration::from_secs(10)),
+        "{}",
+        worker.log()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(worker.get("/readyz").map(|r| r.0), Some(503));
+    assert!(
+        worker.log().contains("state store unavailable"),
+        "{}",
+        worker.log()
+    );
+    drop(worker);
+    // Not a store: the worker exits 2 saying why.
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("state.sqlite");
+    std::fs::write(&garbage, vec![0x5a; 8192]).unwrap();
+    let mut worker = Worker::spawn(
+        &names,
+        BROKER,
+        &[("INGESTD__STATE__PATH", garbage.to_str().unwrap())],
+    );
+    let status = worker
+        .wait_exit(Duration::from_secs(20))
+        .expect("the worker exits");
+    assert_eq!(status.code(), Some(2), "{}", worker.log());
+    assert!(worker.log().contains("STATE_CORRUPT"), "{}", worker.log());
+}

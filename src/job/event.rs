@@ -43,6 +43,10 @@ pub enum EventKind {
         /// transcript says why).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message: Option<String>,
+        /// Chunk ids this file had at its previous sync and no longer has: downstream stores
+        /// drop them (state only; absent when none).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        removed_chunk_ids: Vec<String>,
     },
     /// A file failed.
     FileError {
@@ -59,6 +63,10 @@ pub enum EventKind {
         reason: SkipReason,
         /// One human sentence.
         message: String,
+        /// `UNCHANGED`: the objects skipped, up to 1,000 per event (absent for other reasons,
+        /// which concern `file`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        files: Vec<FileRef>,
     },
     /// Downstream should drop this file's chunks.
     FileDeleted {},
@@ -80,8 +88,11 @@ pub struct ProcessedCounts {
     pub files_ready: u64,
     /// Files that became `FILE_ERROR`.
     pub files_failed: u64,
-    /// Files reported in `FILES_SKIPPED`.
+    /// Files reported in `FILES_SKIPPED` (unchanged ones included).
     pub files_skipped: u64,
+    /// Files reported in `FILE_DELETED` (a sync with state found them gone).
+    #[serde(default)]
+    pub files_deleted: u64,
     /// Chunks emitted.
     pub chunk_count: u64,
     /// Tokens in those chunks.

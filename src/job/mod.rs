@@ -23,6 +23,9 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// Carbon's limit on `customer_ids` in one `update_users` job.
 pub const MAX_CUSTOMER_IDS: usize = 100;
 
+/// The longest automatic sync interval `update_users` may set: a year.
+pub const MAX_SYNC_INTERVAL_HOURS: u32 = 24 * 366;
+
 /// A job as published on `ingest.jobs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Job {
@@ -266,7 +269,7 @@ pub struct UpdateUsers {
     pub customer_ids: Vec<String>,
     /// `["S3"]` or `"ALL"`.
     pub auto_sync_enabled_sources: AutoSyncSources,
-    /// Hours between automatic syncs.
+    /// Hours between automatic syncs (1 to a year; absent: unchanged, 24 for new customers).
     pub sync_interval_hours: Option<u32>,
 }
 
@@ -404,6 +407,13 @@ impl Job {
                     return invalid(format!(
                         "`customer_ids` has {} entries; 1 to {MAX_CUSTOMER_IDS} are allowed",
                         job.customer_ids.len()
+                    ));
+                }
+                if let Some(hours) = job.sync_interval_hours
+                    && !(1..=MAX_SYNC_INTERVAL_HOURS).contains(&hours)
+                {
+                    return invalid(format!(
+                        "`sync_interval_hours` is {hours}; 1 to {MAX_SYNC_INTERVAL_HOURS} are allowed"
                     ));
                 }
                 match &job.auto_sync_enabled_sources {

@@ -266,8 +266,13 @@ pub async fn process<S: Source>(
             chunk_count: chunks,
             token_count: tokens,
             message: file.note.take(),
+            removed_chunk_ids: Vec::new(),
         },
-        Outcome::Skipped(reason, message) => EventKind::FilesSkipped { reason, message },
+        Outcome::Skipped(reason, message) => EventKind::FilesSkipped {
+            reason,
+            message,
+            files: Vec::new(),
+        },
         Outcome::Failed(err) => EventKind::FileError {
             error_code: err.code,
             retryable: err.retryable(),
@@ -634,7 +639,43 @@ fn split_content_type(content_type: Option<&str>) -> (Option<String>, Option<Str
     (mime, charset)
 }
 
+/// Bumped when the same bytes and options would give different records (a reader learns to
+/// read more): stored objects are then processed again.
+const RECORDS_VERSION: &str = "records-v1";
+
 impl Request {
+    /// A hash of every option that shapes this request's records: two requests with the same
+    /// fingerprint make the same records of the same object. `request_id` is left out: it
+    /// correlates, it does not shape.
+    #[must_use]
+    pub fn fingerprint(&self) -> String {
+        let embedding = match &self.embedding {
+            Embedding::Skip => "none".to_owned(),
+            Embedding::Model(route) => format!("model:{}", route.name()),
+            Embedding::Unavailable(_) => "unavailable".to_owned(),
+        };
+        let parts = serde_json::json!([
+            RECORDS_VERSION,
+            self.chunker.encoding().as_str(),
+            self.chunker.size(),
+            self.chunker.overlap(),
+            self.prepend_filename,
+            self.tags,
+            self.customer_id,
+            self.data_source_id,
+            embedding,
+            self.ocr.as_ref().map(|ocr| &ocr.languages),
+            self.image_gps,
+            self.bounds.pages,
+            self.bounds.rows,
+            self.transcriber.is_ok(),
+            self.transcription.speaker_labels,
+            self.transcription.detect_language,
+            self.skip_processing,
+        ]);
+        blake3::hash(parts.to_string().as_bytes()).to_hex()[..32].to_owned()
+    }
+
     /// The chunking options records of this request are made with.
     #[must_use]
     pub fn chunking(&self) -> ChunkingInfo {

@@ -116,9 +116,11 @@ fn content_etag(path: &Path) -> std::io::Result<String> {
 /// Walks `root`, calling `emit` for each entry until it returns false.
 fn walk(root: &Path, follow: bool, mut emit: impl FnMut(Listed) -> bool) {
     let single_file = root.is_file();
+    // Keys come out in byte order, as S3 lists them (the state store merges a listing with
+    // what it remembers in that order): a folder sorts as its name and a `/`.
     let walker = walkdir::WalkDir::new(root)
         .follow_links(follow)
-        .sort_by_file_name();
+        .sort_by(|a, b| order_key(a).cmp(&order_key(b)));
     for entry in walker {
         let item = match entry {
             Ok(entry) if entry.file_type().is_dir() => continue,
@@ -168,6 +170,19 @@ fn walk(root: &Path, follow: bool, mut emit: impl FnMut(Listed) -> bool) {
             return;
         }
     }
+}
+
+/// A folder entry's name as it sorts among the keys: a folder's with a `/` after it.
+fn order_key(entry: &walkdir::DirEntry) -> Vec<u8> {
+    let mut key = entry
+        .file_name()
+        .to_string_lossy()
+        .into_owned()
+        .into_bytes();
+    if entry.file_type().is_dir() {
+        key.push(b'/');
+    }
+    key
 }
 
 fn problem(key: String, message: &str, skip: bool) -> Listed {

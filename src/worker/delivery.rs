@@ -143,7 +143,7 @@ async fn decide(
             let mut out = Outputs::new(publisher, w);
             let told = tokio::time::timeout(BROKER_TIMEOUT, async {
                 jobs::timed_out(&job, &reason, retried, &mut out).await?;
-                out.finish().await
+                out.finish().await.map(drop)
             })
             .await
             .map_err(|_| "the broker did not confirm in time".to_owned())?;
@@ -159,7 +159,25 @@ async fn decide(
         Ok(Ok(outcome)) => outcome,
     };
     match tokio::time::timeout(BROKER_TIMEOUT, out.finish()).await {
-        Ok(Ok(())) => {}
+        Ok(Ok(changes)) => {
+            // The outputs are confirmed: now, and only now, the state they stand for. If this
+            // fails the job runs again and publishes the same records (at least once).
+            if let (Some(store), false) = (&ctx.state, changes.is_empty())
+                && let Err(err) = store.apply(changes).await
+            {
+                return Ok(if err.retryable() {
+                    Disposition::Retry {
+                        code: err.code(),
+                        reason: err.to_string(),
+                    }
+                } else {
+                    Disposition::Refuse {
+                        code: err.code(),
+                        reason: err.to_string(),
+                    }
+                });
+            }
+        }
         Ok(Err(err)) => return published(err),
         Err(_) => return Err("the broker did not confirm the job's outputs in time".to_owned()),
     }

@@ -16,12 +16,14 @@ use crate::detect::MediaType;
 use crate::embed::Embedder;
 use crate::error::{ErrorCode, FileError, SkipReason};
 use crate::job::{
-    ChunkRecord, DataSource, Event, EventKind, FileRef, ItemRecord, ItemType, Job, JobKind,
-    ObjectSelector, SCHEMA_VERSION, SyncFiles, SyncObject, SyncOptions,
+    AutoSyncSources, ChunkRecord, ConnectDataSource, DataSource, DeleteFiles, Event, EventKind,
+    FileRef, ItemRecord, ItemType, Job, JobKind, ObjectSelector, SCHEMA_VERSION, SyncFiles,
+    SyncObject, SyncOptions, UpdateUsers,
 };
 use crate::pipeline::{self, Bounds, Emitted, FileReport, Request};
 use crate::sink::amqp::{Confirms, Message, PublishError, Publisher};
 use crate::source::{Listed, ObjectMeta, S3Access, S3Credentials, S3Source, Source};
+use crate::state::{self, Change, Diff, StateError, Store, StoredSource, Tracker, Verdict};
 use crate::transcribe::{Ask, Transcriber};
 
 /// What every job of this process shares.
@@ -38,6 +40,40 @@ pub struct Context {
     pub embedder: Embedder,
     /// The transcription provider, or why there is none.
     pub transcriber: Result<Arc<Transcriber>, String>,
+    /// The state store (`[state]`), if any.
+    pub state: Option<Store>,
+    /// Stored data sources read lately, so a bucket's objects do not each read the store.
+    pub sources: SourceCache,
+    /// This worker among the replicas: the owner of the auto-sync leases it takes.
+    pub worker_id: String,
+}
+
+/// Stored data sources, kept for a minute: a data source connected again with new credentials
+/// is seen by every worker within that.
+#[derive(Default)]
+pub struct SourceCache {
+    entries:
+        std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, StoredSource)>>,
+}
+
+/// How long a stored data source is used without reading it again.
+const SOURCE_TTL: std::time::Duration = std::time::Duration::from_mins(1);
+
+impl SourceCache {
+    fn get(&self, id: &str) -> Option<StoredSource> {
+        let entries = self.entries.lock().ok()?;
+        let (read, source) = entries.get(id)?;
+        (read.elapsed() < SOURCE_TTL).then(|| source.clone())
+    }
+
+    fn put(&self, source: StoredSource) {
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= 1000 {
+                entries.clear();
+            }
+            entries.insert(source.id.clone(), (std::time::Instant::now(), source));
+        }
+    }
 }
 
 /// How a job ended, when its outputs were all confirmed.
@@ -64,6 +100,8 @@ pub struct Outputs<'a> {
     publisher: &'a Publisher,
     config: &'a WorkerConfig,
     confirms: Confirms,
+    /// State to write once every output is confirmed.
+    changes: Vec<Change>,
 }
 
 impl<'a> Outputs<'a> {
@@ -74,7 +112,13 @@ impl<'a> Outputs<'a> {
             publisher,
             config,
             confirms: Confirms::default(),
+            changes: Vec::new(),
         }
+    }
+
+    /// Remembers `change`, to be written once the outputs are confirmed.
+    fn change(&mut self, change: Change) {
+        self.changes.push(change);
     }
 
     async fn publish(
@@ -111,18 +155,21 @@ impl<'a> Outputs<'a> {
         self.publish(&config.events_exchange, "ITEM", item).await
     }
 
-    async fn job(&mut self, job: &Job) -> Result<(), PublishError> {
+    /// Publishes `job` to the jobs exchange.
+    pub(super) async fn job(&mut self, job: &Job) -> Result<(), PublishError> {
         let config = self.config;
         self.publish(&config.jobs_exchange, job.kind.name(), job)
             .await
     }
 
-    /// Waits until the broker has confirmed every output.
+    /// Waits until the broker has confirmed every output; then the state they stand for may be
+    /// written.
     ///
     /// # Errors
-    /// The first output that was not delivered.
-    pub async fn finish(mut self) -> Result<(), PublishError> {
-        self.confirms.settle().await
+    /// The first output that was not delivered (the state must not be written).
+    pub async fn finish(mut self) -> Result<Vec<Change>, PublishError> {
+        self.confirms.settle().await?;
+        Ok(self.changes)
     }
 }
 
@@ -135,8 +182,33 @@ pub async fn execute(
     ctx: &Context,
     out: &mut Outputs<'_>,
 ) -> Result<Outcome, PublishError> {
+    let given = match &job.kind {
+        JobKind::UpdateUsers(update) => return Ok(update_users(update, ctx).await),
+        JobKind::ConnectDataSource(connect) => {
+            return connect_data_source(job, connect, ctx, out).await;
+        }
+        JobKind::DeleteFiles(delete) => return delete_files(job, delete, ctx, out).await,
+        JobKind::SyncFiles(sync) => &sync.data_source,
+        JobKind::SyncObject(one) => &one.data_source,
+        JobKind::ResyncFile(one) => &one.data_source,
+        JobKind::SyncItems(items) => &items.data_source,
+    };
+    let resolved = match resolve(job, given, ctx).await {
+        Ok(resolved) => resolved,
+        Err(refusal) => return Ok(refusal),
+    };
+    let ds = &resolved.ds;
     match &job.kind {
         JobKind::SyncFiles(sync) => {
+            let first_delivery = sync.ids.iter().all(|s| s.start_after.is_none());
+            if let (true, true, Some(id)) = (resolved.stored, first_delivery, &ds.id) {
+                // What automatic syncs of this data source will sync.
+                out.change(Change::Synced {
+                    data_source_id: id.clone(),
+                    selectors: serde_json::to_string(&sync.ids).unwrap_or_default(),
+                    options: serde_json::to_string(&sync.options).unwrap_or_default(),
+                });
+            }
             if let [
                 ObjectSelector {
                     bucket,
@@ -150,10 +222,11 @@ pub async fn execute(
                     key,
                     listed: None,
                     force_embedding: false,
+                    resync: false,
                 };
-                return sync_object(job, &sync.data_source, target, &sync.options, ctx, out).await;
+                return sync_object(job, &resolved, target, &sync.options, ctx, out).await;
             }
-            fan_out(job, &sync.data_source, &sync.ids, &sync.options, ctx, out).await
+            fan_out(job, &resolved, &sync.ids, &sync.options, ctx, out).await
         }
         JobKind::SyncObject(one) => {
             let listed = one.size.map(|size| ObjectMeta {
@@ -172,8 +245,9 @@ pub async fn execute(
                 key: &one.key,
                 listed,
                 force_embedding: false,
+                resync: false,
             };
-            sync_object(job, &one.data_source, target, &one.options, ctx, out).await
+            sync_object(job, &resolved, target, &one.options, ctx, out).await
         }
         JobKind::ResyncFile(one) => {
             let target = Target {
@@ -181,48 +255,189 @@ pub async fn execute(
                 key: &one.key,
                 listed: None,
                 force_embedding: one.force_embedding_generation,
+                resync: true,
             };
-            sync_object(job, &one.data_source, target, &one.options, ctx, out).await
+            sync_object(job, &resolved, target, &one.options, ctx, out).await
         }
-        JobKind::DeleteFiles(delete) => {
-            for selector in &delete.ids {
-                let key = selector.id.clone().unwrap_or_default();
-                let file = file_ref(&selector.bucket, key);
-                out.event(&event(
-                    job,
-                    &delete.data_source,
-                    EventKind::FileDeleted {},
-                    Some(file),
-                ))
-                .await?;
-            }
+        JobKind::SyncItems(items) => catalog(job, ds, items.buckets.as_deref(), ctx, out).await,
+        JobKind::UpdateUsers(_) | JobKind::ConnectDataSource(_) | JobKind::DeleteFiles(_) => {
             Ok(Outcome::Done)
         }
-        JobKind::SyncItems(items) => {
-            catalog(job, &items.data_source, items.buckets.as_deref(), ctx, out).await
-        }
-        JobKind::ConnectDataSource(connect) => {
-            let ds = &connect.data_source;
-            let source = match open(ds, "", "", ctx).await {
-                Ok(source) => source,
-                Err(err) => return failed_without_file(job, ds, &err, out).await,
-            };
-            if let Err(err) = source.buckets().await {
-                return failed_without_file(job, ds, &err, out).await;
-            }
-            out.event(&event(job, ds, EventKind::DataSourceReady {}, None))
-                .await?;
-            if connect.sync_items {
-                return catalog(job, ds, None, ctx, out).await;
-            }
-            Ok(Outcome::Done)
-        }
-        JobKind::UpdateUsers(_) => Ok(Outcome::Refuse {
-            code: "UNSUPPORTED_JOB",
-            reason: "update_users needs the settings store, which this worker does not have yet"
-                .to_owned(),
-        }),
     }
+}
+
+/// `delete_files`: a `FILE_DELETED` tombstone per key; the store forgets them.
+async fn delete_files(
+    job: &Job,
+    delete: &DeleteFiles,
+    ctx: &Context,
+    out: &mut Outputs<'_>,
+) -> Result<Outcome, PublishError> {
+    let ds = &delete.data_source;
+    let scope = state::scope(
+        ds.id.as_deref(),
+        job.customer_id.as_deref(),
+        ds.endpoint_url.as_deref(),
+    );
+    for selector in &delete.ids {
+        let key = selector.id.clone().unwrap_or_default();
+        let file = file_ref(&selector.bucket, key.clone());
+        out.event(&event(job, ds, EventKind::FileDeleted {}, Some(file)))
+            .await?;
+        if ctx.state.is_some() {
+            out.change(Change::Forget {
+                scope: scope.clone(),
+                bucket: selector.bucket.clone(),
+                key,
+            });
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+/// `connect_data_source`: checks the credentials (ListBuckets) and, with a state store, stores
+/// them (secret sealed) so later jobs may name the data source by id alone.
+async fn connect_data_source(
+    job: &Job,
+    connect: &ConnectDataSource,
+    ctx: &Context,
+    out: &mut Outputs<'_>,
+) -> Result<Outcome, PublishError> {
+    let ds = &connect.data_source;
+    if ctx.state.is_some() && ds.id.is_none() {
+        return Ok(Outcome::Refuse {
+            code: "INVALID_JOB",
+            reason: "connect_data_source needs `data_source.id`: the data source is stored \
+                     under it"
+                .to_owned(),
+        });
+    }
+    let source = match open(ds, "", "", ctx).await {
+        Ok(source) => source,
+        Err(err) => return failed_without_file(job, ds, &err, out).await,
+    };
+    if let Err(err) = source.buckets().await {
+        return failed_without_file(job, ds, &err, out).await;
+    }
+    if let (Some(store), Some(id), Some(access_key), Some(secret)) =
+        (&ctx.state, &ds.id, &ds.access_key, &ds.access_key_secret)
+    {
+        let stored = StoredSource {
+            id: id.clone(),
+            customer_id: job.customer_id.clone(),
+            endpoint_url: ds.endpoint_url.clone(),
+            access_key: access_key.clone(),
+            secret: secret.clone(),
+        };
+        if let Err(err) = store.put_source(&stored).await {
+            return Ok(state_failed(&err));
+        }
+        ctx.sources.put(stored);
+    }
+    out.event(&event(job, ds, EventKind::DataSourceReady {}, None))
+        .await?;
+    if connect.sync_items {
+        return catalog(job, ds, None, ctx, out).await;
+    }
+    Ok(Outcome::Done)
+}
+
+/// `update_users`: stores the customers' auto-sync settings.
+async fn update_users(update: &UpdateUsers, ctx: &Context) -> Outcome {
+    let Some(store) = &ctx.state else {
+        return Outcome::Refuse {
+            code: "UNSUPPORTED_JOB",
+            reason: "update_users needs a state store: configure [state] path or url".to_owned(),
+        };
+    };
+    let enabled = match &update.auto_sync_enabled_sources {
+        AutoSyncSources::All(_) => true,
+        AutoSyncSources::Some(sources) => !sources.is_empty(),
+    };
+    let settings = state::AutoSync {
+        customer_ids: update.customer_ids.clone(),
+        enabled,
+        interval_secs: update.sync_interval_hours.map(|h| i64::from(h) * 3600),
+        default_interval_secs: i64::from(ctx.config.state.default_sync_interval_hours) * 3600,
+    };
+    match store.put_customers(settings).await {
+        Ok(()) => Outcome::Done,
+        Err(err) => state_failed(&err),
+    }
+}
+
+/// A state store failure as a job's outcome: retried when transient, else dead-lettered.
+fn state_failed(err: &StateError) -> Outcome {
+    if err.retryable() {
+        Outcome::Retry(format!("{}: {err}", err.code()))
+    } else {
+        Outcome::Refuse {
+            code: err.code(),
+            reason: err.to_string(),
+        }
+    }
+}
+
+/// A job's data source, ready to open.
+struct Resolved {
+    /// With credentials: the job's own, or the stored data source's.
+    ds: DataSource,
+    /// Found in the store (its syncs are remembered for automatic syncs).
+    stored: bool,
+    /// Where its objects' state is kept ([`state::scope`]).
+    scope: String,
+}
+
+/// Inline credentials as given; a data source named by id alone from the store.
+async fn resolve(job: &Job, given: &DataSource, ctx: &Context) -> Result<Resolved, Outcome> {
+    let scope = |ds: &DataSource| {
+        state::scope(
+            ds.id.as_deref(),
+            job.customer_id.as_deref(),
+            ds.endpoint_url.as_deref(),
+        )
+    };
+    let inline = given.access_key.is_some() && given.access_key_secret.is_some();
+    let (false, Some(id), Some(store)) = (inline, &given.id, &ctx.state) else {
+        // Without credentials `open` says so (NO_CREDENTIALS).
+        return Ok(Resolved {
+            ds: given.clone(),
+            stored: false,
+            scope: scope(given),
+        });
+    };
+    let mut found = ctx.sources.get(id);
+    if found.is_none() {
+        found = store.source(id).await.map_err(|err| state_failed(&err))?;
+        if let Some(source) = &found {
+            ctx.sources.put(source.clone());
+        }
+    }
+    let unknown = || Outcome::Refuse {
+        code: "UNKNOWN_DATA_SOURCE",
+        reason: format!(
+            "data source {id} is not stored: connect it first (connect_data_source), or give \
+             access_key and access_key_secret"
+        ),
+    };
+    let source = found.ok_or_else(unknown)?;
+    if let (Some(owner), Some(customer)) = (&source.customer_id, &job.customer_id)
+        && owner != customer
+    {
+        // Another customer's data source is as good as unknown.
+        return Err(unknown());
+    }
+    let ds = DataSource {
+        id: Some(id.clone()),
+        access_key: Some(source.access_key),
+        access_key_secret: Some(source.secret),
+        endpoint_url: given.endpoint_url.clone().or(source.endpoint_url),
+    };
+    Ok(Resolved {
+        scope: scope(&ds),
+        ds,
+        stored: true,
+    })
 }
 
 /// After a job that names one object was abandoned at its deadline: that object's
@@ -287,8 +502,7 @@ fn file_error(err: &FileError) -> EventKind {
     }
 }
 
-/// The job's credentials. Stored data sources (by `id` alone) need a store this worker does not
-/// have yet.
+/// The job's credentials (a stored data source's are filled in by [`resolve`]).
 fn credentials(ds: &DataSource) -> Result<S3Credentials, FileError> {
     match (&ds.access_key, &ds.access_key_secret) {
         (Some(access_key), Some(secret_key)) => Ok(S3Credentials {
@@ -297,8 +511,8 @@ fn credentials(ds: &DataSource) -> Result<S3Credentials, FileError> {
         }),
         _ => Err(FileError::permanent(
             ErrorCode::NoCredentials,
-            "the job's data_source has no access_key and access_key_secret; stored data \
-             sources are not available to this worker",
+            "the job's data_source has no access_key and access_key_secret, and this worker has \
+             no state store ([state]) to look a stored data source up in",
         )),
     }
 }
@@ -436,12 +650,15 @@ struct Target<'a> {
     listed: Option<ObjectMeta>,
     /// Embed even when the options skip (`resync_file`'s `force_embedding_generation`).
     force_embedding: bool,
+    /// Process it even if the store says it is unchanged (`resync_file`).
+    resync: bool,
 }
 
-/// One object through the pipeline, its outputs published as they come.
+/// One object through the pipeline, its outputs published as they come. With a state store, an
+/// object unchanged since its last sync (same ETag, same options) is skipped without a GET.
 async fn sync_object(
     job: &Job,
-    ds: &DataSource,
+    resolved: &Resolved,
     target: Target<'_>,
     options: &SyncOptions,
     ctx: &Context,
@@ -452,7 +669,9 @@ async fn sync_object(
         key,
         listed,
         force_embedding,
+        resync,
     } = target;
+    let ds = &resolved.ds;
     let request = match request(job, ds, options, force_embedding, ctx) {
         Ok(request) => request,
         Err(refusal) => return Ok(refusal),
@@ -463,7 +682,49 @@ async fn sync_object(
         (Err(err), _) => Err(err),
     };
     let report = match found {
-        Ok((source, object)) => process(&source, object, request, out).await?,
+        Ok((source, object)) => {
+            let mut tracking = None;
+            if let Some(store) = &ctx.state {
+                let fingerprint = request.fingerprint();
+                let version = state::version_of(&object);
+                let prior = match store.object(&resolved.scope, bucket, key).await {
+                    Ok(prior) => prior,
+                    Err(err) => return Ok(state_failed(&err)),
+                };
+                match prior {
+                    Some((entry, _))
+                        if !resync
+                            && entry.version == version
+                            && entry.fingerprint == fingerprint =>
+                    {
+                        let mut file = file_ref(bucket, key.to_owned());
+                        file.etag = object.etag.clone();
+                        let report = FileReport {
+                            outcome: request.event(unchanged(vec![file.clone()]), Some(file)),
+                            bytes_read: 0,
+                        };
+                        out.event(&report.outcome).await?;
+                        ctx.metrics.file_done(&report);
+                        return Ok(Outcome::Done);
+                    }
+                    prior => {
+                        let old = prior.map(|(_, ids)| ids).unwrap_or_default();
+                        tracking = Some((Tracker::new(old), version, fingerprint, object.size));
+                    }
+                }
+            }
+            let tracker = tracking
+                .as_mut()
+                .map(|(tracker, ..)| std::mem::take(tracker));
+            let (report, tracker) = process(&source, object, request, tracker, out).await?;
+            if let (Some(tracker), Some((_, version, fingerprint, size))) = (tracker, tracking)
+                && let Some(put) =
+                    tracker.put(&resolved.scope, bucket, key, version, size, &fingerprint)
+            {
+                out.change(Change::Put(put));
+            }
+            report
+        }
         Err(err) => {
             let file = file_ref(bucket, key.to_owned());
             let started = request.event(EventKind::FileSyncing {}, Some(file.clone()));
@@ -487,21 +748,35 @@ async fn sync_object(
     }
 }
 
-/// Runs the pipeline on one object while publishing what it emits.
+/// `FILES_SKIPPED` (`UNCHANGED`) of `files`.
+fn unchanged(files: Vec<FileRef>) -> EventKind {
+    EventKind::FilesSkipped {
+        reason: SkipReason::Unchanged,
+        message: "unchanged since the last sync (same ETag and options)".to_owned(),
+        files,
+    }
+}
+
+/// Runs the pipeline on one object while publishing what it emits; `tracker` notes its chunk
+/// ids on the way.
 async fn process(
     source: &S3Source,
     object: ObjectMeta,
     request: Arc<Request>,
+    mut tracker: Option<Tracker>,
     out: &mut Outputs<'_>,
-) -> Result<FileReport, PublishError> {
+) -> Result<(FileReport, Option<Tracker>), PublishError> {
     let (sender, mut emitted) = mpsc::channel(RECORDS_IN_FLIGHT);
     let work = async move {
         let report = pipeline::process(source, object, request, &sender).await;
         drop(sender);
         report
     };
-    let publish = async move {
-        while let Some(item) = emitted.recv().await {
+    let publish = async {
+        while let Some(mut item) = emitted.recv().await {
+            if let Some(tracker) = &mut tracker {
+                tracker.see(&mut item);
+            }
             match item {
                 Emitted::Event(event) => out.event(&event).await?,
                 Emitted::Record(record) => out.record(&record).await?,
@@ -512,120 +787,419 @@ async fn process(
     // If publishing fails, `emitted` is dropped and the pipeline stops at its next send.
     let (report, published) = tokio::join!(work, publish);
     published?;
-    Ok(report)
+    Ok((report, tracker))
 }
 
 /// `sync_files` over prefixes, buckets or several keys: one `sync_object` job per object,
-/// published with confirms, listing page by page.
+/// published with confirms, listing page by page. With a state store the listing is compared
+/// with it on the way: unchanged objects are reported skipped (no job, no GET), and objects the
+/// store knows that the listing passed over are reported deleted.
 async fn fan_out(
     job: &Job,
-    ds: &DataSource,
+    resolved: &Resolved,
     selectors: &[ObjectSelector],
     options: &SyncOptions,
     ctx: &Context,
     out: &mut Outputs<'_>,
 ) -> Result<Outcome, PublishError> {
-    let child = |bucket: &str, key: String, listed: Option<&ObjectMeta>| {
-        let job_id = job
-            .job_id
-            .as_ref()
-            .map(|parent| format!("{parent}/{}", blake3::hash(key.as_bytes()).to_hex()));
-        Job {
-            schema_version: SCHEMA_VERSION,
-            job_id,
-            request_id: job.request_id.clone(),
-            customer_id: job.customer_id.clone(),
-            kind: JobKind::SyncObject(SyncObject {
-                data_source: ds.clone(),
-                bucket: bucket.to_owned(),
-                key,
-                size: listed.map(|o| o.size),
-                etag: listed.and_then(|o| o.etag.clone()),
-                last_modified: listed
-                    .and_then(|o| o.last_modified)
-                    .map(|t| humantime::format_rfc3339_millis(t).to_string()),
-                options: options.clone(),
-            }),
-        }
+    let ds = &resolved.ds;
+    // Children and continuations carry the data source as the job gave it: a stored one's
+    // secret never travels through the broker.
+    let given = given(job).unwrap_or(ds);
+    let fingerprint = match fingerprint(job, ds, options, ctx) {
+        Ok(fingerprint) => fingerprint,
+        Err(refusal) => return Ok(refusal),
     };
-    // One delivery publishes at most `fan_out_batch` children, then hands the rest of the
+    // One delivery handles at most `fan_out_batch` objects, then hands the rest of the
     // listing to a new job, so no delivery runs for long however large the bucket.
     let batch = ctx.config.worker.fan_out_batch;
-    let continuation = |rest: Vec<ObjectSelector>| Job {
-        schema_version: SCHEMA_VERSION,
-        job_id: job.job_id.as_ref().map(|parent| format!("{parent}+")),
-        request_id: job.request_id.clone(),
-        customer_id: job.customer_id.clone(),
-        kind: JobKind::SyncFiles(SyncFiles {
-            data_source: ds.clone(),
-            ids: rest,
-            options: options.clone(),
-        }),
-    };
-    let mut published = 0;
+    let continuation = |rest: Vec<ObjectSelector>| continuation_job(job, given, options, rest);
+    let mut handled = 0;
     for (i, selector) in selectors.iter().enumerate() {
-        if published >= batch {
+        if handled >= batch {
             out.job(&continuation(selectors[i..].to_vec())).await?;
             return Ok(Outcome::Done);
         }
         let bucket = selector.bucket.as_str();
         if let Some(key) = &selector.id {
-            out.job(&child(bucket, key.clone(), None)).await?;
-            published += 1;
+            out.job(&child_job(job, given, options, bucket, key.clone(), None))
+                .await?;
+            handled += 1;
             continue;
         }
-        let prefix = selector.prefix.as_deref().unwrap_or("");
-        let opened = open(ds, bucket, prefix, ctx).await;
-        let source = match opened.map(|source| source.after(selector.start_after.as_deref())) {
+        let source = match open_listing(job, resolved, given, selector, ctx, out).await? {
             Ok(source) => source,
-            Err(err) => {
-                if err.retryable() {
-                    return Ok(Outcome::Retry(format!("{}: {}", err.code, err.message)));
-                }
-                let file = file_ref(bucket, prefix.to_owned());
-                out.event(&event(job, ds, file_error(&err), Some(file)))
-                    .await?;
-                continue;
-            }
+            Err(Some(retry)) => return Ok(retry),
+            Err(None) => continue,
         };
+        let mut compare = ctx
+            .state
+            .as_ref()
+            .zip(fingerprint.as_deref())
+            .map(|(store, fp)| Compared::new(store, fp, &resolved.scope, selector));
         let mut listing = pin!(source.list());
         let mut last = selector.start_after.clone();
+        let stop = |last| continuation(resumed(&selectors[i..], last));
         while let Some(listed) = listing.next().await {
             match listed {
                 Listed::Object(object) => {
-                    if published >= batch {
-                        let mut rest = selectors[i..].to_vec();
-                        rest[0].start_after = last;
-                        out.job(&continuation(rest)).await?;
+                    if handled >= batch {
+                        flush(job, given, compare.as_mut(), out).await?;
+                        out.job(&stop(last)).await?;
                         return Ok(Outcome::Done);
                     }
-                    out.job(&child(bucket, object.key.clone(), Some(&object)))
-                        .await?;
-                    published += 1;
+                    if let Some(compare) = &mut compare {
+                        let room = batch - handled;
+                        match compare.step(&object, job, given, room, out).await? {
+                            Step::Failed(outcome) => return Ok(outcome),
+                            Step::Full { last_gone } => {
+                                out.job(&stop(last_gone)).await?;
+                                return Ok(Outcome::Done);
+                            }
+                            Step::Unchanged { deleted } => {
+                                handled += deleted + 1;
+                                last = Some(object.key);
+                                continue;
+                            }
+                            Step::Process { deleted } => handled += deleted,
+                        }
+                    }
+                    out.job(&child_job(
+                        job,
+                        given,
+                        options,
+                        bucket,
+                        object.key.clone(),
+                        Some(&object),
+                    ))
+                    .await?;
+                    handled += 1;
                     last = Some(object.key);
                 }
                 Listed::Problem {
                     key, error, skip, ..
                 } => {
-                    if error.retryable() {
-                        // Children published so far are harmless duplicates on the next try.
-                        return Ok(Outcome::Retry(format!("{}: {}", error.code, error.message)));
+                    let problem = (bucket, key, &error, skip);
+                    if let Some(retry) =
+                        problem_listed(job, given, problem, compare.as_mut(), out).await?
+                    {
+                        return Ok(retry);
                     }
-                    let kind = if skip {
-                        EventKind::FilesSkipped {
-                            reason: SkipReason::UnsupportedFormat,
-                            message: error.message.clone(),
-                        }
-                    } else {
-                        file_error(&error)
-                    };
-                    out.event(&event(job, ds, kind, Some(file_ref(bucket, key))))
-                        .await?;
                 }
             }
         }
+        if let Some(compare) = &mut compare {
+            // The listing reached its end: whatever the store still has under it is gone.
+            match compare
+                .ended(job, given, batch.saturating_sub(handled), out)
+                .await?
+            {
+                Step::Full { last_gone } => {
+                    out.job(&stop(last_gone)).await?;
+                    return Ok(Outcome::Done);
+                }
+                Step::Failed(outcome) => return Ok(outcome),
+                Step::Process { deleted } | Step::Unchanged { deleted } => handled += deleted,
+            }
+        }
+        flush(job, given, compare.as_mut(), out).await?;
     }
     Ok(Outcome::Done)
+}
+
+/// The data source as a `sync_files` job gave it.
+fn given(job: &Job) -> Option<&DataSource> {
+    match &job.kind {
+        JobKind::SyncFiles(sync) => Some(&sync.data_source),
+        _ => None,
+    }
+}
+
+/// `selectors`, the first to be listed again after `last`.
+fn resumed(selectors: &[ObjectSelector], last: Option<String>) -> Vec<ObjectSelector> {
+    let mut rest = selectors.to_vec();
+    if let Some(first) = rest.first_mut() {
+        first.start_after = last;
+    }
+    rest
+}
+
+/// With a state store, the fingerprint of the records `options` make.
+fn fingerprint(
+    job: &Job,
+    ds: &DataSource,
+    options: &SyncOptions,
+    ctx: &Context,
+) -> Result<Option<String>, Outcome> {
+    match &ctx.state {
+        Some(_) => request(job, ds, options, false, ctx).map(|r| Some(r.fingerprint())),
+        None => Ok(None),
+    }
+}
+
+/// The listing a selector names; when it cannot be had, the job's retry (transient) or nothing
+/// (its `FILE_ERROR` is published).
+async fn open_listing(
+    job: &Job,
+    resolved: &Resolved,
+    given: &DataSource,
+    selector: &ObjectSelector,
+    ctx: &Context,
+    out: &mut Outputs<'_>,
+) -> Result<Result<S3Source, Option<Outcome>>, PublishError> {
+    let (bucket, prefix) = (&selector.bucket, selector.prefix.as_deref().unwrap_or(""));
+    match open(&resolved.ds, bucket, prefix, ctx).await {
+        Ok(source) => Ok(Ok(source.after(selector.start_after.as_deref()))),
+        Err(err) if err.retryable() => Ok(Err(Some(Outcome::Retry(format!(
+            "{}: {}",
+            err.code, err.message
+        ))))),
+        Err(err) => {
+            let file = file_ref(bucket, prefix.to_owned());
+            out.event(&event(job, given, file_error(&err), Some(file)))
+                .await?;
+            Ok(Err(None))
+        }
+    }
+}
+
+/// The `sync_object` job of one listed object (or named key) of `job`.
+fn child_job(
+    job: &Job,
+    given: &DataSource,
+    options: &SyncOptions,
+    bucket: &str,
+    key: String,
+    listed: Option<&ObjectMeta>,
+) -> Job {
+    let job_id = job
+        .job_id
+        .as_ref()
+        .map(|parent| format!("{parent}/{}", blake3::hash(key.as_bytes()).to_hex()));
+    Job {
+        schema_version: SCHEMA_VERSION,
+        job_id,
+        request_id: job.request_id.clone(),
+        customer_id: job.customer_id.clone(),
+        kind: JobKind::SyncObject(SyncObject {
+            data_source: given.clone(),
+            bucket: bucket.to_owned(),
+            key,
+            size: listed.map(|o| o.size),
+            etag: listed.and_then(|o| o.etag.clone()),
+            last_modified: listed
+                .and_then(|o| o.last_modified)
+                .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+            options: options.clone(),
+        }),
+    }
+}
+
+/// The `sync_files` job that goes on with `rest` of `job`'s selectors.
+fn continuation_job(
+    job: &Job,
+    given: &DataSource,
+    options: &SyncOptions,
+    rest: Vec<ObjectSelector>,
+) -> Job {
+    Job {
+        schema_version: SCHEMA_VERSION,
+        job_id: job.job_id.as_ref().map(|parent| format!("{parent}+")),
+        request_id: job.request_id.clone(),
+        customer_id: job.customer_id.clone(),
+        kind: JobKind::SyncFiles(SyncFiles {
+            data_source: given.clone(),
+            ids: rest,
+            options: options.clone(),
+        }),
+    }
+}
+
+/// A listing entry that cannot be synced: its event, or, when the listing failed for now, the
+/// retry of the job. The comparison with the store stops deciding deletions either way.
+async fn problem_listed(
+    job: &Job,
+    ds: &DataSource,
+    (bucket, key, error, skip): (&str, String, &FileError, bool),
+    compare: Option<&mut Compared<'_>>,
+    out: &mut Outputs<'_>,
+) -> Result<Option<Outcome>, PublishError> {
+    let mut compare = compare;
+    if let Some(compare) = compare.as_deref_mut() {
+        // What the listing did not reach may still exist.
+        compare.diff.halt();
+    }
+    if error.retryable() {
+        // Children published so far are harmless duplicates on the next try.
+        flush(job, ds, compare, out).await?;
+        let retry = format!("{}: {}", error.code, error.message);
+        return Ok(Some(Outcome::Retry(retry)));
+    }
+    let kind = if skip {
+        EventKind::FilesSkipped {
+            reason: SkipReason::UnsupportedFormat,
+            message: error.message.clone(),
+            files: Vec::new(),
+        }
+    } else {
+        file_error(error)
+    };
+    out.event(&event(job, ds, kind, Some(file_ref(bucket, key))))
+        .await?;
+    Ok(None)
+}
+
+/// Objects reported unchanged per `FILES_SKIPPED` event.
+const UNCHANGED_PER_EVENT: usize = 1000;
+
+/// A listing of one bucket and prefix compared with the store.
+struct Compared<'a> {
+    diff: Diff,
+    fingerprint: &'a str,
+    scope: &'a str,
+    bucket: &'a str,
+    /// Unchanged objects not yet reported.
+    unchanged: Vec<FileRef>,
+    /// The last object reported deleted.
+    last_gone: Option<String>,
+}
+
+/// What comparing one listed object with the store came to.
+enum Step {
+    /// The store failed.
+    Failed(Outcome),
+    /// The batch filled up while reporting deletions before the object; continue after the
+    /// last one.
+    Full { last_gone: Option<String> },
+    /// Unchanged: reported, nothing to do.
+    Unchanged { deleted: usize },
+    /// New or changed: publish its job.
+    Process { deleted: usize },
+}
+
+impl<'a> Compared<'a> {
+    fn new(
+        store: &Store,
+        fingerprint: &'a str,
+        scope: &'a str,
+        selector: &'a ObjectSelector,
+    ) -> Self {
+        let (bucket, after) = (selector.bucket.as_str(), selector.start_after.as_deref());
+        let prefix = selector.prefix.as_deref().unwrap_or("");
+        Compared {
+            diff: Diff::new(store.clone(), scope, bucket, prefix, after),
+            fingerprint,
+            scope,
+            bucket,
+            unchanged: Vec::new(),
+            last_gone: None,
+        }
+    }
+
+    /// Reports up to `room` stored objects the listing passed over before `upto` (all the
+    /// rest, when the listing ended) as deleted; how many it reported.
+    async fn gone(
+        &mut self,
+        upto: Option<&str>,
+        job: &Job,
+        ds: &DataSource,
+        room: usize,
+        out: &mut Outputs<'_>,
+    ) -> Result<Result<usize, Outcome>, PublishError> {
+        let mut reported = 0;
+        while reported < room {
+            let entry = match self.diff.next_gone(upto).await {
+                Ok(Some(entry)) => entry,
+                Ok(None) => break,
+                Err(err) => return Ok(Err(state_failed(&err))),
+            };
+            let file = file_ref(self.bucket, entry.key.clone());
+            out.event(&event(job, ds, EventKind::FileDeleted {}, Some(file)))
+                .await?;
+            out.change(Change::Forget {
+                scope: self.scope.to_owned(),
+                bucket: self.bucket.to_owned(),
+                key: entry.key.clone(),
+            });
+            self.last_gone = Some(entry.key);
+            reported += 1;
+        }
+        Ok(Ok(reported))
+    }
+
+    /// At the end of the listing: what the store still has under it was deleted.
+    async fn ended(
+        &mut self,
+        job: &Job,
+        ds: &DataSource,
+        room: usize,
+        out: &mut Outputs<'_>,
+    ) -> Result<Step, PublishError> {
+        Ok(match self.gone(None, job, ds, room, out).await? {
+            Ok(n) if n >= room => {
+                flush(job, ds, Some(self), out).await?;
+                Step::Full {
+                    last_gone: self.last_gone.take(),
+                }
+            }
+            Ok(deleted) => Step::Process { deleted },
+            Err(outcome) => Step::Failed(outcome),
+        })
+    }
+
+    async fn step(
+        &mut self,
+        object: &ObjectMeta,
+        job: &Job,
+        ds: &DataSource,
+        room: usize,
+        out: &mut Outputs<'_>,
+    ) -> Result<Step, PublishError> {
+        let deleted = match self.gone(Some(&object.key), job, ds, room, out).await? {
+            Ok(n) if n >= room => {
+                flush(job, ds, Some(self), out).await?;
+                return Ok(Step::Full {
+                    last_gone: self.last_gone.take(),
+                });
+            }
+            Ok(n) => n,
+            Err(outcome) => return Ok(Step::Failed(outcome)),
+        };
+        let version = state::version_of(object);
+        match self
+            .diff
+            .verdict(&object.key, &version, self.fingerprint)
+            .await
+        {
+            Ok(Verdict::Unchanged) => {
+                let mut file = file_ref(self.bucket, object.key.clone());
+                file.etag.clone_from(&object.etag);
+                self.unchanged.push(file);
+                if self.unchanged.len() >= UNCHANGED_PER_EVENT {
+                    flush(job, ds, Some(self), out).await?;
+                }
+                Ok(Step::Unchanged { deleted })
+            }
+            Ok(_) => Ok(Step::Process { deleted }),
+            Err(err) => Ok(Step::Failed(state_failed(&err))),
+        }
+    }
+}
+
+/// Reports the unchanged objects `compare` has gathered, in one event.
+async fn flush(
+    job: &Job,
+    ds: &DataSource,
+    compare: Option<&mut Compared<'_>>,
+    out: &mut Outputs<'_>,
+) -> Result<(), PublishError> {
+    if let Some(compare) = compare
+        && !compare.unchanged.is_empty()
+    {
+        let files = std::mem::take(&mut compare.unchanged);
+        out.event(&event(job, ds, unchanged(files), None)).await?;
+    }
+    Ok(())
 }
 
 /// `sync_items`: one item per bucket, then one per object of each bucket, page by page.

@@ -10,6 +10,7 @@ mod delivery;
 pub mod health;
 pub mod jobs;
 pub mod metrics;
+mod schedule;
 pub mod topology;
 
 use std::fmt::Write as _;
@@ -29,6 +30,7 @@ use crate::embed::Embedder;
 use crate::job::Job;
 use crate::sink::amqp::{Confirms, Message, Publisher};
 use crate::source::S3Access;
+use crate::state::{StateError, Store};
 use crate::transcribe::{NO_PROVIDER, Transcriber};
 use jobs::Context;
 use metrics::Metrics;
@@ -60,6 +62,9 @@ pub enum WorkerError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The state store can never be used as it is (not a store, too new, wrong key).
+    #[error("{code}: {0}", code = .0.code())]
+    State(StateError),
 }
 
 /// Runs the worker until `shutdown` resolves, then stops consuming, lets jobs in flight finish
@@ -90,18 +95,44 @@ pub async fn run(
         .await
         .map_err(|source| WorkerError::Listen { address, source })?;
     let health = tokio::spawn(health::serve(listener, Arc::clone(&metrics)));
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let state = match config.state.location() {
+        None => None,
+        Some(location) => {
+            let key = std::env::var(&config.state.key_env).ok();
+            match open_state(&location, key.as_deref(), stop.clone()).await {
+                Ok(Some(store)) => Some(store),
+                Ok(None) => {
+                    health.abort();
+                    return Ok(());
+                }
+                Err(err) => {
+                    health.abort();
+                    return Err(WorkerError::State(err));
+                }
+            }
+        }
+    };
     let ctx = Arc::new(Context {
         access: S3Access::new(&config.s3, allow_private_endpoint),
         cpu: Arc::new(Semaphore::new(crate::config::cpu_slots())),
         metrics: Arc::clone(&metrics),
         embedder,
         transcriber,
+        state,
+        sources: jobs::SourceCache::default(),
+        worker_id: format!(
+            "{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ),
         config,
-    });
-    let (stop_tx, stop) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
     });
     let mut failures = 0u32;
     loop {
@@ -128,6 +159,31 @@ pub async fn run(
     health.abort();
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// Opens the state store, trying again with backoff while it cannot be reached (the worker is
+/// not ready meanwhile and consumes nothing). `None` when shutdown came first.
+async fn open_state(
+    location: &str,
+    key: Option<&str>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Option<Store>, StateError> {
+    let mut failures = 0u32;
+    loop {
+        match Store::open(location, key).await {
+            Ok(store) => return Ok(Some(store)),
+            Err(err) if err.retryable() => {
+                failures = failures.saturating_add(1);
+                let delay = backoff(failures);
+                tracing::warn!(error = %err, retry_in_ms = delay.as_millis(), "state store unavailable");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = stop.wait_for(|stopped| *stopped) => return Ok(None),
+                }
+            }
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 /// How a session with the broker ended.
@@ -262,12 +318,28 @@ async fn session(ctx: &Arc<Context>, mut stop: watch::Receiver<bool>) -> Ended {
     let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
     // A publishing connection that died while idle is noticed here, not at the next job.
     let mut check = tokio::time::interval(Duration::from_secs(1));
+    let mut auto_sync =
+        tokio::time::interval(Duration::from_secs(ctx.config.state.auto_sync_poll_secs));
+    let scheduling = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let broke = loop {
         tokio::select! {
             _ = stop.wait_for(|stopped| *stopped) => break None,
             _ = check.tick() => {
                 if !consuming.status().connected() || !publishing.status().connected() {
                     break Some("a broker connection closed".to_owned());
+                }
+            }
+            _ = auto_sync.tick(), if ctx.state.is_some() => {
+                // One round at a time per worker; rounds of other workers skip what this one
+                // holds.
+                if !scheduling.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    let (ctx, publisher) = (Arc::clone(ctx), publisher.clone());
+                    let scheduling = Arc::clone(&scheduling);
+                    tasks.spawn(async move {
+                        let round = schedule::round(&ctx, &publisher).await;
+                        scheduling.store(false, std::sync::atomic::Ordering::Release);
+                        round
+                    });
                 }
             }
             Some(done) = tasks.join_next() => match done {

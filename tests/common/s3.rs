@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
@@ -12,17 +14,33 @@ use s3s::service::S3ServiceBuilder;
 pub const ACCESS_KEY: &str = "AKIDINGESTDTEST";
 pub const SECRET_KEY: &str = "ingestd-test-secret-never-printed";
 
+/// Requests a server has answered, by kind.
+#[derive(Default)]
+pub struct Counts {
+    pub gets: AtomicU64,
+    pub heads: AtomicU64,
+    pub lists: AtomicU64,
+}
+
+impl Counts {
+    /// GETs and HEADs of objects so far.
+    pub fn reads(&self) -> u64 {
+        self.gets.load(Ordering::Relaxed) + self.heads.load(Ordering::Relaxed)
+    }
+}
+
 /// A running server; buckets are folders of `root`.
 pub struct Server {
     pub addr: SocketAddr,
     pub root: tempfile::TempDir,
+    pub counts: Arc<Counts>,
 }
 
 impl Server {
     pub fn start() -> Server {
         let root = tempfile::tempdir().unwrap();
-        let addr = serve(root.path(), 1);
-        Server { addr, root }
+        let (addr, counts) = serve_counted(root.path(), 1);
+        Server { addr, root, counts }
     }
 
     pub fn endpoint(&self) -> String {
@@ -38,7 +56,14 @@ impl Server {
 /// Serves the folders of `root` as buckets on a loopback port, from a thread of its own with
 /// `worker_threads` runtime threads; returns the address.
 pub fn serve(root: &Path, worker_threads: usize) -> SocketAddr {
+    serve_counted(root, worker_threads).0
+}
+
+/// Like [`serve`], counting the requests answered.
+pub fn serve_counted(root: &Path, worker_threads: usize) -> (SocketAddr, Arc<Counts>) {
     let fs = s3s_fs::FileSystem::new(root).expect("s3s-fs over the folder");
+    let counts = Arc::new(Counts::default());
+    let counted = Arc::clone(&counts);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -47,7 +72,7 @@ pub fn serve(root: &Path, worker_threads: usize) -> SocketAddr {
             .build()
             .expect("the server's runtime");
         runtime.block_on(async move {
-            let mut builder = S3ServiceBuilder::new(Conditional(fs));
+            let mut builder = S3ServiceBuilder::new(Conditional(fs, counted));
             builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
             let service = builder.build();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -69,12 +94,12 @@ pub fn serve(root: &Path, worker_threads: usize) -> SocketAddr {
             }
         });
     });
-    rx.recv().expect("the server's address")
+    (rx.recv().expect("the server's address"), counts)
 }
 
 /// s3s-fs, plus `If-Match` on GET as S3 answers it (`412 PreconditionFailed` once the object
 /// has been replaced), which s3s-fs leaves out.
-struct Conditional(s3s_fs::FileSystem);
+struct Conditional(s3s_fs::FileSystem, Arc<Counts>);
 
 #[async_trait::async_trait]
 impl s3s::S3 for Conditional {
@@ -82,6 +107,7 @@ impl s3s::S3 for Conditional {
         &self,
         req: s3s::S3Request<s3s::dto::GetObjectInput>,
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::GetObjectOutput>> {
+        self.1.gets.fetch_add(1, Ordering::Relaxed);
         if let Some(s3s::dto::ETagCondition::ETag(expected)) = req.input.if_match.clone() {
             let head = req.clone().map_input(|input| {
                 s3s::dto::HeadObjectInput::builder()
@@ -102,6 +128,7 @@ impl s3s::S3 for Conditional {
         &self,
         req: s3s::S3Request<s3s::dto::HeadObjectInput>,
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::HeadObjectOutput>> {
+        self.1.heads.fetch_add(1, Ordering::Relaxed);
         self.0.head_object(req).await
     }
 
@@ -109,6 +136,7 @@ impl s3s::S3 for Conditional {
         &self,
         req: s3s::S3Request<s3s::dto::ListObjectsV2Input>,
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsV2Output>> {
+        self.1.lists.fetch_add(1, Ordering::Relaxed);
         self.0.list_objects_v2(req).await
     }
 
