@@ -7,7 +7,9 @@
 //!
 //! Each is `ingestd sync s3://… --state …` (the release binary, `--out /dev/null`). Reported per
 //! phase: seconds, GETs and HEADs answered by the server, store operations per object, peak RSS
-//! (VmHWM of the child), and the first sync's time over the unchanged re-sync's.
+//! (VmHWM of the child), and the first sync's time over the unchanged re-sync's. The floor of an
+//! unchanged re-sync is the listing itself: one aws-sdk-s3 listing of the bucket is timed in the
+//! same run, and the unchanged re-sync is reported against it.
 //!
 //! Run: `cargo bench --bench state` (or `scripts/bench-state.sh`). PostgreSQL at
 //! 127.0.0.1:5432 (or `INGESTD_TEST_POSTGRES`); `INGESTD_BENCH_OBJECTS` changes the count.
@@ -60,6 +62,13 @@ fn main() {
         }
         let first = phase(name, "first sync", &endpoint, &location, objects, &counts);
         let unchanged = phase(name, "unchanged", &endpoint, &location, objects, &counts);
+        let listing = list_all(&endpoint);
+        println!(
+            "{name:<10} {:<22} {:>8.2}   (unchanged re-sync / listing: {:.2}×)",
+            "listing alone",
+            listing.as_secs_f64(),
+            unchanged.as_secs_f64() / listing.as_secs_f64()
+        );
         for i in (0..objects).step_by(100) {
             std::fs::write(bucket.join(key(i)), prose(i as u64 + 7, 1000, 2000)).expect("object");
             std::fs::remove_file(bucket.join(key(i + 1))).expect("object");
@@ -136,6 +145,36 @@ fn phase(
         peak / 1024
     );
     elapsed
+}
+
+/// One listing of the whole bucket with aws-sdk-s3, keys and sizes only: the floor.
+fn list_all(endpoint: &str) -> Duration {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new(
+            ACCESS_KEY, SECRET_KEY, None, None, "bench",
+        ))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .build();
+    let client = aws_sdk_s3::Client::from_conf(config);
+    let started = Instant::now();
+    runtime.block_on(async {
+        let mut pages = client
+            .list_objects_v2()
+            .bucket("bench")
+            .into_paginator()
+            .send();
+        let mut listed = 0;
+        while let Some(page) = pages.next().await {
+            listed += page.expect("listing").contents().len();
+        }
+        assert!(listed > 0);
+    });
+    started.elapsed()
 }
 
 fn psql(base: &str, sql: &str) {

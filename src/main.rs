@@ -694,7 +694,10 @@ async fn open_source(args: &SyncArgs, config: &Config) -> Result<(AnySource, boo
     // A key names one object, anything else a prefix. Wrong credentials or a missing bucket
     // then surface from the listing as classified FILE_ERROR events.
     match source.clone().narrow_to_exact_object().await {
-        Ok(narrowed) => Ok((AnySource::S3(narrowed), true)),
+        Ok(narrowed) => {
+            let exact = narrowed.is_single();
+            Ok((AnySource::S3(narrowed), exact))
+        }
         // A passing fault must not silently turn a key into a prefix.
         Err(err) if err.retryable() => Err(fatal(anyhow!("{}: {}", err.code, err.message))),
         Err(_) => Ok((AnySource::S3(source), false)),

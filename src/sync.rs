@@ -206,6 +206,9 @@ pub async fn run<S: Source + Clone + 'static>(
                 summary.counts.files_skipped += skipped;
                 summary.counts.files_deleted += deleted;
                 pending.extend(changes);
+                if pending.len() >= CHANGES_PER_WRITE {
+                    remember(store.as_ref(), &mut pending, sink).await?;
+                }
                 continue;
             }
             Queued::Failed(err) => return Err(err.into()),

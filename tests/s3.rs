@@ -928,3 +928,67 @@ fn a_large_video_in_a_bucket_is_described_from_a_few_ranges() {
         padded.len() >> 20
     );
 }
+
+/// `sync TARGET --state STATE --events FILE`: the events of the run.
+fn sync_with_state(
+    server: &Server,
+    dir: &Path,
+    target: &str,
+    state: &str,
+) -> Vec<serde_json::Value> {
+    let events = dir.join("events.jsonl");
+    let args = [
+        "sync",
+        target,
+        "--allow-private-endpoint",
+        "--state",
+        state,
+        "--out",
+        "/dev/null",
+        "--events",
+        events.to_str().unwrap(),
+    ];
+    assert_exit(&ingestd_s3(dir, &server.endpoint(), &args, SECRET_KEY), 0);
+    lines(&std::fs::read(&events).unwrap())
+}
+
+#[test]
+fn a_prefix_synced_with_state_skips_unchanged_objects_and_reports_deleted_ones_not_a_key() {
+    let server = Server::start();
+    server.bucket_from("docs", &fixture("text"));
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.sqlite");
+    let state = state.to_str().unwrap();
+    let first = sync_with_state(&server, dir.path(), "s3://docs/formats/", state);
+    let ready = first.iter().filter(|e| e["event"] == "FILE_READY").count();
+    assert!(ready > 2, "{first:?}");
+    let before = server.counts.reads();
+
+    // The key itself, then the prefix, after one object was removed from the bucket.
+    let single = sync_with_state(&server, dir.path(), "s3://docs/formats/guide.md", state);
+    assert!(
+        single.iter().any(|e| e["reason"] == "UNCHANGED"),
+        "{single:?}"
+    );
+    std::fs::remove_file(server.root.path().join("docs/formats/guide.md")).unwrap();
+    let again = sync_with_state(&server, dir.path(), "s3://docs/formats/", state);
+    let deleted: Vec<&serde_json::Value> = again
+        .iter()
+        .filter(|e| e["event"] == "FILE_DELETED")
+        .collect();
+    assert_eq!(deleted.len(), 1, "{again:?}");
+    assert_eq!(deleted[0]["file"]["key"], "formats/guide.md");
+    assert_eq!(deleted[0]["file"]["bucket"], "docs");
+    let skipped: usize = again
+        .iter()
+        .filter(|e| e["reason"] == "UNCHANGED")
+        .map(|e| e["files"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(skipped, ready - 1);
+    // Found unchanged by listing: no GET and no HEAD (the single key cost one HEAD).
+    assert!(
+        server.counts.reads() <= before + 1,
+        "{} reads",
+        server.counts.reads() - before
+    );
+}

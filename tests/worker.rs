@@ -2166,3 +2166,29 @@ fn a_state_store_that_cannot_be_used_keeps_the_worker_unready_or_stops_it() {
     assert_eq!(status.code(), Some(2), "{}", worker.log());
     assert!(worker.log().contains("STATE_CORRUPT"), "{}", worker.log());
 }
+
+#[test]
+fn a_resync_that_fills_the_fan_out_batch_exactly_ends() {
+    let (server, count) = library();
+    let names = Names::new("statebatch");
+    let pg = Pg::new("statebatch");
+    let batch = count.to_string();
+    let _worker = state_worker(&names, &pg, &[("INGESTD__WORKER__FAN_OUT_BATCH", &batch)]);
+    connect_and_sync(&names, &server, count);
+    // Every object unchanged fills the batch; the continuation goes on after the last one.
+    enqueue(&names, &sync_by_id("r2"));
+    let mut events = events_of(&names, "the unchanged report", |e| {
+        !named(e, "FILES_SKIPPED").is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    events.extend(drain(&names.events()).iter().map(Got::json));
+    let skipped: usize = named(&events, "FILES_SKIPPED")
+        .iter()
+        .map(|e| e["files"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(
+        skipped, count,
+        "each object once, and the sync ends: {events:?}"
+    );
+    assert!(named(&events, "FILE_DELETED").is_empty(), "{events:?}");
+}

@@ -51,11 +51,21 @@ impl Source for LocalSource {
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let (root, follow) = (self.root.clone(), self.follow_symlinks);
         // walkdir is blocking; it feeds a bounded channel so the listing is never all in memory.
-        tokio::task::spawn_blocking(move || {
+        let name = root.display().to_string();
+        let walker = tokio::task::spawn_blocking(move || {
             walk(&root, follow, |item| tx.blocking_send(item).is_ok());
         });
-        futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
+        futures::stream::unfold((rx, Some(walker)), move |(mut rx, walker)| {
+            let name = name.clone();
+            async move {
+                if let Some(item) = rx.recv().await {
+                    return Some((item, (rx, walker)));
+                }
+                // A walk that stopped early is not the end of the folder: say so.
+                let stopped = walker?.await.err()?;
+                let item = problem(name, &format!("the folder walk stopped: {stopped}"), false);
+                Some((item, (rx, None)))
+            }
         })
     }
 

@@ -228,6 +228,12 @@ impl S3Source {
         Ok(self)
     }
 
+    /// Whether the source is one object (found by [`S3Source::narrow_to_exact_object`]).
+    #[must_use]
+    pub fn is_single(&self) -> bool {
+        self.single.is_some()
+    }
+
     pub(super) fn client(&self) -> &Client {
         &self.client
     }
@@ -476,6 +482,35 @@ struct Pages {
     /// The prefix looks like one key (`s3://bucket/report.txt`): when nothing matches, say
     /// that the key does not exist rather than sync nothing.
     named_key: bool,
+    /// The server said there was more but gave no way to get it: the listing did not end.
+    cut_short: Option<FileError>,
+}
+
+impl Pages {
+    /// What the end of the listing has to say: that it was cut short, or that the key it
+    /// names does not exist; nothing when it simply ended.
+    fn ended(&mut self) -> Option<Listed> {
+        let error = if let Some(error) = self.cut_short.take() {
+            error
+        } else if self.listed == 0 && self.named_key {
+            self.listed = 1;
+            FileError::permanent(
+                ErrorCode::NoSuchKey,
+                format!(
+                    "s3://{}/{} does not exist, and no key starts with it",
+                    self.bucket, self.prefix
+                ),
+            )
+        } else {
+            return None;
+        };
+        Some(Listed::Problem {
+            bucket: Some(self.bucket.clone()),
+            key: self.prefix.clone(),
+            error,
+            skip: false,
+        })
+    }
 }
 
 impl Source for S3Source {
@@ -500,6 +535,7 @@ impl Source for S3Source {
             done: self.single.is_some(),
             listed: 0,
             named_key: !self.prefix.is_empty() && !self.prefix.ends_with('/'),
+            cut_short: None,
         };
         futures::stream::unfold(pages, |mut pages| async move {
             loop {
@@ -508,24 +544,7 @@ impl Source for S3Source {
                     return Some((item, pages));
                 }
                 if pages.done {
-                    if pages.listed == 0 && pages.named_key {
-                        pages.listed = 1;
-                        let error = FileError::permanent(
-                            ErrorCode::NoSuchKey,
-                            format!(
-                                "s3://{}/{} does not exist, and no key starts with it",
-                                pages.bucket, pages.prefix
-                            ),
-                        );
-                        let problem = Listed::Problem {
-                            bucket: Some(pages.bucket.clone()),
-                            key: pages.prefix.clone(),
-                            error,
-                            skip: false,
-                        };
-                        return Some((problem, pages));
-                    }
-                    return None;
+                    return pages.ended().map(|problem| (problem, pages));
                 }
                 let mut request = pages
                     .client
@@ -542,6 +561,17 @@ impl Source for S3Source {
                     Ok(page) => {
                         pages.token = page.next_continuation_token().map(str::to_owned);
                         pages.done = pages.token.is_none() || page.is_truncated() != Some(true);
+                        if pages.token.is_none() && page.is_truncated() == Some(true) {
+                            // Not the end of the listing: what was not listed may exist.
+                            pages.cut_short = Some(FileError::transient(
+                                ErrorCode::SourceUnavailable,
+                                format!(
+                                    "listing s3://{}/{}: the server said the listing goes on \
+                                     but gave no continuation token",
+                                    pages.bucket, pages.prefix
+                                ),
+                            ));
+                        }
                         let bucket = pages.bucket.clone();
                         pages
                             .buffered

@@ -33,6 +33,9 @@ pub struct Diff {
     listed_to: Option<String>,
     /// False once the listing went backwards: no deletions are decided after that.
     ordered: bool,
+    /// When the comparison began (ms): an object stored since then was synced by a job that saw
+    /// it after this listing's pages were read, so its absence from them proves nothing.
+    since: i64,
 }
 
 impl Diff {
@@ -49,6 +52,7 @@ impl Diff {
             exhausted: false,
             listed_to: after.map(str::to_owned),
             ordered: true,
+            since: super::now_millis(),
         }
     }
 
@@ -87,14 +91,20 @@ impl Diff {
             );
             self.ordered = false;
         }
-        if !self.ordered {
-            return Ok(None);
-        }
-        self.fill().await?;
-        match (self.buffer.front(), upto) {
-            (None, _) => Ok(None),
-            (Some(front), Some(key)) if front.key.as_str() >= key => Ok(None),
-            (Some(_), _) => Ok(self.buffer.pop_front()),
+        loop {
+            if !self.ordered {
+                return Ok(None);
+            }
+            self.fill().await?;
+            let gone = match (self.buffer.front(), upto) {
+                (None, _) => return Ok(None),
+                (Some(front), Some(key)) if front.key.as_str() >= key => return Ok(None),
+                (Some(_), _) => self.buffer.pop_front(),
+            };
+            match gone {
+                Some(entry) if entry.synced_at >= self.since => {}
+                gone => return Ok(gone),
+            }
         }
     }
 

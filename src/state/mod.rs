@@ -171,6 +171,8 @@ pub struct Entry {
     pub version: String,
     /// The options that shaped its records ([`crate::pipeline::Request::fingerprint`]).
     pub fingerprint: String,
+    /// When it was stored, in milliseconds since the Unix epoch.
+    pub synced_at: i64,
 }
 
 /// An object's state after it was synced.
@@ -343,7 +345,14 @@ impl Store {
             });
         }
         let check = key.seal(b"ingestd-state-key-check", b"key-check")?;
-        self.set_meta("key_check", &check).await
+        self.set_meta("key_check", &check).await?;
+        // Another replica may have written its check first, with another key.
+        let stored = self.meta("key_check").await?.unwrap_or_default();
+        key.open(&stored, b"key-check").map(drop).ok_or_else(|| {
+            StateError::KeyWrong(
+                "the sealing key is not the one this state store was written with".to_owned(),
+            )
+        })
     }
 
     async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StateError> {
@@ -430,7 +439,9 @@ impl Store {
             return Ok(());
         }
         self.count();
-        let now = now_secs();
+        // Objects are stamped in milliseconds: a listing leaves alone what was synced after it
+        // began (see `Diff`).
+        let now = now_millis();
         match &*self.backend {
             Backend::Sqlite(db) => db.call(move |c| sqlite::apply(c, &changes, now)).await,
             Backend::Postgres(db) => db.apply(&changes, now).await,
@@ -500,7 +511,10 @@ impl Store {
     ///
     /// # Errors
     /// When the store cannot be written.
-    pub async fn put_customers(&self, settings: AutoSync) -> Result<(), StateError> {
+    pub async fn put_customers(&self, mut settings: AutoSync) -> Result<(), StateError> {
+        // One row per customer, however often the job names it.
+        settings.customer_ids.sort_unstable();
+        settings.customer_ids.dedup();
         self.count();
         let now = now_secs();
         match &*self.backend {
@@ -574,9 +588,15 @@ pub fn scope(
 /// Seconds since the Unix epoch.
 #[must_use]
 pub fn now_secs() -> i64 {
+    now_millis() / 1000
+}
+
+/// Milliseconds since the Unix epoch.
+#[must_use]
+pub fn now_millis() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

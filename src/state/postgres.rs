@@ -61,9 +61,17 @@ fn unavailable(err: &tokio_postgres::Error) -> StateError {
 /// Connects as the URL says: over TLS when it asks for `sslmode=require` (the server's
 /// certificate verified against the system's roots, or `SSL_CERT_FILE`), else over plain TCP.
 async fn connect(url: &str) -> Result<Client, StateError> {
-    let config: tokio_postgres::Config = url
+    let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|_| StateError::Corrupt("state.url is not a valid postgres:// URL".to_owned()))?;
+    // A database that went away without closing the connection is noticed within a minute,
+    // not after the system's two hours: statements then fail (and are retried) instead of
+    // hanging.
+    config
+        .keepalives_idle(Duration::from_secs(30))
+        .keepalives_interval(Duration::from_secs(10))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_mins(1));
     match config.get_ssl_mode() {
         SslMode::Disable | SslMode::Prefer => connect_with(&config, NoTls).await,
         _ => connect_with(&config, tls()?).await,
@@ -165,7 +173,7 @@ impl PostgresStore {
         let c = self.client().await?;
         let row = c
             .query_opt(
-                "SELECT version, fingerprint, chunk_ids FROM ingestd_objects
+                "SELECT version, fingerprint, chunk_ids, synced_at FROM ingestd_objects
                  WHERE scope = $1 AND bucket = $2 AND key = $3",
                 &[&scope, &bucket, &key],
             )
@@ -176,6 +184,7 @@ impl PostgresStore {
                 key: key.to_owned(),
                 version: r.get(0),
                 fingerprint: r.get(1),
+                synced_at: r.get(3),
             };
             (entry, super::diff::split_ids(r.get(2)))
         }))
@@ -189,10 +198,10 @@ impl PostgresStore {
         inclusive: bool,
     ) -> Result<Vec<Entry>, StateError> {
         let sql = if inclusive {
-            "SELECT key, version, fingerprint FROM ingestd_objects
+            "SELECT key, version, fingerprint, synced_at FROM ingestd_objects
              WHERE scope = $1 AND bucket = $2 AND key >= $3 ORDER BY key LIMIT $4"
         } else {
-            "SELECT key, version, fingerprint FROM ingestd_objects
+            "SELECT key, version, fingerprint, synced_at FROM ingestd_objects
              WHERE scope = $1 AND bucket = $2 AND key > $3 ORDER BY key LIMIT $4"
         };
         let c = self.client().await?;
@@ -206,6 +215,7 @@ impl PostgresStore {
                 key: r.get(0),
                 version: r.get(1),
                 fingerprint: r.get(2),
+                synced_at: r.get(3),
             })
             .collect())
     }
@@ -295,7 +305,7 @@ impl PostgresStore {
                 c.execute(
                     "UPDATE ingestd_data_sources SET selectors = $2, options = $3,
                        sync_base_at = $4 WHERE id = $1",
-                    &[data_source_id, &merged, options, &now],
+                    &[data_source_id, &merged, options, &(now / 1000)],
                 )
                 .await
                 .map_err(sql)?;

@@ -168,7 +168,7 @@ pub fn object(
 ) -> Result<Option<(Entry, Vec<String>)>, Failure> {
     let found = c
         .query_row(
-            "SELECT version, fingerprint, chunk_ids FROM ingestd_objects
+            "SELECT version, fingerprint, chunk_ids, synced_at FROM ingestd_objects
              WHERE scope = ?1 AND bucket = ?2 AND key = ?3",
             params![scope, bucket, key],
             |r| {
@@ -176,15 +176,17 @@ pub fn object(
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
                 ))
             },
         )
         .optional()?;
-    Ok(found.map(|(version, fingerprint, ids)| {
+    Ok(found.map(|(version, fingerprint, ids, synced_at)| {
         let entry = Entry {
             key: key.to_owned(),
             version,
             fingerprint,
+            synced_at,
         };
         (entry, super::diff::split_ids(&ids))
     }))
@@ -198,10 +200,10 @@ pub fn page(
     inclusive: bool,
 ) -> Result<Vec<Entry>, Failure> {
     let sql = if inclusive {
-        "SELECT key, version, fingerprint FROM ingestd_objects
+        "SELECT key, version, fingerprint, synced_at FROM ingestd_objects
          WHERE scope = ?1 AND bucket = ?2 AND key >= ?3 ORDER BY key LIMIT ?4"
     } else {
-        "SELECT key, version, fingerprint FROM ingestd_objects
+        "SELECT key, version, fingerprint, synced_at FROM ingestd_objects
          WHERE scope = ?1 AND bucket = ?2 AND key > ?3 ORDER BY key LIMIT ?4"
     };
     let mut statement = c.prepare_cached(sql)?;
@@ -210,6 +212,7 @@ pub fn page(
             key: r.get(0)?,
             version: r.get(1)?,
             fingerprint: r.get(2)?,
+            synced_at: r.get(3)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -261,7 +264,7 @@ pub fn apply(c: &mut Connection, changes: &[Change], now: i64) -> Result<(), Fai
                 tx.execute(
                     "UPDATE ingestd_data_sources SET selectors = ?2, options = ?3,
                        sync_base_at = ?4 WHERE id = ?1",
-                    params![data_source_id, merged, options, now],
+                    params![data_source_id, merged, options, now / 1000],
                 )?;
             }
         }

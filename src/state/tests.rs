@@ -264,6 +264,39 @@ async fn sources_and_schedule(store: &Store) {
 }
 
 #[tokio::test]
+async fn an_object_stored_after_the_listing_began_is_not_reported_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.sqlite");
+    let store = Store::open(path.to_str().unwrap(), None).await.unwrap();
+    store
+        .apply(vec![put("a", "v1", &[]), put("c", "v1", &[])])
+        .await
+        .unwrap();
+    // The listing's page was read before "b" was uploaded; another job then synced "b".
+    let mut diff = Diff::new(store.clone(), "ds:1", "b", "", None);
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    store.apply(vec![put("b", "v1", &[])]).await.unwrap();
+    let mut gone = Vec::new();
+    for key in ["a", "c"] {
+        while let Some(entry) = diff.next_gone(Some(key)).await.unwrap() {
+            gone.push(entry.key);
+        }
+        assert_eq!(diff.verdict(key, "v1", "fp").await.unwrap(), Unchanged);
+    }
+    while let Some(entry) = diff.next_gone(None).await.unwrap() {
+        gone.push(entry.key);
+    }
+    assert!(gone.is_empty(), "{gone:?}");
+    // The next listing without it does report it.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let mut diff = Diff::new(store.clone(), "ds:1", "b", "", None);
+    assert_eq!(diff.next_gone(Some("a")).await.unwrap(), None);
+    diff.verdict("a", "v1", "fp").await.unwrap();
+    let gone = diff.next_gone(Some("c")).await.unwrap().map(|e| e.key);
+    assert_eq!(gone.as_deref(), Some("b"));
+}
+
+#[tokio::test]
 async fn sqlite_keeps_objects_in_byte_order_and_diffs_a_listing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.sqlite");

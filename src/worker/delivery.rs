@@ -14,6 +14,7 @@ use super::{
 };
 use crate::job::Job;
 use crate::sink::amqp::{Confirms, Message, PublishError, Publisher, text};
+use crate::state::StateError;
 
 /// What to do with a delivery once its job has run.
 enum Disposition {
@@ -162,9 +163,17 @@ async fn decide(
         Ok(Ok(changes)) => {
             // The outputs are confirmed: now, and only now, the state they stand for. If this
             // fails the job runs again and publishes the same records (at least once).
-            if let (Some(store), false) = (&ctx.state, changes.is_empty())
-                && let Err(err) = store.apply(changes).await
-            {
+            let written = match (&ctx.state, changes.is_empty()) {
+                (Some(store), false) => tokio::time::timeout(BROKER_TIMEOUT, store.apply(changes))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(StateError::Unavailable(
+                            "the state store did not answer in time".to_owned(),
+                        ))
+                    }),
+                _ => Ok(()),
+            };
+            if let Err(err) = written {
                 return Ok(if err.retryable() {
                     Disposition::Retry {
                         code: err.code(),

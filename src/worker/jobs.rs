@@ -421,17 +421,27 @@ async fn resolve(job: &Job, given: &DataSource, ctx: &Context) -> Result<Resolve
         ),
     };
     let source = found.ok_or_else(unknown)?;
-    if let (Some(owner), Some(customer)) = (&source.customer_id, &job.customer_id)
-        && owner != customer
-    {
-        // Another customer's data source is as good as unknown.
+    if source.customer_id.is_some() && source.customer_id != job.customer_id {
+        // Another customer's data source (or a job that names no customer) is as good as
+        // unknown.
         return Err(unknown());
+    }
+    if let Some(endpoint) = &given.endpoint_url
+        && source.endpoint_url.as_ref() != Some(endpoint)
+    {
+        return Err(Outcome::Refuse {
+            code: "INVALID_JOB",
+            reason: format!(
+                "data source {id} is stored with another endpoint: name it by id alone, or \
+                 connect it again"
+            ),
+        });
     }
     let ds = DataSource {
         id: Some(id.clone()),
         access_key: Some(source.access_key),
         access_key_secret: Some(source.secret),
-        endpoint_url: given.endpoint_url.clone().or(source.endpoint_url),
+        endpoint_url: source.endpoint_url,
     };
     Ok(Resolved {
         scope: scope(&ds),
@@ -691,9 +701,12 @@ async fn sync_object(
                     Ok(prior) => prior,
                     Err(err) => return Ok(state_failed(&err)),
                 };
+                // Without an ETag the version is only the size: never trusted to be unchanged.
+                let trusted = object.etag.is_some();
                 match prior {
                     Some((entry, _))
                         if !resync
+                            && trusted
                             && entry.version == version
                             && entry.fingerprint == fingerprint =>
                     {
@@ -853,7 +866,7 @@ async fn fan_out(
                         match compare.step(&object, job, given, room, out).await? {
                             Step::Failed(outcome) => return Ok(outcome),
                             Step::Full { last_gone } => {
-                                out.job(&stop(last_gone)).await?;
+                                out.job(&stop(last_gone.or(last))).await?;
                                 return Ok(Outcome::Done);
                             }
                             Step::Unchanged { deleted } => {
@@ -895,7 +908,8 @@ async fn fan_out(
                 .await?
             {
                 Step::Full { last_gone } => {
-                    out.job(&stop(last_gone)).await?;
+                    // After the last object deleted, or else the last listed.
+                    out.job(&stop(last_gone.or(last))).await?;
                     return Ok(Outcome::Done);
                 }
                 Step::Failed(outcome) => return Ok(outcome),
@@ -1107,6 +1121,7 @@ impl<'a> Compared<'a> {
         out: &mut Outputs<'_>,
     ) -> Result<Result<usize, Outcome>, PublishError> {
         let mut reported = 0;
+        self.last_gone = None;
         while reported < room {
             let entry = match self.diff.next_gone(upto).await {
                 Ok(Some(entry)) => entry,

@@ -12,8 +12,11 @@ use crate::job::{
 use crate::sink::amqp::Publisher;
 use crate::state::{Due, now_secs};
 
-/// Data sources leased per round.
-const PER_ROUND: usize = 100;
+/// Data sources leased per round: few enough to enqueue well within a lease.
+const PER_ROUND: usize = 20;
+
+/// Longest wait for the broker to confirm one scheduled job.
+const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The prefix of the `request_id` (and `job_id`) of automatic syncs.
 pub const SCHEDULED_PREFIX: &str = "scheduled:";
@@ -46,8 +49,10 @@ pub(super) async fn round(ctx: &Context, publisher: &Publisher) -> Result<(), St
             out.job(&job).await?;
             out.finish().await
         };
-        if let Err(err) = sent.await {
-            return Err(format!("auto-sync: enqueueing a sync: {err}"));
+        match tokio::time::timeout(CONFIRM_TIMEOUT, sent).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => return Err(format!("auto-sync: enqueueing a sync: {err}")),
+            Err(_) => return Err("auto-sync: the broker did not confirm a sync in time".to_owned()),
         }
         tracing::info!(
             data_source = due.data_source_id,

@@ -137,7 +137,27 @@ impl s3s::S3 for Conditional {
         req: s3s::S3Request<s3s::dto::ListObjectsV2Input>,
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsV2Output>> {
         self.1.lists.fetch_add(1, Ordering::Relaxed);
-        self.0.list_objects_v2(req).await
+        let bucket = req.input.bucket.clone();
+        let head = req.clone();
+        let mut listed = self.0.list_objects_v2(req).await?;
+        // S3 lists every object with its ETag; s3s-fs leaves it out: add it as S3 would.
+        for object in listed.output.contents.iter_mut().flatten() {
+            let Some(key) = object.key.clone() else {
+                continue;
+            };
+            let input = s3s::dto::HeadObjectInput::builder()
+                .bucket(bucket.clone())
+                .key(key)
+                .build()
+                .unwrap();
+            object.e_tag = self
+                .0
+                .head_object(head.clone().map_input(|_| input))
+                .await?
+                .output
+                .e_tag;
+        }
+        Ok(listed)
     }
 
     async fn list_buckets(
