@@ -2192,3 +2192,44 @@ fn a_resync_that_fills_the_fan_out_batch_exactly_ends() {
     );
     assert!(named(&events, "FILE_DELETED").is_empty(), "{events:?}");
 }
+
+#[test]
+fn a_store_lost_mid_run_retries_the_job_through_the_wait_queue() {
+    let (server, _) = library();
+    let names = Names::new("statelost");
+    let pg = Pg::new("statelost");
+    let worker = state_worker(&names, &pg, &[]);
+    let job = json!({"schema_version": 1, "type": "sync_files", "request_id": "l1",
+                     "customer_id": "c1", "data_source": data_source(&server, SECRET_KEY),
+                     "ids": [{"bucket": "library", "id": "formats/guide.md"}],
+                     "skip_embedding_generation": true});
+    // The store answers, but not with what the worker needs: every state query fails.
+    pg.sql("ALTER TABLE SCHEMA.ingestd_objects RENAME TO ingestd_objects_away");
+    enqueue(&names, &job);
+    let start = Instant::now();
+    while !worker.log().contains("job will be retried") {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "never retried: {}",
+            worker.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        worker.log().contains("STATE_UNAVAILABLE"),
+        "{}",
+        worker.log()
+    );
+    pg.sql("ALTER TABLE SCHEMA.ingestd_objects_away RENAME TO ingestd_objects");
+    // Back from the wait queue: processed, and its state written (the next sync skips it).
+    let (_, outcomes) = outcomes_for(&names, 1);
+    assert_eq!(outcomes["formats/guide.md"]["event"], "FILE_READY");
+    assert!(drain(&names.dead()).is_empty());
+    let mut again = job.clone();
+    again["request_id"] = json!("l2");
+    enqueue(&names, &again);
+    let events = events_of(&names, "the unchanged report", |e| {
+        !named(e, "FILES_SKIPPED").is_empty()
+    });
+    assert_eq!(named(&events, "FILES_SKIPPED")[0]["reason"], "UNCHANGED");
+}
