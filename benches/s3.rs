@@ -32,7 +32,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 use futures::StreamExt;
 
@@ -228,16 +227,7 @@ fn latency_proxy(upstream: SocketAddr, latency: Duration) -> SocketAddr {
 
 /// s3s-fs on a loopback port, on its own thread and runtime.
 fn client(endpoint: &str) -> Client {
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            ACCESS_KEY, SECRET_KEY, None, None, "bench",
-        ))
-        .endpoint_url(endpoint)
-        .force_path_style(true)
-        .build();
-    Client::from_conf(config)
+    common::s3_client(endpoint, ACCESS_KEY, SECRET_KEY)
 }
 
 /// Creates `bucket` with `count` prose objects of `size(i)` bytes; returns the total bytes.

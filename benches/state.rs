@@ -149,18 +149,8 @@ fn phase(
 
 /// One listing of the whole bucket with aws-sdk-s3, keys and sizes only: the floor.
 fn list_all(endpoint: &str) -> Duration {
-    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            ACCESS_KEY, SECRET_KEY, None, None, "bench",
-        ))
-        .endpoint_url(endpoint)
-        .force_path_style(true)
-        .build();
-    let client = aws_sdk_s3::Client::from_conf(config);
+    let client = common::s3_client(endpoint, ACCESS_KEY, SECRET_KEY);
     let started = Instant::now();
     runtime.block_on(async {
         let mut pages = client

@@ -521,13 +521,8 @@ impl Compare {
         }
         let files = std::mem::take(&mut self.unchanged);
         let skipped = files.len() as u64;
-        let kind = EventKind::FilesSkipped {
-            reason: crate::error::SkipReason::Unchanged,
-            message: "unchanged since the last sync (same version and options)".to_owned(),
-            files,
-        };
         let note = Queued::Note {
-            events: vec![request.event(kind, None)],
+            events: vec![request.event(EventKind::unchanged(files), None)],
             skipped,
             deleted: 0,
             changes: Vec::new(),

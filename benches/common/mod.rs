@@ -41,6 +41,21 @@ pub fn prose(seed: u64, min: usize, spread: usize) -> String {
     text
 }
 
+/// An aws-sdk-s3 client of the in-process test server at `endpoint` (path-style, us-east-1).
+pub fn s3_client(endpoint: &str, access_key: &str, secret_key: &str) -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new(
+            access_key, secret_key, None, None, "bench",
+        ))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
 /// The median of some timings (sorts them).
 pub fn median(times: &mut [std::time::Duration]) -> std::time::Duration {
     times.sort_unstable();

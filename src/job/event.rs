@@ -114,6 +114,18 @@ pub struct FileRef {
     pub format: Option<String>,
 }
 
+impl EventKind {
+    /// `FILES_SKIPPED` (`UNCHANGED`) of `files`: the worker's and `ingestd sync --state`'s.
+    #[must_use]
+    pub fn unchanged(files: Vec<FileRef>) -> Self {
+        EventKind::FilesSkipped {
+            reason: SkipReason::Unchanged,
+            message: "unchanged since the last sync (same ETag and options)".to_owned(),
+            files,
+        }
+    }
+}
+
 impl Event {
     /// An event stamped now.
     #[must_use]

@@ -713,7 +713,8 @@ async fn sync_object(
                         let mut file = file_ref(bucket, key.to_owned());
                         file.etag = object.etag.clone();
                         let report = FileReport {
-                            outcome: request.event(unchanged(vec![file.clone()]), Some(file)),
+                            outcome: request
+                                .event(EventKind::unchanged(vec![file.clone()]), Some(file)),
                             bytes_read: 0,
                         };
                         out.event(&report.outcome).await?;
@@ -758,15 +759,6 @@ async fn sync_object(
             message,
         } => Ok(Outcome::Retry(format!("{error_code}: {message}"))),
         _ => Ok(Outcome::Done),
-    }
-}
-
-/// `FILES_SKIPPED` (`UNCHANGED`) of `files`.
-fn unchanged(files: Vec<FileRef>) -> EventKind {
-    EventKind::FilesSkipped {
-        reason: SkipReason::Unchanged,
-        message: "unchanged since the last sync (same ETag and options)".to_owned(),
-        files,
     }
 }
 
@@ -1212,7 +1204,8 @@ async fn flush(
         && !compare.unchanged.is_empty()
     {
         let files = std::mem::take(&mut compare.unchanged);
-        out.event(&event(job, ds, unchanged(files), None)).await?;
+        out.event(&event(job, ds, EventKind::unchanged(files), None))
+            .await?;
     }
     Ok(())
 }
