@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{median, prose, vm_hwm};
+use common::{median, prose, run_sampled};
 
 const RUNS: usize = 3;
 
@@ -128,29 +128,19 @@ fn pinned(program: &str) -> Command {
 
 /// One `ingestd sync` over `folder` on one core: how long it took and its peak RSS in KiB.
 fn sync(folder: &Path) -> (Duration, u64) {
-    let started = Instant::now();
-    let mut child = pinned(env!("CARGO_BIN_EXE_ingestd"))
-        .args(["sync", folder.to_str().expect("a UTF-8 path")])
-        .args([
-            "--concurrency",
-            "1",
-            "--out",
-            "/dev/null",
-            "--events",
-            "/dev/null",
-        ])
-        .env_remove("RUST_LOG")
-        .spawn()
-        .expect("running ingestd");
-    let mut peak = 0;
-    loop {
-        peak = peak.max(vm_hwm(child.id()));
-        if let Some(status) = child.try_wait().expect("waiting for ingestd") {
-            assert!(status.success(), "ingestd failed: {status}");
-            return (started.elapsed(), peak);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    run_sampled(
+        pinned(env!("CARGO_BIN_EXE_ingestd"))
+            .args(["sync", folder.to_str().expect("a UTF-8 path")])
+            .args([
+                "--concurrency",
+                "1",
+                "--out",
+                "/dev/null",
+                "--events",
+                "/dev/null",
+            ])
+            .env_remove("RUST_LOG"),
+    )
 }
 
 /// A DOCX, a PPTX and an XLSX of generated prose; their total size.

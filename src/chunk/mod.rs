@@ -180,7 +180,7 @@ impl Chunker {
                 chunks[i].start = overlap_start(&index, chunks[i].clone(), prev_end, limits);
             }
         }
-        chunks
+        drop_covered(chunks)
             .into_iter()
             .map(|range| {
                 let token_count = index.count(range.start, range.end);
@@ -188,6 +188,25 @@ impl Chunker {
             })
             .collect()
     }
+}
+
+/// Drops chunks that the next chunk covers whole, so starts strictly increase.
+///
+/// Text-splitter's ends always increase, but on markdown with long runs of Unicode blanks it
+/// can reach back for overlap into blank text its previous chunk was trimmed of, so a chunk can
+/// start at or before its predecessor: the predecessor then repeats a part of it.
+fn drop_covered(chunks: Vec<Range<usize>>) -> Vec<Range<usize>> {
+    let mut kept: Vec<Range<usize>> = Vec::with_capacity(chunks.len());
+    for chunk in chunks {
+        while kept
+            .last()
+            .is_some_and(|last| chunk.start <= last.start && chunk.end >= last.end)
+        {
+            kept.pop();
+        }
+        kept.push(chunk);
+    }
+    kept
 }
 
 /// The token limits one chunk must keep.

@@ -2,26 +2,28 @@
 //! lets the chunker size any slice of a document without tokenizing it again.
 //!
 //! tiktoken tokenizes in two steps: a regex cuts the text into *pieces*, then byte-pair encoding
-//! turns each piece into tokens on its own. We run the same regex and the same BPE merges as
-//! tiktoken-rs (a test checks the counts agree), but keep the piece boundaries: the token count
-//! of a slice is then a difference of prefix sums, plus a re-count of the few pieces at its
-//! edges whose tokenization can differ when the slice is tokenized alone (see
-//! [`DocumentIndex::count`]).
+//! turns each piece into tokens on its own. Both steps follow `bpe-openai`: its pre-tokenizer
+//! patterns are tiktoken's rewritten for a DFA regex engine (the one look-ahead emulated; we run
+//! them with a regex scratch space per thread), and its byte-pair encoder counts in linear time,
+//! after a vocabulary lookup that answers for pieces that are one token. tiktoken-rs stays the
+//! reference: tests compare every count with its `encode_ordinary`.
+//!
+//! We keep the piece boundaries: the token count of a slice is then a difference of prefix
+//! sums, plus a re-count of the few pieces at its edges whose tokenization can differ when the
+//! slice is tokenized alone (see [`DocumentIndex::count`]).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 
-use fancy_regex::Regex;
-use rustc_hash::FxHashMap;
+use bpe_openai::byte_pair_encoding::BytePairEncoding;
+use regex_automata::meta::{Cache, Regex};
+use regex_automata::{Anchored, Input};
+use rustc_hash::FxHashSet;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tiktoken_rs::{CoreBPE, Rank};
-
-/// The cl100k_base pre-tokenizer pattern, exactly as tiktoken-rs builds `cl100k_base`.
-const CL100K_BASE_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s";
+use tiktoken_rs::CoreBPE;
 
 /// A tiktoken encoding that chunk sizes are measured in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -46,15 +48,8 @@ impl Encoding {
         }
     }
 
-    fn pattern(self) -> &'static str {
-        match self {
-            Encoding::Cl100kBase => CL100K_BASE_PATTERN,
-            Encoding::O200kBase => tiktoken_rs::O200K_BASE_PAT_STR,
-        }
-    }
-
-    /// Builds tiktoken-rs's own tokenizer for this encoding (slow; used to build ours and as
-    /// the independent reference in tests and benchmarks).
+    /// Builds tiktoken-rs's own tokenizer for this encoding: the independent reference in tests
+    /// and benchmarks.
     ///
     /// # Errors
     /// When tiktoken-rs cannot load its embedded vocabulary.
@@ -89,16 +84,45 @@ impl FromStr for Encoding {
 #[error("tokenizer: {0}")]
 pub struct TokenizerError(String);
 
-/// Counts tokens of one encoding. Cheap to share: the vocabulary is read-only and each thread
-/// compiles its own copy of the regex (a shared one scales negatively across threads, because
-/// the regex engine's scratch space is shared).
+/// Counts tokens of one encoding. Cheap to share: the vocabulary and the compiled patterns are
+/// read-only, and each thread keeps its own regex scratch space.
 pub struct Tokenizer {
     encoding: Encoding,
-    /// Token bytes → rank, the table the BPE merges look up.
-    ranks: FxHashMap<Vec<u8>, Rank>,
-    /// The compiled pre-tokenizer; proves the pattern compiles. Threads compile their own copy
-    /// (a clone would share its scratch space) and fall back to a clone only if that fails.
-    regex: Regex,
+    /// bpe-openai's byte-pair encoder and vocabulary for the encoding.
+    bpe: &'static BytePairEncoding,
+    /// The pre-tokenizer: bpe-openai's patterns, searched with a scratch space per thread
+    /// (the regex's shared pool costs a lock per piece once several threads tokenize).
+    pieces: Regex,
+    /// The bytes of every token: most pieces of prose are one token, and a set lookup answers
+    /// for them without running the encoder.
+    vocabulary: FxHashSet<&'static [u8]>,
+}
+
+/// tiktoken's pre-tokenizer patterns, rewritten for a DFA regex engine as bpe-openai 0.3 does
+/// (copied from it: it keeps its compiled regex private, behind a shared scratch pool): the
+/// look-ahead `\s+(?!\S)` becomes `\s+\s` with its last character given back (pattern 2).
+/// Alternatives of one pattern are tried leftmost-first, patterns in order.
+fn patterns(encoding: Encoding) -> [String; 3] {
+    let first = match encoding {
+        Encoding::Cl100kBase => concat!(
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}",
+            r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+$",
+        ),
+        Encoding::O200kBase => concat!(
+            r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+            r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+            r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+$",
+        ),
+    };
+    [first.to_owned(), r"\s+\s".to_owned(), r"\s+".to_owned()]
+}
+
+/// Whether a match of each pattern ends with one look-ahead character to give back.
+const LOOKAHEAD: [bool; 3] = [false, true, false];
+
+thread_local! {
+    /// This thread's regex scratch space, per encoding.
+    static SCRATCH: RefCell<[Option<Cache>; 2]> = const { RefCell::new([None, None]) };
 }
 
 impl fmt::Debug for Tokenizer {
@@ -109,58 +133,35 @@ impl fmt::Debug for Tokenizer {
     }
 }
 
-thread_local! {
-    /// One compiled pre-tokenizer regex per encoding per thread.
-    static REGEXES: RefCell<HashMap<Encoding, Regex>> = RefCell::new(HashMap::new());
-}
-
 impl Tokenizer {
-    /// The process-wide tokenizer of `encoding`, built on first use.
+    /// The process-wide tokenizer of `encoding`, built on first use (the vocabulary is compiled
+    /// into the binary; loading it takes a few hundred milliseconds once).
     ///
     /// # Errors
-    /// When the vocabulary cannot be loaded.
+    /// When the pre-tokenizer pattern does not compile (it does; a test builds both).
     pub fn shared(encoding: Encoding) -> Result<Arc<Tokenizer>, TokenizerError> {
         static CL100K: OnceLock<Result<Arc<Tokenizer>, TokenizerError>> = OnceLock::new();
         static O200K: OnceLock<Result<Arc<Tokenizer>, TokenizerError>> = OnceLock::new();
-        let cell = match encoding {
-            Encoding::Cl100kBase => &CL100K,
-            Encoding::O200kBase => &O200K,
+        let (cell, bpe): (_, fn() -> &'static bpe_openai::Tokenizer) = match encoding {
+            Encoding::Cl100kBase => (&CL100K, bpe_openai::cl100k_base),
+            Encoding::O200kBase => (&O200K, bpe_openai::o200k_base),
         };
-        cell.get_or_init(|| Tokenizer::new(encoding).map(Arc::new))
-            .clone()
-    }
-
-    fn new(encoding: Encoding) -> Result<Self, TokenizerError> {
-        // tiktoken-rs keeps its rank table private; rebuild it by decoding every rank.
-        let bpe = encoding.core_bpe()?;
-        let special: Vec<&[u8]> = bpe
-            .special_tokens()
-            .into_iter()
-            .map(str::as_bytes)
-            .collect();
-        let mut ranks = FxHashMap::default();
-        let mut misses = 0;
-        for rank in 0..=Rank::MAX {
-            if let Ok(bytes) = bpe.decode_bytes(&[rank]) {
-                if !special.contains(&bytes.as_slice()) {
-                    ranks.insert(bytes, rank);
-                }
-                misses = 0;
-            } else {
-                misses += 1;
-                // Vocabularies have small gaps before their special tokens; stop after a long one.
-                if misses > 10_000 {
-                    break;
-                }
-            }
-        }
-        let regex = Regex::new(encoding.pattern())
-            .map_err(|err| TokenizerError(format!("compiling the {encoding} pattern: {err}")))?;
-        Ok(Tokenizer {
-            encoding,
-            ranks,
-            regex,
+        cell.get_or_init(|| {
+            let patterns = patterns(encoding);
+            let pieces = Regex::new_many(&patterns).map_err(|err| {
+                TokenizerError(format!("compiling the {encoding} pre-tokenizer: {err}"))
+            })?;
+            let bpe = &bpe().bpe;
+            let tokens = u32::try_from(bpe.num_tokens()).unwrap_or(u32::MAX);
+            let vocabulary = (0..tokens).map(|id| bpe.token_bytes(id)).collect();
+            Ok(Arc::new(Tokenizer {
+                encoding,
+                bpe,
+                pieces,
+                vocabulary,
+            }))
         })
+        .clone()
     }
 
     /// The encoding this tokenizer counts.
@@ -169,27 +170,39 @@ impl Tokenizer {
         self.encoding
     }
 
-    /// Runs `f` over the pieces of `text` (in order, covering it), with this thread's regex.
+    /// Runs `f` over the pieces of `text` (in order, covering it) with their offsets, until it
+    /// returns `false`.
     fn for_each_piece(&self, text: &str, mut f: impl FnMut(usize, &str) -> bool) {
-        REGEXES.with(|cell| {
-            let mut map = cell.borrow_mut();
-            // Compiled afresh per thread: clones share the regex engine's scratch pool, which
-            // makes threads contend.
-            let regex = map.entry(self.encoding).or_insert_with(|| {
-                Regex::new(self.encoding.pattern()).unwrap_or_else(|_| self.regex.clone())
-            });
-            let mut covered = 0;
-            for found in regex.find_iter(text) {
-                let Ok(piece) = found else {
-                    // fancy-regex's backtrack limit: these patterns should never reach it, but
-                    // if one did, the rest is one piece (BPE still counts it) rather than lost.
-                    f(covered, &text[covered..]);
-                    return;
+        SCRATCH.with(|scratch| {
+            let mut spare = None;
+            let mut borrowed = scratch.try_borrow_mut();
+            let cache = match &mut borrowed {
+                Ok(caches) => {
+                    caches[self.encoding as usize].get_or_insert_with(|| self.pieces.create_cache())
+                }
+                // Only if `f` itself tokenized on this thread: a scratch space of its own.
+                Err(_) => spare.insert(self.pieces.create_cache()),
+            };
+            let mut at = 0;
+            while at < text.len() {
+                let input = Input::new(&text[at..]).anchored(Anchored::Yes);
+                let end = match self.pieces.search_with(cache, &input) {
+                    Some(found) if LOOKAHEAD[found.pattern().as_usize()] => {
+                        let matched = &text[at..at + found.end()];
+                        let last = matched.chars().next_back().map_or(0, char::len_utf8);
+                        at + found.end() - last
+                    }
+                    Some(found) => at + found.end(),
+                    // The patterns match at every position; if one ever did not, the rest is
+                    // one piece (byte-pair encoding still counts it) rather than lost.
+                    None => text.len(),
                 };
-                covered = piece.end();
-                if !f(piece.start(), piece.as_str()) {
+                // Never an empty piece: a look-ahead match always keeps a character.
+                let end = if end > at { end } else { text.len() };
+                if !f(at, &text[at..end]) {
                     return;
                 }
+                at = end;
             }
         });
     }
@@ -197,12 +210,12 @@ impl Tokenizer {
     /// Tokens of one pre-tokenized piece.
     fn piece_tokens(&self, piece: &str) -> usize {
         let bytes = piece.as_bytes();
-        if bytes.len() <= 1 || self.ranks.contains_key(bytes) {
-            bytes.len().min(1)
-        } else if bytes.len() <= LONG_PIECE_BYTES {
-            tiktoken_rs::byte_pair_split(bytes, &self.ranks).len()
+        if bytes.len() <= 1 {
+            bytes.len()
+        } else if self.vocabulary.contains(bytes) {
+            1
         } else {
-            merged_parts(bytes, &self.ranks)
+            self.bpe.count(bytes)
         }
     }
 
@@ -218,16 +231,13 @@ impl Tokenizer {
     }
 
     /// Tokenizes `text` once and keeps its piece boundaries and running token counts.
-    ///
-    /// # Panics
-    /// Never for texts under 4 GiB; callers cap text size far below that.
     #[must_use]
     pub fn index<'a>(self: &'a Arc<Self>, text: &'a str) -> DocumentIndex<'a> {
         let mut ends = Vec::with_capacity(text.len() / 4);
         let mut cumulative = Vec::with_capacity(text.len() / 4);
         let mut total = 0u32;
         self.for_each_piece(text, |start, piece| {
-            total += u32::try_from(self.piece_tokens(piece)).unwrap_or(u32::MAX);
+            total = total.saturating_add(to_u32(self.piece_tokens(piece)));
             ends.push(to_u32(start + piece.len()));
             cumulative.push(total);
             true
@@ -240,58 +250,6 @@ impl Tokenizer {
             last_head: Cell::new((usize::MAX, 0, 0)),
         }
     }
-}
-
-/// Pieces longer than this are merged with a heap: tiktoken's merge loop rescans the piece for
-/// every merge, which is quadratic (a megabyte of one letter, or of blank lines, is one piece).
-const LONG_PIECE_BYTES: usize = 256;
-
-/// The number of parts byte-pair merging leaves of `piece`: always the lowest-ranked adjacent
-/// pair first, the leftmost on ties — tiktoken's order, so the result is the same — found
-/// with a heap in O(n log n).
-fn merged_parts(piece: &[u8], ranks: &FxHashMap<Vec<u8>, Rank>) -> usize {
-    const NONE: usize = usize::MAX;
-    let n = piece.len();
-    // Parts are identified by their start; `next`/`prev` link them left to right.
-    let mut next: Vec<usize> = (1..=n).collect();
-    let mut prev: Vec<usize> = (0..n).map(|i| i.checked_sub(1).unwrap_or(NONE)).collect();
-    let mut alive = vec![true; n];
-    let rank = |start: usize, end: usize| ranks.get(&piece[start..end]).copied();
-    let mut heap = std::collections::BinaryHeap::new();
-    for start in 0..n.saturating_sub(1) {
-        if let Some(r) = rank(start, start + 2) {
-            heap.push(std::cmp::Reverse((r, start, start + 2)));
-        }
-    }
-    let mut parts = n;
-    while let Some(std::cmp::Reverse((_, start, end))) = heap.pop() {
-        // Stale unless `start` still begins a pair that still ends at `end`.
-        if !alive[start] {
-            continue;
-        }
-        let middle = next[start];
-        if middle >= n || next[middle] != end {
-            continue;
-        }
-        alive[middle] = false;
-        next[start] = end;
-        if end < n {
-            prev[end] = start;
-        }
-        parts -= 1;
-        let before = prev[start];
-        if before != NONE
-            && let Some(r) = rank(before, end)
-        {
-            heap.push(std::cmp::Reverse((r, before, end)));
-        }
-        if end < n
-            && let Some(r) = rank(start, next[end])
-        {
-            heap.push(std::cmp::Reverse((r, start, next[end])));
-        }
-    }
-    parts
 }
 
 fn to_u32(n: usize) -> u32 {
@@ -479,36 +437,5 @@ mod tests {
                 .unwrap_err()
                 .contains("cl100k_base")
         );
-    }
-
-    #[test]
-    fn long_pieces_merge_as_tiktoken_does() {
-        let tokenizer = Tokenizer::shared(Encoding::Cl100kBase).unwrap();
-        let mut state = 7u64;
-        let mut samples: Vec<Vec<u8>> = vec![
-            b"a".repeat(1000),
-            b" \n".repeat(700),
-            "ééé".repeat(200).into_bytes(),
-        ];
-        for _ in 0..40 {
-            let len = 257 + (state % 700) as usize;
-            let piece: Vec<u8> = (0..len)
-                .map(|_| {
-                    state = state
-                        .wrapping_mul(6_364_136_223_846_793_005)
-                        .wrapping_add(1);
-                    b"abcdeeeeffghhhiinnoorsstt "[(state >> 33) as usize % 26]
-                })
-                .collect();
-            samples.push(piece);
-        }
-        for piece in samples {
-            assert_eq!(
-                merged_parts(&piece, &tokenizer.ranks),
-                tiktoken_rs::byte_pair_split(&piece, &tokenizer.ranks).len(),
-                "{}",
-                String::from_utf8_lossy(&piece)
-            );
-        }
     }
 }

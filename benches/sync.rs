@@ -1,0 +1,199 @@
+//! The whole `ingestd sync` path against one tokenizer pass over the same files, every side a
+//! whole process, measured in one run.
+//!
+//! Corpus: the prose of the Rust toolchain's books and std docs as text files (see
+//! `common::corpus`), chunk_size 512 / overlap 50, cl100k_base. Best of three interleaved
+//! rounds; each side is a process of its own, pinned with `taskset`:
+//!
+//! * tiktoken — tiktoken-rs `encode_ordinary` over every file once, one core (the reference);
+//! * bpe      — bpe-openai `encode` over every file once, one core (the second reference);
+//! * ours     — `ingestd sync DIR --out /dev/null`, on one core and on both.
+//!
+//! Then one large object (`INGESTD_BENCH_LARGE_MB`, default 200 MB of the same prose) on one
+//! core and on two, and documents from 10 KB to 50 MB (throughput and peak RSS, one core).
+//!
+//! Run: `cargo bench --bench sync` (`INGESTD_BENCH_MB` sets the corpus size, default 22;
+//! `INGESTD_BENCH_CORPUS=DIR` writes the corpus files there, keeps them and stops, for
+//! profiling `ingestd sync DIR` by hand).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{corpus, mb, rate, repeat_to, run_sampled};
+
+/// Set in the environment of a reference pass: `tiktoken` or `bpe`, then the folder.
+const REFERENCE_ENV: &str = "INGESTD_BENCH_REFERENCE";
+
+fn main() {
+    if let Ok(reference) = std::env::var(REFERENCE_ENV) {
+        reference_pass(&reference);
+        return;
+    }
+    let env_mb = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let pages = corpus(env_mb("INGESTD_BENCH_MB", 22) * 1_000_000);
+    let total: usize = pages.iter().map(String::len).sum();
+    let root = tempfile::tempdir().expect("a temporary folder");
+    let files = root.path().join("prose");
+    std::fs::create_dir(&files).expect("a folder");
+    for (i, page) in pages.iter().enumerate() {
+        std::fs::write(files.join(format!("page-{i:05}.txt")), page).expect("writing a page");
+    }
+    if let Ok(keep) = std::env::var("INGESTD_BENCH_CORPUS") {
+        std::fs::rename(&files, &keep).expect("moving the corpus");
+        println!(
+            "{} files, {:.1} MB written to {keep}",
+            pages.len(),
+            mb(total)
+        );
+        return;
+    }
+    println!(
+        "corpus: {} files, {:.1} MB of prose; chunk_size 512, overlap 50, cl100k_base",
+        pages.len(),
+        mb(total)
+    );
+
+    let (mut tiktoken, mut bpe, mut one, mut two) = (vec![], vec![], vec![], vec![]);
+    let mut peak = 0;
+    for _ in 0..3 {
+        tiktoken.push(reference(&files, "tiktoken"));
+        bpe.push(reference(&files, "bpe"));
+        let (took, rss) = sync(&files, "0");
+        one.push(took);
+        peak = peak.max(rss);
+        two.push(sync(&files, "0,1").0);
+    }
+    let (tiktoken, bpe, one, two) = (best(&tiktoken), best(&bpe), best(&one), best(&two));
+    println!("\nwhole process, best of 3");
+    println!(
+        "  tiktoken-rs pass, 1 core      {:>7.2} MB/s",
+        rate(total, tiktoken)
+    );
+    println!(
+        "  bpe-openai pass, 1 core       {:>7.2} MB/s   {:.2}x tiktoken-rs",
+        rate(total, bpe),
+        ratio(tiktoken, bpe)
+    );
+    println!(
+        "  ingestd sync, 1 core          {:>7.2} MB/s   {:.2}x tiktoken-rs   {:.2}x bpe-openai   peak RSS {:.0} MB",
+        rate(total, one),
+        ratio(tiktoken, one),
+        ratio(bpe, one),
+        peak as f64 / 1024.0
+    );
+    println!(
+        "  ingestd sync, 2 cores         {:>7.2} MB/s   {:.2}x tiktoken-rs   {:.2}x itself on 1 core",
+        rate(total, two),
+        ratio(tiktoken, two),
+        ratio(one, two)
+    );
+
+    let joined = pages.join("\n\n");
+    drop(pages);
+    let large_mb = env_mb("INGESTD_BENCH_LARGE_MB", 200);
+    let large = root.path().join("large");
+    std::fs::create_dir(&large).expect("a folder");
+    let object = repeat_to(&joined, large_mb * 1_000_000);
+    std::fs::write(large.join("large.txt"), &object).expect("writing the large object");
+    drop(object);
+    let (one, rss_one) = sync(&large, "0");
+    let (two, rss_two) = sync(&large, "0,1");
+    println!("\none {large_mb} MB text object");
+    println!(
+        "  1 core  {:>7.2} MB/s   peak RSS {:.0} MB",
+        rate(large_mb * 1_000_000, one),
+        rss_one as f64 / 1024.0
+    );
+    println!(
+        "  2 cores {:>7.2} MB/s   peak RSS {:.0} MB   {:.2}x of 1 core",
+        rate(large_mb * 1_000_000, two),
+        rss_two as f64 / 1024.0,
+        ratio(one, two)
+    );
+    std::fs::remove_dir_all(&large).expect("removing the large object");
+
+    sizes(root.path(), &joined);
+}
+
+/// Throughput and peak RSS on one core for documents of 10 KB, 1 MB and 50 MB.
+fn sizes(root: &Path, joined: &str) {
+    println!("\ndocument size (about 20 MB of documents of one size, 1 core)");
+    for size in [10_000, 1_000_000, 50_000_000] {
+        let folder = root.join(format!("size-{size}"));
+        std::fs::create_dir(&folder).expect("a folder");
+        let doc = repeat_to(joined, size);
+        let count = (20_000_000 / size).max(1);
+        for i in 0..count {
+            std::fs::write(folder.join(format!("doc-{i:05}.txt")), &doc).expect("writing");
+        }
+        let (took, rss) = sync(&folder, "0");
+        println!(
+            "  {size:>9} bytes x {count:>4}: {:>7.2} MB/s   peak RSS {:.0} MB",
+            rate(size * count, took),
+            rss as f64 / 1024.0
+        );
+        std::fs::remove_dir_all(&folder).expect("removing");
+    }
+}
+
+/// One reference pass (this binary again, in its own process) on core 0: how long it took.
+fn reference(folder: &Path, which: &str) -> Duration {
+    let started = Instant::now();
+    let status = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(std::env::current_exe().expect("this benchmark's path"))
+        .env(REFERENCE_ENV, format!("{which}:{}", folder.display()))
+        .status()
+        .expect("running the reference pass");
+    assert!(status.success(), "the {which} pass failed: {status}");
+    started.elapsed()
+}
+
+/// Reads every file of the folder and encodes it once (in the reference's own process).
+fn reference_pass(spec: &str) {
+    let (which, folder) = spec.split_once(':').expect("which:folder");
+    let mut paths: Vec<_> = std::fs::read_dir(folder)
+        .expect("the corpus folder")
+        .map(|e| e.expect("an entry").path())
+        .collect();
+    paths.sort();
+    let tiktoken = (which == "tiktoken").then(|| tiktoken_rs::cl100k_base().expect("vocabulary"));
+    let mut tokens = 0;
+    for path in paths {
+        let text = std::fs::read_to_string(&path).expect("a text file");
+        tokens += match &tiktoken {
+            Some(bpe) => bpe.encode_ordinary(&text).len(),
+            None => bpe_openai::cl100k_base().encode(text.as_str()).len(),
+        };
+    }
+    std::hint::black_box(tokens);
+}
+
+/// One `ingestd sync` of `folder` on `cores` (a taskset list): how long it took, peak RSS in KiB.
+fn sync(folder: &Path, cores: &str) -> (Duration, u64) {
+    run_sampled(
+        Command::new("taskset")
+            .args(["-c", cores, env!("CARGO_BIN_EXE_ingestd")])
+            .args(["sync", folder.to_str().expect("a UTF-8 path")])
+            .args(["--chunk-size", "512", "--chunk-overlap", "50"])
+            .args(["--out", "/dev/null", "--events", "/dev/null"])
+            .env_remove("RUST_LOG"),
+    )
+}
+
+fn best(times: &[Duration]) -> Duration {
+    times.iter().copied().min().unwrap_or_default()
+}
+
+/// How many times faster `ours` is than `reference`.
+fn ratio(reference: Duration, ours: Duration) -> f64 {
+    reference.as_secs_f64() / ours.as_secs_f64()
+}
