@@ -13,7 +13,8 @@
 //! * [`transcribe`] — transcripts of audio and video from OpenAI-compatible speech-to-text.
 //! * [`pipeline`]  — one object through detect → extract → chunk → embed → records; a file per
 //!   family (`text`, `document`, `image`, `media`), records cut in `records`.
-//! * [`sink`]      — where records and events go: JSON Lines, RabbitMQ with confirms.
+//! * [`sink`]      — where records and events go: JSON Lines (and the spool where a file's lines
+//!   wait for their turn), RabbitMQ with confirms.
 //! * [`state`]     — what is remembered between syncs: stored data sources (secrets sealed),
 //!   synced objects and their chunk ids, auto-sync settings; SQLite or PostgreSQL.
 //! * [`sync`]      — the one-shot `ingestd sync` run over a whole source.

@@ -2,7 +2,7 @@
 //! events as JSON Lines, a summary at the end. Files are processed concurrently but written in
 //! listing order, so the output of two runs over the same input is the same.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +12,8 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::job::{Event, EventKind, FileRef, ProcessedCounts};
 use crate::pipeline::{self, Emitted, Emitter, FileReport, Request, Tally};
-use crate::sink::{JsonlSink, SinkError};
+use crate::sink::spool::{Spool, Spools, Stream};
+use crate::sink::{JsonlSink, SinkError, to_line};
 use crate::source::{Listed, Source};
 use crate::state::{self, Change, Diff, StateError, Store, Tracker, Verdict};
 use crate::telemetry::Progress;
@@ -156,11 +157,172 @@ enum Queued {
     Failed(StateError),
 }
 
+/// Files (and notes) queued ahead of the one being written, at most. Those behind it keep
+/// being processed; their output waits in a spool.
+const LOOKAHEAD: usize = 1024;
+
+/// Bytes of waiting output kept in memory over all waiting files; the rest goes to a
+/// temporary file.
+const SPOOL_MEMORY: usize = 16 << 20;
+
+/// An entry of the writer's queue: a file whose output is being gathered, or a note or
+/// failure as queued.
+enum Entry {
+    File(Box<Waiting>),
+    Queued(Queued),
+}
+
+/// A file whose output is being gathered.
+struct Waiting {
+    key: String,
+    task: tokio::task::JoinHandle<FileReport>,
+    tracking: Option<(Tracker, state::Put)>,
+    records: usize,
+    /// Its output has ended.
+    ended: bool,
+    /// Its lines, while another file is being written.
+    spool: Spool,
+}
+
+/// One file's output, each item tagged with the file's place in the queue; `None` at its end.
+fn tagged(
+    seq: u64,
+    output: mpsc::Receiver<Emitted>,
+) -> futures::stream::BoxStream<'static, (u64, Option<Emitted>)> {
+    futures::stream::unfold(output, |mut output| async move {
+        output.recv().await.map(|item| (item, output))
+    })
+    .map(move |item| (seq, Some(item)))
+    .chain(futures::stream::once(async move { (seq, None) }))
+    .boxed()
+}
+
+/// Output of the queued files, each item tagged with its file's place in the queue.
+type Outputs =
+    futures::stream::SelectAll<futures::stream::BoxStream<'static, (u64, Option<Emitted>)>>;
+
+/// A queued file or note as an entry of the writer's queue; a file's output joins `outputs`.
+fn admit(queued: Queued, seq: u64, outputs: &mut Outputs) -> Entry {
+    match queued {
+        Queued::File(file) => {
+            let file = *file;
+            outputs.push(tagged(seq, file.output));
+            Entry::File(Box::new(Waiting {
+                key: file.key,
+                task: file.task,
+                tracking: file.tracking,
+                records: 0,
+                ended: false,
+                spool: Spool::default(),
+            }))
+        }
+        other => Entry::Queued(other),
+    }
+}
+
+/// Writes files' output in listing order and keeps the run's tallies.
+struct Writer<'a> {
+    sink: &'a mut JsonlSink,
+    store: Option<&'a Store>,
+    request: &'a Request,
+    progress: &'a Progress,
+    summary: &'a mut Summary,
+    /// State changes whose output is written but not yet flushed.
+    pending: Vec<Change>,
+    spools: Spools,
+}
+
+impl Writer<'_> {
+    /// One item of `file`'s output: written now when the file is `first`, else spooled.
+    fn take(
+        &mut self,
+        file: &mut Waiting,
+        first: bool,
+        item: Option<Emitted>,
+    ) -> Result<(), SinkError> {
+        let Some(mut item) = item else {
+            file.ended = true;
+            return Ok(());
+        };
+        if let Some((tracker, _)) = &mut file.tracking {
+            tracker.see(&mut item);
+        }
+        match item {
+            Emitted::Event(event) if first => self.sink.write_event(&event),
+            Emitted::Record(record) if first => {
+                file.records += 1;
+                self.sink.write_record(&record)
+            }
+            Emitted::Event(event) => {
+                let line = to_line(&event)?;
+                self.spools.push(&mut file.spool, Stream::Events, line)
+            }
+            Emitted::Record(record) => {
+                file.records += 1;
+                let line = to_line(&record)?;
+                self.spools.push(&mut file.spool, Stream::Records, line)
+            }
+        }
+    }
+
+    /// Finishes the entry at the head of the queue, its output all written.
+    async fn settle(&mut self, entry: Entry) -> Result<(), RunError> {
+        match entry {
+            Entry::Queued(Queued::Failed(err)) => return Err(err.into()),
+            Entry::Queued(Queued::Note {
+                events,
+                skipped,
+                deleted,
+                changes,
+            }) => {
+                for event in &events {
+                    self.sink.write_event(event)?;
+                }
+                self.summary.counts.files_skipped += skipped;
+                self.summary.counts.files_deleted += deleted;
+                self.pending.extend(changes);
+            }
+            // Files are queued as `Entry::File`.
+            Entry::Queued(Queued::File(_)) => {}
+            Entry::File(file) => {
+                let Waiting {
+                    key,
+                    task,
+                    tracking,
+                    records,
+                    ..
+                } = *file;
+                let report = report_of(task, key, self.request, self.sink).await?;
+                if let Some((tracker, put)) = tracking
+                    && let Some(put) = tracker.put(
+                        &put.scope,
+                        &put.bucket,
+                        &put.key,
+                        put.version,
+                        put.size,
+                        &put.fingerprint,
+                    )
+                {
+                    self.pending.push(Change::Put(put));
+                }
+                self.summary.add(&report);
+                self.progress.file_done(report.bytes_read, records);
+            }
+        }
+        if self.pending.len() >= CHANGES_PER_WRITE {
+            remember(self.store, &mut self.pending, self.sink).await?;
+        }
+        Ok(())
+    }
+}
+
 /// Runs every object of `source` through the pipeline and writes the results to `sink`.
 ///
-/// Up to `concurrency` files are processed at once and written in listing order; memory is
-/// bounded by the concurrency, not by the number or size of the files. With `state`, state is
-/// written only after the output it stands for is flushed.
+/// Up to `concurrency` files are processed at once and written in listing order, each file's
+/// lines together. Files behind the one being written keep going: their lines wait in a
+/// [`Spool`] (in memory up to [`SPOOL_MEMORY`] over all files, then in a temporary file), so
+/// memory is bounded by the concurrency, not by the number or size of the files. With `state`,
+/// state is written only after the output it stands for is flushed.
 ///
 /// # Errors
 /// When the output cannot be written or the state store fails; file problems are events, not
@@ -185,66 +347,63 @@ pub async fn run<S: Source + Clone + 'static>(
         state,
         queue,
     ));
-    let mut pending: Vec<Change> = Vec::new();
-    while let Some(queued) = files.recv().await {
-        let InFlight {
-            key,
-            mut output,
-            task,
-            mut tracking,
-        } = match queued {
-            Queued::File(file) => *file,
-            Queued::Note {
-                events,
-                skipped,
-                deleted,
-                changes,
-            } => {
-                for event in &events {
-                    sink.write_event(event)?;
-                }
-                summary.counts.files_skipped += skipped;
-                summary.counts.files_deleted += deleted;
-                pending.extend(changes);
-                if pending.len() >= CHANGES_PER_WRITE {
-                    remember(store.as_ref(), &mut pending, sink).await?;
-                }
-                continue;
-            }
-            Queued::Failed(err) => return Err(err.into()),
-        };
-        let mut records = 0;
-        while let Some(mut item) = output.recv().await {
-            if let Some((tracker, _)) = &mut tracking {
-                tracker.see(&mut item);
-            }
-            match item {
-                Emitted::Event(event) => sink.write_event(&event)?,
-                Emitted::Record(record) => {
-                    records += 1;
-                    sink.write_record(&record)?;
+    let mut writer = Writer {
+        sink,
+        store: store.as_ref(),
+        request: &request,
+        progress,
+        summary: &mut summary,
+        pending: Vec::new(),
+        spools: Spools::new(SPOOL_MEMORY),
+    };
+    // Entries in listing order from `first` on; the first is being written, the others spool.
+    let mut order: VecDeque<Entry> = VecDeque::new();
+    let (mut first, mut listing_done) = (0u64, false);
+    let mut outputs = Outputs::new();
+    loop {
+        while let Some(head) = order.front_mut() {
+            if let Entry::File(file) = head {
+                writer.spools.drain(&mut file.spool, writer.sink)?;
+                if !file.ended {
+                    break;
                 }
             }
+            let Some(head) = order.pop_front() else { break };
+            first += 1;
+            writer.settle(head).await?;
         }
-        let report = report_of(task, key, &request, sink).await?;
-        if let Some((tracker, put)) = tracking
-            && let Some(put) = tracker.put(
-                &put.scope,
-                &put.bucket,
-                &put.key,
-                put.version,
-                put.size,
-                &put.fingerprint,
-            )
-        {
-            pending.push(Change::Put(put));
+        if listing_done && order.is_empty() {
+            break;
         }
-        if pending.len() >= CHANGES_PER_WRITE {
-            remember(store.as_ref(), &mut pending, sink).await?;
+        tokio::select! {
+            queued = files.recv(), if !listing_done && order.len() < LOOKAHEAD => {
+                let Some(queued) = queued else {
+                    listing_done = true;
+                    continue;
+                };
+                let seq = first + order.len() as u64;
+                order.push_back(admit(queued, seq, &mut outputs));
+            }
+            Some((seq, item)) = outputs.next() => {
+                let at = usize::try_from(seq - first).unwrap_or(usize::MAX);
+                if let Some(Entry::File(file)) = order.get_mut(at) {
+                    writer.take(file, at == 0, item)?;
+                }
+            }
+            else => {
+                // Unreachable: a file not ended has its output in `outputs`.
+                return Err(RunError::Sink(SinkError {
+                    what: "the output",
+                    source: std::io::Error::other("the writer was left with nothing to wait for"),
+                }));
+            }
         }
-        summary.add(&report);
-        progress.file_done(report.bytes_read, records);
     }
+    let Writer {
+        mut pending,
+        spools,
+        ..
+    } = writer;
     // The listing ended (or failed and said so in an event).
     let _ = producer.await;
     remember(store.as_ref(), &mut pending, sink).await?;
@@ -254,6 +413,7 @@ pub async fn run<S: Source + Clone + 'static>(
     summary.state_operations = store.as_ref().map(Store::operations);
     let c = &summary.counts;
     tracing::info!(
+        spilled_bytes = spools.spilled(),
         ready = c.files_ready,
         skipped = c.files_skipped,
         failed = c.files_failed,

@@ -424,6 +424,55 @@ fn many_large_files_in_flight_do_not_wait_on_each_other() {
     assert!(records.len() > 9 * 256, "{} records", records.len());
 }
 
+/// A file listed after a large one is processed meanwhile, not after it: its output waits in
+/// a spool, and the output stays in listing order, each file's lines together.
+#[test]
+fn a_file_behind_a_large_one_finishes_first_and_is_written_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let sentence = "Each file here yields thousands of small chunks for the writer. ";
+    std::fs::write(data.join("a-large.txt"), sentence.repeat(120_000)).unwrap();
+    std::fs::write(data.join("b-small.txt"), sentence.repeat(15_000)).unwrap();
+    let args = [
+        "sync",
+        "data",
+        "--chunk-size",
+        "40",
+        "--chunk-overlap",
+        "0",
+        "--concurrency",
+        "2",
+    ];
+    let out = common::ingestd_within(dir.path(), &args, std::time::Duration::from_mins(3));
+    assert_exit(&out, 0);
+    let events = lines(&out.stderr);
+    let ready_at = |key: &str| {
+        let event = events
+            .iter()
+            .find(|e| e["event"] == "FILE_READY" && e["file"]["key"] == key)
+            .unwrap_or_else(|| panic!("no FILE_READY for {key}"));
+        // UTC, fixed width, milliseconds: the strings order as the times do.
+        event["emitted_at"].as_str().unwrap().to_owned()
+    };
+    // Before spooling, b stopped after 256 records until a was written, so it finished last.
+    assert!(
+        ready_at("b-small.txt") < ready_at("a-large.txt"),
+        "the small file waited for the large one"
+    );
+    let records = lines(&out.stdout);
+    let keys: Vec<&str> = records
+        .iter()
+        .map(|r| r["file"]["key"].as_str().unwrap())
+        .collect();
+    let first_b = keys.iter().position(|k| *k == "b-small.txt").unwrap();
+    assert!(keys[..first_b].iter().all(|k| *k == "a-large.txt"));
+    assert!(keys[first_b..].iter().all(|k| *k == "b-small.txt"));
+    for (i, record) in records[first_b..].iter().enumerate() {
+        assert_eq!(record["chunk_index"], i, "b's records out of order");
+    }
+}
+
 /// Text whose first segments hold no boundary a chunk could end on, then a few words.
 #[test]
 fn blank_or_boundaryless_segments_do_not_stall_the_stream() {

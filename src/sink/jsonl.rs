@@ -5,6 +5,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use super::SinkError;
+use super::spool::Stream;
 use crate::job::{ChunkRecord, Event, ItemRecord};
 
 /// Writes chunk records to one stream and events to another.
@@ -79,6 +80,31 @@ impl JsonlSink {
         })
     }
 
+    /// Writes one line serialized earlier (ending in a newline) to `stream`; event lines are
+    /// flushed as [`Self::write_event`] does.
+    ///
+    /// # Errors
+    /// When the output cannot be written.
+    pub fn write_line(&mut self, stream: Stream, line: &[u8]) -> Result<(), SinkError> {
+        match stream {
+            Stream::Records => self.chunks.write_all(line).map_err(|source| SinkError {
+                what: "chunks",
+                source,
+            }),
+            Stream::Events => {
+                let mut result = Ok(());
+                let events = &mut self.events;
+                (self.around_event)(&mut || {
+                    result = events.write_all(line).and_then(|()| events.flush());
+                });
+                result.map_err(|source| SinkError {
+                    what: "events",
+                    source,
+                })
+            }
+        }
+    }
+
     /// Flushes both streams.
     ///
     /// # Errors
@@ -98,4 +124,17 @@ impl JsonlSink {
 fn write_line(out: &mut dyn Write, value: &impl Serialize) -> std::io::Result<()> {
     serde_json::to_writer(&mut *out, value)?;
     out.write_all(b"\n")
+}
+
+/// `value` as one JSON line, the way the sink writes it.
+///
+/// # Errors
+/// Never for records and events (their serialization cannot fail); kept for the type.
+pub fn to_line(value: &impl Serialize) -> Result<Vec<u8>, SinkError> {
+    let mut line = Vec::with_capacity(512);
+    write_line(&mut line, value).map_err(|source| SinkError {
+        what: "a line",
+        source,
+    })?;
+    Ok(line)
 }

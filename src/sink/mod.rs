@@ -3,8 +3,9 @@
 
 pub mod amqp;
 mod jsonl;
+pub mod spool;
 
-pub use jsonl::JsonlSink;
+pub use jsonl::{JsonlSink, to_line};
 
 /// Output could not be written or delivered.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use futures::Stream;
 use tokio::io::AsyncReadExt;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::{Listed, ObjectMeta, Opened, Source, SourceKind};
 use crate::error::{ErrorCode, FileError};
@@ -89,13 +89,22 @@ impl Source for LocalSource {
             FileError::permanent(ErrorCode::ReadFailed, format!("reading {key}: {err}"))
         };
         // Local files have no version tag: a hash of the content is one, stable across copies
-        // and runs, and known before the first record leaves.
+        // and runs, and known before the first record leaves. A small file is hashed and read
+        // in one pass on one blocking thread (most files are small: each hand-off costs).
         let hashed = path.clone();
-        let etag = tokio::task::spawn_blocking(move || content_etag(&hashed))
+        let (etag, whole) = tokio::task::spawn_blocking(move || read_small(&hashed))
             .await
             .map_err(|err| std::io::Error::other(err.to_string()))
-            .and_then(|hash| hash)
+            .and_then(|read| read)
             .map_err(&failed)?;
+        if let Some(bytes) = whole {
+            let body = futures::stream::iter([Ok(Bytes::from(bytes))]);
+            return Ok(Opened {
+                etag: Some(etag),
+                content_type: None,
+                body: Box::pin(body),
+            });
+        }
         let file = tokio::fs::File::open(&path).await.map_err(&failed)?;
         let body = futures::stream::try_unfold((file, failed), |(mut file, failed)| async move {
             let mut buffer = BytesMut::with_capacity(READ_BUFFER);
@@ -116,11 +125,30 @@ impl Source for LocalSource {
 /// Bytes read from a local file at a time.
 const READ_BUFFER: usize = 256 * 1024;
 
-/// `"<first 128 bits of the BLAKE3 hash>"`, quoted like an S3 ETag.
-fn content_etag(path: &Path) -> std::io::Result<String> {
+/// Files up to this size are read whole, in the same pass as their hash.
+const READ_WHOLE: usize = 1024 * 1024;
+
+/// The content ETag of the file at `path`, and its bytes when it is at most [`READ_WHOLE`]
+/// long (else it is hashed through, and read again as a stream).
+fn read_small(path: &Path) -> std::io::Result<(String, Option<Vec<u8>>)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(READ_WHOLE as u64 + 1)
+        .read_to_end(&mut bytes)?;
     let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(std::fs::File::open(path)?)?;
-    Ok(format!("\"{}\"", &hasher.finalize().to_hex()[..32]))
+    hasher.update(&bytes);
+    if bytes.len() <= READ_WHOLE {
+        return Ok((etag_of(&hasher), Some(bytes)));
+    }
+    hasher.update_reader(file)?;
+    Ok((etag_of(&hasher), None))
+}
+
+/// `"<first 128 bits of the BLAKE3 hash>"`, quoted like an S3 ETag.
+fn etag_of(hasher: &blake3::Hasher) -> String {
+    format!("\"{}\"", &hasher.finalize().to_hex()[..32])
 }
 
 /// Walks `root`, calling `emit` for each entry until it returns false.
