@@ -88,8 +88,9 @@ impl Spools {
         stream: Stream,
         line: Vec<u8>,
     ) -> Result<(), SinkError> {
-        if self.in_memory + line.len() <= self.budget {
-            self.in_memory += line.len();
+        // Counted by capacity: what the line holds in memory, not only what it says.
+        if self.in_memory + line.capacity() <= self.budget {
+            self.in_memory += line.capacity();
             spool.lines.push_back(Line::Memory(stream, line));
             return Ok(());
         }
@@ -116,7 +117,7 @@ impl Spools {
         while let Some(line) = spool.lines.pop_front() {
             match line {
                 Line::Memory(stream, bytes) => {
-                    self.in_memory -= bytes.len();
+                    self.in_memory -= bytes.capacity();
                     sink.write_line(stream, &bytes)?;
                 }
                 Line::Disk(stream, at, len) => {
