@@ -35,7 +35,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use futures::StreamExt;
 
-use common::{mix, vm_hwm};
+use common::{mix, run_sampled};
 use s3::{ACCESS_KEY, SECRET_KEY};
 const SMALL_OBJECTS: usize = 2000;
 const LARGE_OBJECTS: usize = 3;
@@ -163,23 +163,9 @@ fn report(
     let _ = std::io::stdout().flush();
 }
 
-/// Runs a child to completion; its wall time and peak RSS in KiB (VmHWM, sampled until exit).
+/// Runs a child to completion, output to /dev/null; its wall time and peak RSS in KiB.
 fn run(command: &mut Command) -> (Duration, u64) {
-    let started = Instant::now();
-    let mut child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the child starts");
-    let mut peak = 0;
-    loop {
-        peak = peak.max(vm_hwm(child.id()));
-        if let Some(status) = child.try_wait().expect("waiting for the child") {
-            assert!(status.success(), "{command:?} failed: {status}");
-            return (started.elapsed(), peak);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    run_sampled(command.stdout(Stdio::null()).stderr(Stdio::inherit()))
 }
 
 /// A TCP proxy to `upstream` that holds back each response (data from the server after a
