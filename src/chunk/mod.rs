@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use text_splitter::{ChunkConfig, ChunkSizer, MarkdownSplitter, TextSplitter};
 
-pub use tokenizer::{DocumentIndex, Encoding, Tokenizer, TokenizerError};
+pub use tokenizer::{DocumentIndex, Encoding, Pieces, Tokenizer, TokenizerError};
 
 /// Why a chunker could not be built.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -128,11 +128,42 @@ impl Chunker {
     /// that add a prefix of their own to every chunk. The overlap shrinks with the capacity.
     #[must_use]
     pub fn chunk_within(&self, text: &str, structure: Structure, capacity: usize) -> Vec<Chunk> {
+        self.chunk_indexed(&self.tokenizer.index(text), structure, capacity)
+    }
+
+    /// Tokenizes text read ahead, on any thread, so that chunking it later (as the end of a
+    /// longer text, see [`Chunker::chunk_after`]) need not.
+    #[must_use]
+    pub fn tokenize_ahead(&self, text: &str) -> Pieces {
+        self.tokenizer.pieces(text)
+    }
+
+    /// [`Chunker::chunk_within`] for a text whose part from byte `from` on was tokenized ahead
+    /// as `ahead`. The chunks are the same; only the tokenizing is saved.
+    #[must_use]
+    pub fn chunk_after(
+        &self,
+        text: &str,
+        structure: Structure,
+        capacity: usize,
+        from: usize,
+        ahead: &Pieces,
+    ) -> Vec<Chunk> {
+        let index = self.tokenizer.index_ahead(text, from, ahead);
+        self.chunk_indexed(&index, structure, capacity)
+    }
+
+    fn chunk_indexed(
+        &self,
+        index: &DocumentIndex<'_>,
+        structure: Structure,
+        capacity: usize,
+    ) -> Vec<Chunk> {
+        let text = index.text();
         let capacity = capacity.clamp(MIN_CHUNK_SIZE, self.size);
         let overlap = self.overlap.min(capacity - 1);
-        let index = self.tokenizer.index(text);
         let sizer = IndexSizer {
-            index: &index,
+            index,
             base: text.as_ptr() as usize,
         };
         let mut chunks = Vec::new();
@@ -177,7 +208,7 @@ impl Chunker {
                     overlap,
                     next_start: chunks.get(i + 1).map(|next| next.start),
                 };
-                chunks[i].start = overlap_start(&index, chunks[i].clone(), prev_end, limits);
+                chunks[i].start = overlap_start(index, chunks[i].clone(), prev_end, limits);
             }
         }
         drop_covered(chunks)

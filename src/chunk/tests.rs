@@ -129,6 +129,30 @@ proptest! {
         check_invariants_in(encoding, &text, &chunker.chunk(&text, Structure::Markdown), size, overlap);
     }
 
+    /// A text whose end was tokenized ahead (read ahead of a streamed segment, which may stop
+    /// before or after the part read) is chunked exactly as when tokenized whole.
+    #[test]
+    fn chunks_after_a_part_tokenized_ahead_are_the_same(encoding in encoding(), text in document(), size in 4usize..300, overlap_pct in 0usize..60, markdown in any::<bool>(), cut in 0usize..=1000, over in 0usize..300, stop in 0usize..200) {
+        let chunker = Chunker::new(encoding, size, size * overlap_pct / 100).unwrap();
+        let structure = if markdown { Structure::Markdown } else { Structure::Plain };
+        // Places in the text, in thousandths of its length.
+        let at = |permille: usize| {
+            let mut i = text.len() * permille.min(1000) / 1000;
+            while !text.is_char_boundary(i) { i -= 1; }
+            i
+        };
+        // The segment ends at `end`; the text read ahead runs from `from` to `ahead_end`.
+        let end = at(1000 - stop);
+        let from = at(cut).min(end);
+        let ahead_end = at(cut + over).max(from).max(if stop < 100 { end } else { from });
+        let ahead = chunker.tokenize_ahead(&text[from..ahead_end]);
+        let segment = &text[..end];
+        prop_assert_eq!(
+            chunker.chunk_after(segment, structure, size, from, &ahead),
+            chunker.chunk(segment, structure)
+        );
+    }
+
     #[test]
     fn counts_match_tiktoken_rs(encoding in encoding(), text in document()) {
         let tokenizer = Tokenizer::shared(encoding).unwrap();

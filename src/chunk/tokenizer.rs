@@ -233,27 +233,143 @@ impl Tokenizer {
     /// Tokenizes `text` once and keeps its piece boundaries and running token counts.
     #[must_use]
     pub fn index<'a>(self: &'a Arc<Self>, text: &'a str) -> DocumentIndex<'a> {
-        let mut ends = Vec::with_capacity(text.len() / 4);
-        let mut cumulative = Vec::with_capacity(text.len() / 4);
+        DocumentIndex::new(self, text, self.pieces(text))
+    }
+
+    /// The pieces of `text` tokenized on its own. Owned, so a text read ahead can be tokenized
+    /// on one thread and chunked later on another (see [`Tokenizer::index_ahead`]).
+    #[must_use]
+    pub fn pieces(&self, text: &str) -> Pieces {
+        let mut pieces = Pieces {
+            len: text.len(),
+            ends: Vec::with_capacity(text.len() / 4),
+            cumulative: Vec::with_capacity(text.len() / 4),
+        };
         let mut total = 0u32;
         self.for_each_piece(text, |start, piece| {
             total = total.saturating_add(to_u32(self.piece_tokens(piece)));
-            ends.push(to_u32(start + piece.len()));
-            cumulative.push(total);
+            pieces.ends.push(to_u32(start + piece.len()));
+            pieces.cumulative.push(total);
             true
         });
-        DocumentIndex {
-            tokenizer: self,
-            text,
-            ends,
-            cumulative,
-            last_head: Cell::new((usize::MAX, 0, 0)),
-        }
+        pieces
     }
+
+    /// The same index as [`Tokenizer::index`] of `text`, whose part from byte `from` on was
+    /// tokenized ahead on its own as `ahead` (the pieces of a text that starts at `from` and
+    /// may run past the end of `text` or stop before it).
+    ///
+    /// Only the start is tokenized again, until one of its pieces ends on a boundary of
+    /// `ahead`: the pre-tokenizer has no look-behind, so from there on both split the same.
+    /// They can differ again only near where `ahead`'s text or `text` ends (a search that
+    /// reads to an end sees no next character), so `ahead` is trusted up to a line start
+    /// safely before either end (see [`trusted_end`]), and the rest is tokenized.
+    #[must_use]
+    pub fn index_ahead<'a>(
+        self: &'a Arc<Self>,
+        text: &'a str,
+        from: usize,
+        ahead: &Pieces,
+    ) -> DocumentIndex<'a> {
+        let ahead_end = from.saturating_add(ahead.len);
+        let Some(trusted) = trusted_end(text, from, ahead_end, ahead) else {
+            return self.index(text);
+        };
+        let is_ahead_boundary =
+            |at: usize| at == from || ahead.ends.binary_search(&to_u32(at - from)).is_ok();
+        let mut pieces = Pieces {
+            len: text.len(),
+            ends: Vec::with_capacity(text.len() / 4),
+            cumulative: Vec::with_capacity(text.len() / 4),
+        };
+        let mut total = 0u32;
+        let mut synced = None;
+        self.for_each_piece(text, |start, piece| {
+            total = total.saturating_add(to_u32(self.piece_tokens(piece)));
+            let end = start + piece.len();
+            pieces.ends.push(to_u32(end));
+            pieces.cumulative.push(total);
+            if (from..=trusted).contains(&end) && is_ahead_boundary(end) {
+                synced = Some(end);
+                return false;
+            }
+            true
+        });
+        let Some(synced) = synced else {
+            // Never met: every piece was tokenized here.
+            return DocumentIndex::new(self, text, pieces);
+        };
+        // From the boundary met to the last trusted one: `ahead`'s pieces, moved to `from`.
+        let before = |at: usize| -> u32 {
+            let i = ahead
+                .ends
+                .partition_point(|&end| (end as usize) + from < at);
+            if at == from { 0 } else { ahead.cumulative[i] }
+        };
+        let first = ahead
+            .ends
+            .partition_point(|&end| (end as usize) + from <= synced);
+        let last = ahead
+            .ends
+            .partition_point(|&end| (end as usize) + from <= trusted);
+        let base = total.wrapping_sub(before(synced));
+        for i in first..last {
+            pieces.ends.push(to_u32(ahead.ends[i] as usize + from));
+            pieces
+                .cumulative
+                .push(ahead.cumulative[i].wrapping_add(base));
+        }
+        // The rest, on its own: `trusted` is a boundary of `text`'s own split.
+        let mut total = pieces.cumulative.last().copied().unwrap_or(0);
+        self.for_each_piece(&text[trusted..], |start, piece| {
+            total = total.saturating_add(to_u32(self.piece_tokens(piece)));
+            pieces.ends.push(to_u32(trusted + start + piece.len()));
+            pieces.cumulative.push(total);
+            true
+        });
+        DocumentIndex::new(self, text, pieces)
+    }
+}
+
+/// The last boundary of `ahead` (its text starts at `from` and ends at `ahead_end`) up to which
+/// its pieces are `text`'s own: all of them when both texts end at the same byte, else the start
+/// of the last line that begins with an ASCII letter before the nearer end. `None` when there is
+/// no such line.
+///
+/// Why a line start: no pattern matches across a line break into a letter, and every pattern
+/// still trying there stops at the letter. So no search that starts before it reads past the
+/// letter, and up to it the two texts, whatever follows, split the same. (A search can read
+/// well past the end of its match: o200k's `'ll` suffix, `\s*[\r\n]+` waiting for a line
+/// break, so being followed by text is not enough.)
+fn trusted_end(text: &str, from: usize, ahead_end: usize, ahead: &Pieces) -> Option<usize> {
+    if from >= text.len() {
+        return None;
+    }
+    if ahead_end == text.len() {
+        return Some(ahead_end);
+    }
+    let near = ahead_end.min(text.len());
+    let bytes = text.as_bytes();
+    memchr::memrchr_iter(b'\n', &bytes[from..near])
+        .map(|i| from + i + 1)
+        .find(|&line| line < near && bytes[line].is_ascii_alphabetic())
+        // Always a boundary of `ahead` by the same argument; checked, not assumed.
+        .filter(|&line| ahead.ends.binary_search(&to_u32(line - from)).is_ok())
 }
 
 fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The pieces of a text tokenized on its own: where each ends and the running token count.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pieces {
+    /// Length of the text.
+    len: usize,
+    /// `ends[i]` is the byte offset where piece `i` ends (pieces are contiguous from 0).
+    ends: Vec<u32>,
+    /// `cumulative[i]` is the number of tokens in pieces `0..=i`.
+    cumulative: Vec<u32>,
 }
 
 /// The pieces of one document: where each ends and how many tokens precede that end.
@@ -268,7 +384,17 @@ pub struct DocumentIndex<'a> {
     last_head: Cell<(usize, usize, usize)>,
 }
 
-impl DocumentIndex<'_> {
+impl<'a> DocumentIndex<'a> {
+    fn new(tokenizer: &'a Tokenizer, text: &'a str, pieces: Pieces) -> Self {
+        DocumentIndex {
+            tokenizer,
+            text,
+            ends: pieces.ends,
+            cumulative: pieces.cumulative,
+            last_head: Cell::new((usize::MAX, 0, 0)),
+        }
+    }
+
     /// Total tokens of the document.
     #[must_use]
     pub fn total(&self) -> usize {
@@ -427,6 +553,50 @@ mod tests {
                         reference.encode_ordinary(slice).len(),
                         "{text:?}[{start}..{end}] = {slice:?}"
                     );
+                }
+            }
+        }
+    }
+
+    /// Every way of cutting a sample into a text and a part tokenized ahead (which may end
+    /// before the text, with it, or after it) gives the index of the text tokenized whole.
+    #[test]
+    fn an_index_with_a_part_tokenized_ahead_is_the_whole_index() {
+        for encoding in Encoding::ALL {
+            let tokenizer = Tokenizer::shared(encoding).unwrap();
+            for sample in SAMPLES.iter().chain(&[
+                "tail of one chunk.\n\nNext paragraph  starts  here\n  indented\tline 12345 more",
+                "   \n\n\t  words after blanks   \n\n  ",
+                "one\nTwo I'LL\nthree 1234\n\nfour  \nfive\r\nsix. \nseven",
+            ]) {
+                let bounds: Vec<usize> = (0..=sample.len())
+                    .filter(|&i| sample.is_char_boundary(i))
+                    .collect();
+                for &end in &bounds {
+                    let text = &sample[..end];
+                    let whole = tokenizer.index(text);
+                    for (f, &from) in bounds.iter().enumerate().filter(|(_, f)| **f <= end) {
+                        // Ahead text ending at its start, just before, at and just after the
+                        // text's end, midway, and with the sample.
+                        let e = bounds.partition_point(|&b| b < end);
+                        let mut ends: Vec<usize> =
+                            [f, e.saturating_sub(1), e, e + 1, usize::midpoint(f, e)]
+                                .into_iter()
+                                .filter_map(|i| bounds.get(i).copied())
+                                .chain([sample.len()])
+                                .filter(|&b| b >= from)
+                                .collect();
+                        ends.dedup();
+                        for ahead_end in ends {
+                            let ahead = tokenizer.pieces(&sample[from..ahead_end]);
+                            let joined = tokenizer.index_ahead(text, from, &ahead);
+                            assert_eq!(
+                                (&joined.ends, &joined.cumulative),
+                                (&whole.ends, &whole.cumulative),
+                                "{encoding}: {sample:?}, text ..{end}, ahead {from}..{ahead_end}"
+                            );
+                        }
+                    }
                 }
             }
         }

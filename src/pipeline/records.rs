@@ -5,7 +5,7 @@ use std::ops::Range;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::{Emitted, Emitter, Request, closed};
-use crate::chunk::{Chunk, Chunker, Structure};
+use crate::chunk::{Chunk, Chunker, Pieces, Structure};
 use crate::error::FileError;
 use crate::job::{ChunkRecord, ChunkingInfo, FileInfo, MediaInfo, SCHEMA_VERSION};
 
@@ -34,6 +34,8 @@ pub(super) struct Segment<'a> {
     pub(super) pages: &'a [usize],
     /// Where each row or item starts in the text (empty: none).
     pub(super) items: &'a [usize],
+    /// The text from this offset on, tokenized ahead on another core (streamed text).
+    pub(super) ahead: Option<(usize, &'a Pieces)>,
 }
 
 impl<'a> Segment<'a> {
@@ -56,6 +58,7 @@ impl<'a> Segment<'a> {
             times: &[],
             pages: &[],
             items: &[],
+            ahead: None,
         }
     }
 }
@@ -253,7 +256,10 @@ fn plan(segment: &Segment<'_>, request: &Request, capacity: usize) -> Vec<Chunk>
         }
         return chunks;
     }
-    chunker.chunk_within(text, segment.structure, capacity)
+    match segment.ahead {
+        Some((from, ahead)) => chunker.chunk_after(text, segment.structure, capacity, from, ahead),
+        None => chunker.chunk_within(text, segment.structure, capacity),
+    }
 }
 
 /// The spans between consecutive `starts` (the first taken from 0, the last to `len`).

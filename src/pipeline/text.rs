@@ -10,6 +10,7 @@ use super::{
     Cursor, Detected, Emitter, FileError, MAX_SEGMENT_BYTES, Outcome, Processing, Read,
     SEGMENT_BYTES, Segment, content_etag, cut, cut_whole, file_info,
 };
+use crate::chunk::Pieces;
 use crate::detect::{Family, TextHint};
 use crate::error::SkipReason;
 use crate::extract::{self, StreamDecoder};
@@ -111,6 +112,11 @@ impl Processing {
 
     /// Streams text through the chunker segment by segment: memory is bounded by
     /// [`SEGMENT_BYTES`], not by the object's size.
+    ///
+    /// A segment ends where the reading stopped once enough text was there, so its ends do not
+    /// depend on timing. When a second CPU slot is free while a segment is cut, the next
+    /// segment's text is read and tokenized on it meanwhile: its chunks are the same (see
+    /// [`crate::chunk::Chunker::chunk_after`]), they are only ready sooner.
     async fn stream(
         &mut self,
         head: Vec<u8>,
@@ -121,52 +127,193 @@ impl Processing {
         out: &Emitter,
     ) -> Result<Outcome, FileError> {
         let file = Arc::new(file_info(&self.object, detected, self.kind));
-        let mut text = String::with_capacity(SEGMENT_BYTES + SEGMENT_BYTES / 4);
-        decoder.push(&head, false, &mut text)?;
+        let mut read = Decoded::with_capacity(SEGMENT_BYTES + SEGMENT_BYTES / 4);
+        read.push(&mut decoder, &head)?;
         drop(head);
         let mut at = Cursor::default();
         // Text to gather before cutting; it grows when a cut could not tell where its chunks
-        // end (a segment of one or two chunks), up to a cap where the cut is forced.
-        let mut want = SEGMENT_BYTES;
+        // end (a segment of one or two chunks), up to a cap where the cut is forced. A segment
+        // never ends before the previous one did (`floor`).
+        let (mut want, mut floor) = (SEGMENT_BYTES, 0);
+        let mut ahead: Option<(usize, Pieces)> = None;
         loop {
-            let mut ended = false;
-            while text.len() < want {
-                let Some(piece) = body.next().await else {
-                    decoder.push(&[], true, &mut text)?;
-                    ended = true;
-                    break;
-                };
-                let piece = piece?;
-                self.bytes_read += piece.len() as u64;
-                decoder.push(&piece, false, &mut text)?;
-            }
+            let cut_at = loop {
+                if let Some(cut_at) = read.segment_end(want, floor) {
+                    break cut_at;
+                }
+                self.read_piece(&mut body, &mut decoder, &mut read).await?;
+            };
+            let SegmentEnd {
+                end,
+                last,
+                finished,
+            } = cut_at;
             let (request, file, sender) =
                 (Arc::clone(&self.request), Arc::clone(&file), out.clone());
-            let last = ended || text.len() >= MAX_SEGMENT_BYTES;
             let slot = self.cpu_slot().await;
+            let mut text = std::mem::take(&mut read.text);
+            // The next segment ends within SEGMENT_BYTES of this one's end.
+            let wanted = (end + SEGMENT_BYTES).saturating_sub(text.len());
+            let read_ahead =
+                !finished && !read.ended && wanted > 0 && self.request.cpu.available_permits() > 0;
+            let tokenized = ahead.take();
             let work = tokio::task::spawn_blocking(move || {
                 let segment = Segment {
                     last,
-                    ..Segment::whole(&text, structure)
+                    ahead: tokenized.as_ref().map(|(from, pieces)| (*from, pieces)),
+                    ..Segment::whole(&text[..end], structure)
                 };
                 let done = cut(&segment, &file, &request, &mut at, slot, &sender)?;
                 text.drain(..done);
                 Ok((text, at, done))
             });
-            let done;
-            (text, at, done) = self.blocking(work).await?;
-            self.emitted = at.index;
-            want = if done == 0 {
-                text.len() + SEGMENT_BYTES
+            // Meanwhile: the next segment's text, tokenized under a slot of its own. A read
+            // error is reported after this segment's records, as it would have been.
+            let next = if read_ahead {
+                Some(self.read_ahead(&mut body, &mut decoder, wanted).await)
             } else {
-                SEGMENT_BYTES
+                None
             };
-            if ended {
+            let done;
+            (read.text, at, done) = self.blocking(work).await?;
+            self.emitted = at.index;
+            read.marks.retain_mut(|mark| match mark.checked_sub(done) {
+                Some(moved) => {
+                    *mark = moved;
+                    true
+                }
+                None => false,
+            });
+            if finished {
                 return Ok(Outcome::Ready {
                     chunks: at.index,
                     tokens: at.tokens,
                 });
             }
+            if let Some(next) = next {
+                let (next, pieces) = self.blocking(next?).await?;
+                let from = read.text.len();
+                read.append(&next);
+                ahead = pieces.map(|pieces| (from, pieces));
+            }
+            (want, floor) = if done == 0 {
+                (end + SEGMENT_BYTES, end)
+            } else {
+                (SEGMENT_BYTES, end - done)
+            };
         }
+    }
+
+    /// Reads one piece of the body into `read`; at the end, flushes the decoder instead.
+    async fn read_piece(
+        &mut self,
+        body: &mut BoxStream<'static, Result<Bytes, FileError>>,
+        decoder: &mut StreamDecoder,
+        read: &mut Decoded,
+    ) -> Result<(), FileError> {
+        if let Some(piece) = body.next().await {
+            let piece = piece?;
+            self.bytes_read += piece.len() as u64;
+            read.push(decoder, &piece)
+        } else {
+            decoder.push(&[], true, &mut read.text)?;
+            read.ended = true;
+            Ok(())
+        }
+    }
+
+    /// Reads text until it holds a place to end at least `want` bytes in (or the body ends),
+    /// then tokenizes it on a blocking thread under a CPU slot of its own.
+    async fn read_ahead(
+        &mut self,
+        body: &mut BoxStream<'static, Result<Bytes, FileError>>,
+        decoder: &mut StreamDecoder,
+        want: usize,
+    ) -> Result<tokio::task::JoinHandle<Result<(Decoded, Option<Pieces>), FileError>>, FileError>
+    {
+        let mut next = Decoded::with_capacity(want + want / 4);
+        while !next.ended && next.marks.last().is_none_or(|&mark| mark < want) {
+            self.read_piece(body, decoder, &mut next).await?;
+        }
+        let slot = if next.text.len() >= AHEAD_MIN_BYTES {
+            Some(self.cpu_slot().await)
+        } else {
+            None
+        };
+        let chunker = self.request.chunker.clone();
+        Ok(tokio::task::spawn_blocking(move || {
+            let pieces = slot.map(|slot| {
+                let pieces = chunker.tokenize_ahead(&next.text);
+                drop(slot);
+                pieces
+            });
+            Ok((next, pieces))
+        }))
+    }
+}
+
+/// Text read ahead shorter than this is tokenized with its segment.
+const AHEAD_MIN_BYTES: usize = 64 * 1024;
+
+/// Decoded text of a streamed object, and where the reading of each piece of the body ended
+/// in it: the places a segment may end.
+struct Decoded {
+    text: String,
+    /// Offsets in `text` after each piece read (not after the final flush).
+    marks: Vec<usize>,
+    /// The body ended and the decoder was flushed: `text` is all there is.
+    ended: bool,
+}
+
+/// Where a segment ends.
+#[derive(Clone, Copy)]
+struct SegmentEnd {
+    /// Its end in the text read.
+    end: usize,
+    /// No chunk is held back for the next segment.
+    last: bool,
+    /// The text ends here.
+    finished: bool,
+}
+
+impl Decoded {
+    fn with_capacity(bytes: usize) -> Self {
+        Decoded {
+            text: String::with_capacity(bytes),
+            marks: Vec::new(),
+            ended: false,
+        }
+    }
+
+    fn push(&mut self, decoder: &mut StreamDecoder, piece: &[u8]) -> Result<(), FileError> {
+        decoder.push(piece, false, &mut self.text)?;
+        self.marks.push(self.text.len());
+        Ok(())
+    }
+
+    fn append(&mut self, next: &Decoded) {
+        let from = self.text.len();
+        self.text.push_str(&next.text);
+        self.marks.extend(next.marks.iter().map(|mark| from + mark));
+        self.ended = next.ended;
+    }
+
+    /// Where the next segment ends: the first place the reading stopped with at least `want`
+    /// bytes read and not before `floor`; else, once the body ended, at the end. `None` while
+    /// more must be read.
+    fn segment_end(&self, want: usize, floor: usize) -> Option<SegmentEnd> {
+        let at = want.max(floor);
+        if let Some(&end) = self.marks.iter().find(|&&mark| mark >= at) {
+            return Some(SegmentEnd {
+                end,
+                last: end >= MAX_SEGMENT_BYTES,
+                finished: false,
+            });
+        }
+        self.ended.then_some(SegmentEnd {
+            end: self.text.len(),
+            last: true,
+            finished: true,
+        })
     }
 }
