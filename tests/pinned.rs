@@ -211,4 +211,24 @@ fn a_large_streamed_text_keeps_its_records() {
     assert!(count > 3000, "{count} records: the text was not split");
     let digest = format!("{count} {}\n", blake3::hash(got.as_bytes()).to_hex());
     check("large-512-50.digest", &digest);
+
+    // Alone, the file has a CPU slot to spare (on two cores or more), so each next segment is
+    // read and tokenized on it while one is cut: its records are the pinned ones all the same.
+    let alone = records(
+        dir.path(),
+        &folder.join("large.txt"),
+        &["--chunk-size", "512", "--chunk-overlap", "50"],
+    );
+    let mut pinned = String::new();
+    for line in got.lines().filter(|line| {
+        serde_json::from_str::<serde_json::Value>(line).unwrap()["file"]["key"] == "large.txt"
+    }) {
+        pinned.push_str(line);
+        pinned.push('\n');
+    }
+    assert!(pinned.lines().count() > 1000);
+    assert!(
+        alone == pinned,
+        "large.txt alone differs from its pinned records"
+    );
 }

@@ -132,14 +132,16 @@ impl Chunker {
     }
 
     /// Tokenizes text read ahead, on any thread, so that chunking it later (as the end of a
-    /// longer text, see [`Chunker::chunk_after`]) need not.
+    /// longer text, see [`Chunker::chunk_after`]) need not. The pieces are kept in the vectors
+    /// of `spent` (pieces no longer needed, or [`Pieces::default`]).
     #[must_use]
-    pub fn tokenize_ahead(&self, text: &str) -> Pieces {
-        self.tokenizer.pieces(text)
+    pub fn tokenize_ahead(&self, text: &str, spent: Pieces) -> Pieces {
+        self.tokenizer.pieces_in(text, spent)
     }
 
     /// [`Chunker::chunk_within`] for a text whose part from byte `from` on was tokenized ahead
-    /// as `ahead`. The chunks are the same; only the tokenizing is saved.
+    /// as `ahead`. The chunks are the same; only the tokenizing is saved. Also returns the
+    /// text's pieces, spent, for the next [`Chunker::tokenize_ahead`].
     #[must_use]
     pub fn chunk_after(
         &self,
@@ -147,10 +149,11 @@ impl Chunker {
         structure: Structure,
         capacity: usize,
         from: usize,
-        ahead: &Pieces,
-    ) -> Vec<Chunk> {
+        ahead: Pieces,
+    ) -> (Vec<Chunk>, Pieces) {
         let index = self.tokenizer.index_ahead(text, from, ahead);
-        self.chunk_indexed(&index, structure, capacity)
+        let chunks = self.chunk_indexed(&index, structure, capacity);
+        (chunks, index.into_pieces())
     }
 
     fn chunk_indexed(

@@ -240,11 +240,19 @@ impl Tokenizer {
     /// on one thread and chunked later on another (see [`Tokenizer::index_ahead`]).
     #[must_use]
     pub fn pieces(&self, text: &str) -> Pieces {
-        let mut pieces = Pieces {
-            len: text.len(),
-            ends: Vec::with_capacity(text.len() / 4),
-            cumulative: Vec::with_capacity(text.len() / 4),
-        };
+        self.pieces_in(text, Pieces::default())
+    }
+
+    /// [`Tokenizer::pieces`], in the vectors of `spent` (whatever they held), so that a stream
+    /// of segments does not allocate and free a large index for every one.
+    #[must_use]
+    pub fn pieces_in(&self, text: &str, spent: Pieces) -> Pieces {
+        let mut pieces = spent;
+        pieces.len = text.len();
+        for vector in [&mut pieces.ends, &mut pieces.cumulative] {
+            vector.clear();
+            vector.reserve(text.len() / 4);
+        }
         let mut total = 0u32;
         self.for_each_piece(text, |start, piece| {
             total = total.saturating_add(to_u32(self.piece_tokens(piece)));
@@ -257,7 +265,8 @@ impl Tokenizer {
 
     /// The same index as [`Tokenizer::index`] of `text`, whose part from byte `from` on was
     /// tokenized ahead on its own as `ahead` (the pieces of a text that starts at `from` and
-    /// may run past the end of `text` or stop before it).
+    /// may run past the end of `text` or stop before it). Built in `ahead`'s vectors; with
+    /// `from` at or past the end of `text`, `ahead` only lends them.
     ///
     /// Only the start is tokenized again, until one of its pieces ends on a boundary of
     /// `ahead`: the pre-tokenizer has no look-behind, so from there on both split the same.
@@ -269,26 +278,25 @@ impl Tokenizer {
         self: &'a Arc<Self>,
         text: &'a str,
         from: usize,
-        ahead: &Pieces,
+        ahead: Pieces,
     ) -> DocumentIndex<'a> {
         let ahead_end = from.saturating_add(ahead.len);
-        let Some(trusted) = trusted_end(text, from, ahead_end, ahead) else {
-            return self.index(text);
+        let Some(trusted) = trusted_end(text, from, ahead_end, &ahead) else {
+            return DocumentIndex::new(self, text, self.pieces_in(text, ahead));
         };
         let is_ahead_boundary =
             |at: usize| at == from || ahead.ends.binary_search(&to_u32(at - from)).is_ok();
-        let mut pieces = Pieces {
+        let mut head = Pieces {
             len: text.len(),
-            ends: Vec::with_capacity(text.len() / 4),
-            cumulative: Vec::with_capacity(text.len() / 4),
+            ..Pieces::default()
         };
         let mut total = 0u32;
         let mut synced = None;
         self.for_each_piece(text, |start, piece| {
             total = total.saturating_add(to_u32(self.piece_tokens(piece)));
             let end = start + piece.len();
-            pieces.ends.push(to_u32(end));
-            pieces.cumulative.push(total);
+            head.ends.push(to_u32(end));
+            head.cumulative.push(total);
             if (from..=trusted).contains(&end) && is_ahead_boundary(end) {
                 synced = Some(end);
                 return false;
@@ -297,50 +305,69 @@ impl Tokenizer {
         });
         let Some(synced) = synced else {
             // Never met: every piece was tokenized here.
-            return DocumentIndex::new(self, text, pieces);
+            return DocumentIndex::new(self, text, head);
         };
-        // From the boundary met to the last trusted one: `ahead`'s pieces, moved to `from`.
-        let before = |at: usize| -> u32 {
-            let i = ahead
-                .ends
-                .partition_point(|&end| (end as usize) + from < at);
-            if at == from { 0 } else { ahead.cumulative[i] }
-        };
+        // From the boundary met to the last trusted one: `ahead`'s pieces, moved to `from`
+        // (in its own vectors, so the text's index never takes twice the memory).
         let first = ahead
             .ends
             .partition_point(|&end| (end as usize) + from <= synced);
         let last = ahead
             .ends
             .partition_point(|&end| (end as usize) + from <= trusted);
-        let base = total.wrapping_sub(before(synced));
-        for i in first..last {
-            pieces.ends.push(to_u32(ahead.ends[i] as usize + from));
-            pieces
-                .cumulative
-                .push(ahead.cumulative[i].wrapping_add(base));
+        let before_synced = if synced == from {
+            0
+        } else {
+            ahead.cumulative[first - 1]
+        };
+        let base = total.wrapping_sub(before_synced);
+        let Pieces {
+            mut ends,
+            mut cumulative,
+            ..
+        } = ahead;
+        ends.truncate(last);
+        cumulative.truncate(last);
+        ends.drain(..first);
+        cumulative.drain(..first);
+        let from_u32 = to_u32(from);
+        for end in &mut ends {
+            *end += from_u32;
         }
+        for n in &mut cumulative {
+            *n = n.wrapping_add(base);
+        }
+        ends.splice(0..0, head.ends);
+        cumulative.splice(0..0, head.cumulative);
         // The rest, on its own: `trusted` is a boundary of `text`'s own split.
-        let mut total = pieces.cumulative.last().copied().unwrap_or(0);
+        let mut total = cumulative.last().copied().unwrap_or(0);
         self.for_each_piece(&text[trusted..], |start, piece| {
             total = total.saturating_add(to_u32(self.piece_tokens(piece)));
-            pieces.ends.push(to_u32(trusted + start + piece.len()));
-            pieces.cumulative.push(total);
+            ends.push(to_u32(trusted + start + piece.len()));
+            cumulative.push(total);
             true
         });
+        let pieces = Pieces {
+            len: text.len(),
+            ends,
+            cumulative,
+        };
         DocumentIndex::new(self, text, pieces)
     }
 }
 
 /// The last boundary of `ahead` (its text starts at `from` and ends at `ahead_end`) up to which
 /// its pieces are `text`'s own: all of them when both texts end at the same byte, else the start
-/// of the last line that begins with an ASCII letter before the nearer end. `None` when there is
-/// no such line.
+/// of the last line that begins with neither blank nor `/` before the nearer end. `None` when
+/// there is no such line.
 ///
-/// Why a line start: no pattern matches across a line break into a letter, and every pattern
-/// still trying there stops at the letter. So no search that starts before it reads past the
-/// letter, and up to it the two texts, whatever follows, split the same. (A search can read
-/// well past the end of its match: o200k's `'ll` suffix, `\s*[\r\n]+` waiting for a line
-/// break, so being followed by text is not enough.)
+/// Why such a line start: a match can take a line break only in a blank run (`\s*[\r\n]+`,
+/// `\s+`, the look-ahead `\s+\s`) or as the line breaks that may end a run of punctuation
+/// (`[\r\n]*`, and `[\r\n/]*` in o200k); none of them takes a character that is neither
+/// blank nor `/`, and no other pattern takes the line break. So every search that starts before
+/// the line stops at its first character, and up to it the two texts, whatever follows, split
+/// the same. (A search can read well past the end of its match, as o200k's `'ll` suffix or
+/// `\s*[\r\n]+` waiting for a line break do: being followed by text is not enough.)
 fn trusted_end(text: &str, from: usize, ahead_end: usize, ahead: &Pieces) -> Option<usize> {
     if from >= text.len() {
         return None;
@@ -349,10 +376,14 @@ fn trusted_end(text: &str, from: usize, ahead_end: usize, ahead: &Pieces) -> Opt
         return Some(ahead_end);
     }
     let near = ahead_end.min(text.len());
-    let bytes = text.as_bytes();
-    memchr::memrchr_iter(b'\n', &bytes[from..near])
+    memchr::memrchr_iter(b'\n', &text.as_bytes()[from..near])
         .map(|i| from + i + 1)
-        .find(|&line| line < near && bytes[line].is_ascii_alphabetic())
+        .find(|&line| {
+            text[line..near]
+                .chars()
+                .next()
+                .is_some_and(|c| !c.is_whitespace() && c != '/')
+        })
         // Always a boundary of `ahead` by the same argument; checked, not assumed.
         .filter(|&line| ahead.ends.binary_search(&to_u32(line - from)).is_ok())
 }
@@ -392,6 +423,16 @@ impl<'a> DocumentIndex<'a> {
             ends: pieces.ends,
             cumulative: pieces.cumulative,
             last_head: Cell::new((usize::MAX, 0, 0)),
+        }
+    }
+
+    /// The index's vectors, for [`Tokenizer::pieces_in`] to use again.
+    #[must_use]
+    pub fn into_pieces(self) -> Pieces {
+        Pieces {
+            len: self.text.len(),
+            ends: self.ends,
+            cumulative: self.cumulative,
         }
     }
 
@@ -568,6 +609,7 @@ mod tests {
                 "tail of one chunk.\n\nNext paragraph  starts  here\n  indented\tline 12345 more",
                 "   \n\n\t  words after blanks   \n\n  ",
                 "one\nTwo I'LL\nthree 1234\n\nfour  \nfive\r\nsix. \nseven",
+                "a/\n/b.\n//c\u{85}\nd\u{2028}\n'll\n\u{301}x\n12\n日本\n\tend\n-",
             ]) {
                 let bounds: Vec<usize> = (0..=sample.len())
                     .filter(|&i| sample.is_char_boundary(i))
@@ -589,7 +631,7 @@ mod tests {
                         ends.dedup();
                         for ahead_end in ends {
                             let ahead = tokenizer.pieces(&sample[from..ahead_end]);
-                            let joined = tokenizer.index_ahead(text, from, &ahead);
+                            let joined = tokenizer.index_ahead(text, from, ahead);
                             assert_eq!(
                                 (&joined.ends, &joined.cumulative),
                                 (&whole.ends, &whole.cumulative),

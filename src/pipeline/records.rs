@@ -1,5 +1,6 @@
 //! Chunked text into chunk records: ids, ranges, prefixes, sent in order.
 
+use std::cell::Cell;
 use std::ops::Range;
 
 use tokio::sync::OwnedSemaphorePermit;
@@ -34,8 +35,11 @@ pub(super) struct Segment<'a> {
     pub(super) pages: &'a [usize],
     /// Where each row or item starts in the text (empty: none).
     pub(super) items: &'a [usize],
-    /// The text from this offset on, tokenized ahead on another core (streamed text).
-    pub(super) ahead: Option<(usize, &'a Pieces)>,
+    /// Streamed text: the text from this offset on, tokenized ahead on another core (an offset
+    /// at or past the end: nothing was, the vectors are only lent). Taken by the cut, which
+    /// builds the segment's index in its vectors and leaves them here, spent, for the next
+    /// segment: a stream does not allocate an index per segment.
+    pub(super) ahead: Cell<Option<(usize, Pieces)>>,
 }
 
 impl<'a> Segment<'a> {
@@ -58,7 +62,7 @@ impl<'a> Segment<'a> {
             times: &[],
             pages: &[],
             items: &[],
-            ahead: None,
+            ahead: Cell::new(None),
         }
     }
 }
@@ -256,8 +260,13 @@ fn plan(segment: &Segment<'_>, request: &Request, capacity: usize) -> Vec<Chunk>
         }
         return chunks;
     }
-    match segment.ahead {
-        Some((from, ahead)) => chunker.chunk_after(text, segment.structure, capacity, from, ahead),
+    match segment.ahead.take() {
+        Some((from, ahead)) => {
+            let (chunks, spent) =
+                chunker.chunk_after(text, segment.structure, capacity, from, ahead);
+            segment.ahead.set(Some((0, spent)));
+            chunks
+        }
         None => chunker.chunk_within(text, segment.structure, capacity),
     }
 }

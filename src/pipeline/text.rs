@@ -136,6 +136,8 @@ impl Processing {
         // never ends before the previous one did (`floor`).
         let (mut want, mut floor) = (SEGMENT_BYTES, 0);
         let mut ahead: Option<(usize, Pieces)> = None;
+        // The read-ahead's buffers, used again segment after segment.
+        let mut spare = Spare::default();
         loop {
             let cut_at = loop {
                 if let Some(cut_at) = read.segment_end(want, floor) {
@@ -156,27 +158,38 @@ impl Processing {
             let wanted = (end + SEGMENT_BYTES).saturating_sub(text.len());
             let read_ahead =
                 !finished && !read.ended && wanted > 0 && self.request.cpu.available_permits() > 0;
-            let tokenized = ahead.take();
+            // Nothing tokenized ahead: the segment's index is still built in the spare vectors.
+            let tokenized = ahead
+                .take()
+                .or_else(|| Some((end, std::mem::take(&mut spare.pieces))));
             let work = tokio::task::spawn_blocking(move || {
                 let segment = Segment {
                     last,
-                    ahead: tokenized.as_ref().map(|(from, pieces)| (*from, pieces)),
+                    ahead: std::cell::Cell::new(tokenized),
                     ..Segment::whole(&text[..end], structure)
                 };
                 let done = cut(&segment, &file, &request, &mut at, slot, &sender)?;
+                let spent = segment.ahead.take().map(|(_, pieces)| pieces);
                 text.drain(..done);
-                Ok((text, at, done))
+                Ok((text, at, done, spent))
             });
             // Meanwhile: the next segment's text, tokenized under a slot of its own. A read
             // error is reported after this segment's records, as it would have been.
             let next = if read_ahead {
-                Some(self.read_ahead(&mut body, &mut decoder, wanted).await)
+                let spare = std::mem::take(&mut spare);
+                Some(
+                    self.read_ahead(&mut body, &mut decoder, wanted, spare)
+                        .await,
+                )
             } else {
                 None
             };
-            let done;
-            (read.text, at, done) = self.blocking(work).await?;
+            let (done, spent);
+            (read.text, at, done, spent) = self.blocking(work).await?;
             self.emitted = at.index;
+            if let Some(spent) = spent {
+                spare.pieces = spent;
+            }
             read.marks.retain_mut(|mark| match mark.checked_sub(done) {
                 Some(moved) => {
                     *mark = moved;
@@ -194,6 +207,7 @@ impl Processing {
                 let (next, pieces) = self.blocking(next?).await?;
                 let from = read.text.len();
                 read.append(&next);
+                spare.text = next.text;
                 ahead = pieces.map(|pieces| (from, pieces));
             }
             (want, floor) = if done == 0 {
@@ -223,15 +237,24 @@ impl Processing {
     }
 
     /// Reads text until it holds a place to end at least `want` bytes in (or the body ends),
-    /// then tokenizes it on a blocking thread under a CPU slot of its own.
+    /// then tokenizes it on a blocking thread under a CPU slot of its own, in `spare`'s
+    /// buffers.
     async fn read_ahead(
         &mut self,
         body: &mut BoxStream<'static, Result<Bytes, FileError>>,
         decoder: &mut StreamDecoder,
         want: usize,
+        spare: Spare,
     ) -> Result<tokio::task::JoinHandle<Result<(Decoded, Option<Pieces>), FileError>>, FileError>
     {
-        let mut next = Decoded::with_capacity(want + want / 4);
+        let Spare { mut text, pieces } = spare;
+        text.clear();
+        text.reserve(want + want / 4);
+        let mut next = Decoded {
+            text,
+            marks: Vec::new(),
+            ended: false,
+        };
         while !next.ended && next.marks.last().is_none_or(|&mark| mark < want) {
             self.read_piece(body, decoder, &mut next).await?;
         }
@@ -243,7 +266,7 @@ impl Processing {
         let chunker = self.request.chunker.clone();
         Ok(tokio::task::spawn_blocking(move || {
             let pieces = slot.map(|slot| {
-                let pieces = chunker.tokenize_ahead(&next.text);
+                let pieces = chunker.tokenize_ahead(&next.text, pieces);
                 drop(slot);
                 pieces
             });
@@ -263,6 +286,13 @@ struct Decoded {
     marks: Vec<usize>,
     /// The body ended and the decoder was flushed: `text` is all there is.
     ended: bool,
+}
+
+/// Buffers a stream's read-ahead uses again: its text, and the pieces of a segment cut.
+#[derive(Default)]
+struct Spare {
+    text: String,
+    pieces: Pieces,
 }
 
 /// Where a segment ends.
