@@ -315,11 +315,11 @@ impl Tokenizer {
         let last = ahead
             .ends
             .partition_point(|&end| (end as usize) + from <= trusted);
-        let before_synced = if synced == from {
-            0
-        } else {
-            ahead.cumulative[first - 1]
-        };
+        // Tokens of `ahead` before the boundary met (none when it is `from`).
+        let before_synced = first
+            .checked_sub(1)
+            .and_then(|i| ahead.cumulative.get(i).copied())
+            .unwrap_or(0);
         let base = total.wrapping_sub(before_synced);
         let Pieces {
             mut ends,
@@ -332,7 +332,7 @@ impl Tokenizer {
         cumulative.drain(..first);
         let from_u32 = to_u32(from);
         for end in &mut ends {
-            *end += from_u32;
+            *end = end.saturating_add(from_u32);
         }
         for n in &mut cumulative {
             *n = n.wrapping_add(base);
