@@ -393,17 +393,18 @@ fn output_that_cannot_be_written_is_fatal_exit_1() {
     assert!(stderr.contains("error: writing chunks"), "{stderr}");
 }
 
-/// Many files of many chunks each, more in flight than CPU slots, the first one the slowest:
-/// files waiting for the writer must not hold the CPU slots the first one needs.
-#[test]
-fn many_large_files_in_flight_do_not_wait_on_each_other() {
+/// Syncs a folder of `files` (name, text) into chunks of 40 tokens without overlap, with
+/// `concurrency` files in flight, within `limit`.
+fn sync_small_chunks(
+    files: &[(String, String)],
+    concurrency: &str,
+    limit: std::time::Duration,
+) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    let sentence = "Each file here yields hundreds of small chunks for the writer. ";
-    std::fs::write(data.join("a-first.txt"), sentence.repeat(20_000)).unwrap();
-    for i in 0..8 {
-        std::fs::write(data.join(format!("b-{i}.txt")), sentence.repeat(3_000)).unwrap();
+    for (name, text) in files {
+        std::fs::write(data.join(name), text).unwrap();
     }
     let args = [
         "sync",
@@ -413,9 +414,21 @@ fn many_large_files_in_flight_do_not_wait_on_each_other() {
         "--chunk-overlap",
         "0",
         "--concurrency",
-        "8",
+        concurrency,
     ];
-    let out = common::ingestd_within(dir.path(), &args, std::time::Duration::from_mins(2));
+    common::ingestd_within(dir.path(), &args, limit)
+}
+
+/// Many files of many chunks each, more in flight than CPU slots, the first one the slowest:
+/// files waiting for the writer must not hold the CPU slots the first one needs.
+#[test]
+fn many_large_files_in_flight_do_not_wait_on_each_other() {
+    let sentence = "Each file here yields hundreds of small chunks for the writer. ";
+    let mut files = vec![("a-first.txt".to_owned(), sentence.repeat(20_000))];
+    for i in 0..8 {
+        files.push((format!("b-{i}.txt"), sentence.repeat(3_000)));
+    }
+    let out = sync_small_chunks(&files, "8", std::time::Duration::from_mins(2));
     assert_exit(&out, 0);
     let events = lines(&out.stderr);
     let ready = events.iter().filter(|e| e["event"] == "FILE_READY").count();
@@ -428,23 +441,12 @@ fn many_large_files_in_flight_do_not_wait_on_each_other() {
 /// a spool, and the output stays in listing order, each file's lines together.
 #[test]
 fn a_file_behind_a_large_one_finishes_first_and_is_written_after_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
     let sentence = "Each file here yields thousands of small chunks for the writer. ";
-    std::fs::write(data.join("a-large.txt"), sentence.repeat(120_000)).unwrap();
-    std::fs::write(data.join("b-small.txt"), sentence.repeat(15_000)).unwrap();
-    let args = [
-        "sync",
-        "data",
-        "--chunk-size",
-        "40",
-        "--chunk-overlap",
-        "0",
-        "--concurrency",
-        "2",
+    let files = [
+        ("a-large.txt".to_owned(), sentence.repeat(120_000)),
+        ("b-small.txt".to_owned(), sentence.repeat(15_000)),
     ];
-    let out = common::ingestd_within(dir.path(), &args, std::time::Duration::from_mins(3));
+    let out = sync_small_chunks(&files, "2", std::time::Duration::from_mins(3));
     assert_exit(&out, 0);
     let events = lines(&out.stderr);
     let ready_at = |key: &str| {

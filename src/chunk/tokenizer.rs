@@ -253,14 +253,33 @@ impl Tokenizer {
             vector.clear();
             vector.reserve(text.len() / 4);
         }
-        let mut total = 0u32;
+        self.extend(&mut pieces, 0, text, |_| false);
+        pieces
+    }
+
+    /// Tokenizes `text`, which starts at byte `offset` of the indexed text, onto the end of
+    /// `pieces` until `stop` says so at a piece's end: where it stopped, if it did.
+    fn extend(
+        &self,
+        pieces: &mut Pieces,
+        offset: usize,
+        text: &str,
+        mut stop: impl FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        let mut total = pieces.cumulative.last().copied().unwrap_or(0);
+        let mut stopped = None;
         self.for_each_piece(text, |start, piece| {
             total = total.saturating_add(to_u32(self.piece_tokens(piece)));
-            pieces.ends.push(to_u32(start + piece.len()));
+            let end = offset + start + piece.len();
+            pieces.ends.push(to_u32(end));
             pieces.cumulative.push(total);
+            if stop(end) {
+                stopped = Some(end);
+                return false;
+            }
             true
         });
-        pieces
+        stopped
     }
 
     /// The same index as [`Tokenizer::index`] of `text`, whose part from byte `from` on was
@@ -290,20 +309,9 @@ impl Tokenizer {
             len: text.len(),
             ..Pieces::default()
         };
-        let mut total = 0u32;
-        let mut synced = None;
-        self.for_each_piece(text, |start, piece| {
-            total = total.saturating_add(to_u32(self.piece_tokens(piece)));
-            let end = start + piece.len();
-            head.ends.push(to_u32(end));
-            head.cumulative.push(total);
-            if (from..=trusted).contains(&end) && is_ahead_boundary(end) {
-                synced = Some(end);
-                return false;
-            }
-            true
-        });
-        let Some(synced) = synced else {
+        let Some(synced) = self.extend(&mut head, 0, text, |end| {
+            (from..=trusted).contains(&end) && is_ahead_boundary(end)
+        }) else {
             // Never met: every piece was tokenized here.
             return DocumentIndex::new(self, text, head);
         };
@@ -320,38 +328,29 @@ impl Tokenizer {
             .checked_sub(1)
             .and_then(|i| ahead.cumulative.get(i).copied())
             .unwrap_or(0);
-        let base = total.wrapping_sub(before_synced);
-        let Pieces {
-            mut ends,
-            mut cumulative,
-            ..
-        } = ahead;
-        ends.truncate(last);
-        cumulative.truncate(last);
-        ends.drain(..first);
-        cumulative.drain(..first);
+        let base = head
+            .cumulative
+            .last()
+            .copied()
+            .unwrap_or(0)
+            .wrapping_sub(before_synced);
+        let mut pieces = ahead;
+        pieces.len = text.len();
         let from_u32 = to_u32(from);
-        for end in &mut ends {
+        for vector in [&mut pieces.ends, &mut pieces.cumulative] {
+            vector.truncate(last);
+            vector.drain(..first);
+        }
+        for end in &mut pieces.ends {
             *end = end.saturating_add(from_u32);
         }
-        for n in &mut cumulative {
+        for n in &mut pieces.cumulative {
             *n = n.wrapping_add(base);
         }
-        ends.splice(0..0, head.ends);
-        cumulative.splice(0..0, head.cumulative);
+        pieces.ends.splice(0..0, head.ends);
+        pieces.cumulative.splice(0..0, head.cumulative);
         // The rest, on its own: `trusted` is a boundary of `text`'s own split.
-        let mut total = cumulative.last().copied().unwrap_or(0);
-        self.for_each_piece(&text[trusted..], |start, piece| {
-            total = total.saturating_add(to_u32(self.piece_tokens(piece)));
-            ends.push(to_u32(trusted + start + piece.len()));
-            cumulative.push(total);
-            true
-        });
-        let pieces = Pieces {
-            len: text.len(),
-            ends,
-            cumulative,
-        };
+        self.extend(&mut pieces, trusted, &text[trusted..], |_| false);
         DocumentIndex::new(self, text, pieces)
     }
 }
@@ -407,10 +406,7 @@ pub struct Pieces {
 pub struct DocumentIndex<'a> {
     tokenizer: &'a Tokenizer,
     text: &'a str,
-    /// `ends[i]` is the byte offset where piece `i` ends (pieces are contiguous from 0).
-    ends: Vec<u32>,
-    /// `cumulative[i]` is the number of tokens in pieces `0..=i`.
-    cumulative: Vec<u32>,
+    pieces: Pieces,
     /// The last head re-count: (slice start, where it synced, tokens before that).
     last_head: Cell<(usize, usize, usize)>,
 }
@@ -420,8 +416,7 @@ impl<'a> DocumentIndex<'a> {
         DocumentIndex {
             tokenizer,
             text,
-            ends: pieces.ends,
-            cumulative: pieces.cumulative,
+            pieces,
             last_head: Cell::new((usize::MAX, 0, 0)),
         }
     }
@@ -429,17 +424,13 @@ impl<'a> DocumentIndex<'a> {
     /// The index's vectors, for [`Tokenizer::pieces_in`] to use again.
     #[must_use]
     pub fn into_pieces(self) -> Pieces {
-        Pieces {
-            len: self.text.len(),
-            ends: self.ends,
-            cumulative: self.cumulative,
-        }
+        self.pieces
     }
 
     /// Total tokens of the document.
     #[must_use]
     pub fn total(&self) -> usize {
-        self.cumulative.last().map_or(0, |&n| n as usize)
+        self.pieces.cumulative.last().map_or(0, |&n| n as usize)
     }
 
     /// Tokens before byte offset `at`, where `at` is a piece boundary.
@@ -447,18 +438,25 @@ impl<'a> DocumentIndex<'a> {
         if at == 0 {
             return 0;
         }
-        let i = self.ends.partition_point(|&end| (end as usize) < at);
-        self.cumulative[i] as usize
+        let i = self.pieces.ends.partition_point(|&end| (end as usize) < at);
+        self.pieces.cumulative[i] as usize
     }
 
     fn is_boundary(&self, at: usize) -> bool {
-        at == 0 || self.ends.binary_search(&to_u32(at)).is_ok()
+        at == 0 || self.pieces.ends.binary_search(&to_u32(at)).is_ok()
     }
 
     /// The last piece boundary at or before `at`.
     fn boundary_at_or_before(&self, at: usize) -> usize {
-        let i = self.ends.partition_point(|&end| (end as usize) <= at);
-        if i == 0 { 0 } else { self.ends[i - 1] as usize }
+        let i = self
+            .pieces
+            .ends
+            .partition_point(|&end| (end as usize) <= at);
+        if i == 0 {
+            0
+        } else {
+            self.pieces.ends[i - 1] as usize
+        }
     }
 
     /// Exact token count of `text[start..end]` tokenized on its own.
@@ -633,8 +631,8 @@ mod tests {
                             let ahead = tokenizer.pieces(&sample[from..ahead_end]);
                             let joined = tokenizer.index_ahead(text, from, ahead);
                             assert_eq!(
-                                (&joined.ends, &joined.cumulative),
-                                (&whole.ends, &whole.cumulative),
+                                (&joined.pieces.ends, &joined.pieces.cumulative),
+                                (&whole.pieces.ends, &whole.pieces.cumulative),
                                 "{encoding}: {sample:?}, text ..{end}, ahead {from}..{ahead_end}"
                             );
                         }
