@@ -266,14 +266,15 @@ pub struct ImagesConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MediaConfig {
-    /// The ffprobe program (Debian's ffmpeg) that describes AVI, FLV, MPEG, WMV and AMR files;
-    /// when it cannot be run they are skipped (`UNSUPPORTED_FORMAT`).
+    /// The ffprobe program (Debian's ffmpeg) that describes audio and video symphonia does not
+    /// read; when it cannot be run they are skipped (`UNSUPPORTED_FORMAT`), or keep what
+    /// symphonia said of them.
     pub ffprobe: String,
     /// Seconds one file's ffprobe may take before it is killed (`LIMIT_EXCEEDED`).
     pub ffprobe_timeout_secs: u64,
-    /// The ffmpeg program that decodes, for transcription, audio symphonia cannot (Opus, AC-3;
-    /// the soundtrack of AVI, FLV, MPEG, WMV and AMR); when it cannot be run such files keep
-    /// their metadata record and `FILE_READY` says why there is no transcript.
+    /// The ffmpeg program that decodes, for transcription, audio symphonia cannot (Opus, AC-3,
+    /// Speex, AMR; the soundtrack of what ffprobe describes); when it cannot be run such files
+    /// keep their metadata record and `FILE_READY` says why there is no transcript.
     pub ffmpeg: String,
 }
 

@@ -183,7 +183,7 @@ pub fn detect(head: &[u8], content_type: Option<&str>, name: &str) -> Detected {
         .map(str::to_ascii_lowercase)
         .unwrap_or_default();
 
-    if let Some(format) = magic(head) {
+    if let Some(format) = magic(head).or_else(|| text_image(head, &extension)) {
         return Detected {
             format,
             text_hint: None,
@@ -227,10 +227,15 @@ pub fn declared(content_type: Option<&str>, name: &str) -> Format {
             .iter()
             .find(|d| **d == extension)
             .map(|d| Format::Document(d)),
-        "png" | "jpg" | "jpeg" | "gif" | "webp" | "bmp" | "tif" | "tiff" | "heic" | "avif" => {
+        "png" | "jpg" | "jpeg" | "gif" | "webp" | "bmp" | "tif" | "tiff" | "heic" | "avif"
+        | "svg" | "ppm" | "pgm" | "pbm" | "pnm" | "pam" | "xbm" | "xpm" => {
             Some(Format::Image(match extension.as_str() {
                 "jpg" | "jpeg" => "jpeg",
                 "tif" | "tiff" => "tiff",
+                "ppm" | "pgm" | "pbm" | "pnm" | "pam" => "pnm",
+                "svg" => "svg",
+                "xbm" => "xbm",
+                "xpm" => "xpm",
                 "png" => "png",
                 "gif" => "gif",
                 "webp" => "webp",
@@ -268,7 +273,7 @@ const DOCUMENTS: [&str; 17] = [
 ];
 
 fn magic(head: &[u8]) -> Option<Format> {
-    if let Some(format) = audio_magic(head) {
+    if let Some(format) = audio_magic(head).or_else(|| media_magic(head)) {
         return Some(format);
     }
     // OLE compound files (legacy Office, Outlook MSG) and ZIPs are told apart by their own
@@ -292,6 +297,7 @@ fn magic(head: &[u8]) -> Option<Format> {
         "image/avif" => Format::Image("avif"),
         "image/vnd.adobe.photoshop" => Format::Image("psd"),
         "image/jxl" => Format::Image("jxl"),
+        "image/svg+xml" => Format::Image("svg"),
         "audio/mpeg" => Format::Audio("mp3"),
         "audio/x-wav" | "audio/wav" => Format::Audio("wav"),
         "audio/x-flac" | "audio/flac" => Format::Audio("flac"),
@@ -363,6 +369,89 @@ fn audio_magic(head: &[u8]) -> Option<Format> {
     };
     let next = head.get(length..length + 2)?;
     (length >= 7 && next[0] == 0xFF && next[1] & 0xE0 == 0xE0).then_some(Format::Audio(format))
+}
+
+/// Media formats `infer` does not know, by their own signatures: BigTIFF, MPEG transport
+/// streams, AIFF-C, 3GPP and 3GPP2 (of every brand), FLIC animations, AC-3 and E-AC-3.
+fn media_magic(head: &[u8]) -> Option<Format> {
+    if head.starts_with(b"II\x2B\x00\x08\x00\x00\x00")
+        || head.starts_with(b"MM\x00\x2B\x00\x08\x00\x00")
+    {
+        return Some(Format::Image("tiff"));
+    }
+    // A transport stream's packets start with 0x47 every 188 bytes (192 in M2TS, after a
+    // timestamp); several in a row, as many as the head holds up to seven.
+    for (first, step) in [(0, 188), (4, 192)] {
+        let packets = (head.len().saturating_sub(first) / step).clamp(0, 7);
+        if packets >= 3 && (0..packets).all(|i| head.get(first + i * step) == Some(&0x47)) {
+            return Some(Format::Video("mpegts"));
+        }
+    }
+    if head.starts_with(b"FORM") && head.get(8..12) == Some(b"AIFC") {
+        return Some(Format::Audio("aiff"));
+    }
+    if head.get(4..8) == Some(b"ftyp") {
+        match head.get(8..11) {
+            Some(b"3gp") => return Some(Format::Video("3gp")),
+            Some(b"3g2") => return Some(Format::Video("3g2")),
+            _ => {}
+        }
+    }
+    if let Some(header) = head.get(..128) {
+        let word = |at: usize| u16::from_le_bytes([header[at], header[at + 1]]);
+        let (magic, width, height, depth) = (word(4), word(8), word(10), word(12));
+        let flic = match magic {
+            0xAF11 | 0xAF12 => depth == 8,
+            0xAF44 => matches!(depth, 15 | 16 | 24),
+            _ => false,
+        };
+        if flic && width > 0 && height > 0 {
+            return Some(Format::Video("flic"));
+        }
+    }
+    ac3_frame(head)
+}
+
+/// AC-3 or E-AC-3: a sync frame whose length, read from its header, ends where the next one
+/// starts.
+fn ac3_frame(head: &[u8]) -> Option<Format> {
+    /// 16-bit words in an AC-3 frame, by frame size code, at 48, 44.1 and 32 kHz.
+    const WORDS: [[u16; 38]; 3] = [
+        [
+            64, 64, 80, 80, 96, 96, 112, 112, 128, 128, 160, 160, 192, 192, 224, 224, 256, 256,
+            320, 320, 384, 384, 448, 448, 512, 512, 640, 640, 768, 768, 896, 896, 1024, 1024, 1152,
+            1152, 1280, 1280,
+        ],
+        [
+            69, 70, 87, 88, 104, 105, 121, 122, 139, 140, 174, 175, 208, 209, 243, 244, 278, 279,
+            348, 349, 417, 418, 487, 488, 557, 558, 696, 697, 835, 836, 975, 976, 1114, 1115, 1253,
+            1254, 1393, 1394,
+        ],
+        [
+            96, 96, 120, 120, 144, 144, 168, 168, 192, 192, 240, 240, 288, 288, 336, 336, 384, 384,
+            480, 480, 576, 576, 672, 672, 768, 768, 960, 960, 1152, 1152, 1344, 1344, 1536, 1536,
+            1728, 1728, 1920, 1920,
+        ],
+    ];
+    let header = head.get(..6)?;
+    if header[..2] != [0x0B, 0x77] {
+        return None;
+    }
+    let bsid = header[5] >> 3;
+    let (format, length) = match bsid {
+        0..=8 => {
+            let rate = usize::from(header[4] >> 6);
+            let code = usize::from(header[4] & 0x3F);
+            let words = WORDS.get(rate)?.get(code)?;
+            ("ac3", usize::from(*words) * 2)
+        }
+        11..=16 => {
+            let words = (usize::from(header[2] & 0x07) << 8) | usize::from(header[3]);
+            ("eac3", (words + 1) * 2)
+        }
+        _ => return None,
+    };
+    (head.get(length..length + 2)? == [0x0B, 0x77]).then_some(Format::Audio(format))
 }
 
 /// The format and length in bytes of the MPEG audio frame whose header `frame` starts with.
@@ -494,7 +583,7 @@ fn text_format_from_extension(extension: &str, name: &str) -> Option<Format> {
         "txt" | "text" | "log" => Format::Plain,
         "md" | "markdown" | "mdx" => Format::Markdown,
         "html" | "htm" | "xhtml" => Format::Html,
-        "xml" | "xsd" | "rss" | "atom" | "svg" => Format::Xml,
+        "xml" | "xsd" | "rss" | "atom" => Format::Xml,
         "csv" => Format::Csv,
         "tsv" | "tab" => Format::Tsv,
         "json" => Format::Json,
@@ -538,6 +627,122 @@ fn code_language(extension: &str, name: &str) -> Option<&'static str> {
         (_, "Dockerfile" | "Makefile" | "Rakefile" | "Gemfile") => "build",
         _ => return None,
     })
+}
+
+/// Images that are text, or start like it: PNM (`P1`–`P7`), XBM and XPM (C source) and SVG
+/// (XML whose root is `svg`, in SVG's namespace or in a file named `.svg`). Told by their
+/// content.
+fn text_image(head: &[u8], extension: &str) -> Option<Format> {
+    let head = head.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(head);
+    if pnm_header(head) {
+        return Some(Format::Image("pnm"));
+    }
+    let start = head.iter().position(|b| !b.is_ascii_whitespace())?;
+    let text = &head[start..];
+    if text.starts_with(b"/* XPM */") || text.starts_with(b"! XPM2") {
+        return Some(Format::Image("xpm"));
+    }
+    if text.starts_with(b"#define ") {
+        let text = String::from_utf8_lossy(text);
+        let mut defines = text.lines().take(2).map(|line| {
+            let mut words = line.split_ascii_whitespace();
+            (words.next(), words.next(), words.next())
+        });
+        let (width, height) = (defines.next()?, defines.next()?);
+        let is = |define: (Option<&str>, Option<&str>, Option<&str>), suffix: &str| {
+            define.0 == Some("#define")
+                && define.1.is_some_and(|name| name.ends_with(suffix))
+                && define.2.is_some_and(|n| n.parse::<u32>().is_ok())
+        };
+        return (is(width, "_width") && is(height, "_height")).then_some(Format::Image("xbm"));
+    }
+    let root = svg_root(text)?;
+    (extension == "svg"
+        || root
+            .windows(SVG_NAMESPACE.len())
+            .any(|w| w == SVG_NAMESPACE))
+    .then_some(Format::Image("svg"))
+}
+
+const SVG_NAMESPACE: &[u8] = b"http://www.w3.org/2000/svg";
+
+/// Whether `head` starts with a Netpbm header: `P1`–`P6` and its numbers (width, height and,
+/// but for bitmaps, the largest value), comments allowed between them; the numbers of the
+/// plain (text) variants follow. `P7` (PAM) starts its header lines with `WIDTH` and the like.
+fn pnm_header(head: &[u8]) -> bool {
+    let [b'P', kind @ b'1'..=b'7', rest @ ..] = head else {
+        return false;
+    };
+    if !rest.first().is_some_and(u8::is_ascii_whitespace) {
+        return false;
+    }
+    if *kind == b'7' {
+        let lead = rest.trim_ascii_start();
+        return ["WIDTH", "HEIGHT", "DEPTH", "MAXVAL", "TUPLTYPE"]
+            .iter()
+            .any(|field| lead.starts_with(field.as_bytes()));
+    }
+    let numbers = if matches!(kind, b'1' | b'4') { 2 } else { 3 };
+    let mut at = rest;
+    for _ in 0..numbers {
+        loop {
+            at = at.trim_ascii_start();
+            match at.strip_prefix(b"#") {
+                Some(comment) => {
+                    let end = comment.iter().position(|&b| b == b'\n');
+                    at = end.map_or(&[][..], |end| &comment[end..]);
+                }
+                None => break,
+            }
+        }
+        let digits = at.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 || digits > 10 {
+            return false;
+        }
+        at = &at[digits..];
+        if !at.first().is_some_and(u8::is_ascii_whitespace) {
+            return false;
+        }
+    }
+    // The plain variants hold numbers only.
+    !matches!(kind, b'1'..=b'3')
+        || at
+            .iter()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_whitespace() || *b == b'#')
+}
+
+/// The start tag of XML text's root element when it is `svg` (after its declaration, comments
+/// and doctype), whole within `text`.
+fn svg_root(mut text: &[u8]) -> Option<&[u8]> {
+    loop {
+        text = text.trim_ascii_start();
+        let skip = if text.starts_with(b"<?") {
+            b"?>".as_slice()
+        } else if text.starts_with(b"<!--") {
+            b"-->".as_slice()
+        } else if text.starts_with(b"<!") {
+            // A doctype's internal subset holds declarations of its own.
+            let subset = text.iter().position(|&b| b == b'[' || b == b'>');
+            if subset.and_then(|at| text.get(at)) == Some(&b'[') {
+                b"]>".as_slice()
+            } else {
+                b">".as_slice()
+            }
+        } else {
+            break;
+        };
+        let end = text.windows(skip.len()).position(|w| w == skip)?;
+        text = &text[end + skip.len()..];
+    }
+    let name = text.strip_prefix(b"<")?;
+    let end = name
+        .iter()
+        .position(|b| b.is_ascii_whitespace() || *b == b'>' || *b == b'/')
+        .unwrap_or(name.len());
+    let name = &name[..end];
+    let local = name.rsplit(|&b| b == b':').next().unwrap_or(name);
+    let close = text.iter().position(|&b| b == b'>')?;
+    (local == b"svg").then(|| &text[..close])
 }
 
 /// Text formats recognisable from their first characters.
@@ -732,6 +937,56 @@ mod tests {
         assert_eq!(
             detect(&be, None, "a.txt").text_hint,
             Some(TextHint::Utf16Be)
+        );
+    }
+
+    #[test]
+    fn media_infer_does_not_know_is_told_by_its_signature_whatever_its_name() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+        for (path, format) in [
+            ("audio/elsewhere/clip.ts", Format::Video("mpegts")),
+            ("audio/elsewhere/clip.3gp", Format::Video("3gp")),
+            ("audio/elsewhere/clip.3g2", Format::Video("3g2")),
+            ("audio/elsewhere/speech.ac3", Format::Audio("ac3")),
+            ("audio/elsewhere/speech.eac3", Format::Audio("eac3")),
+            ("audio/elsewhere/alaw.aifc", Format::Audio("aiff")),
+            ("audio/elsewhere/anim.flc", Format::Video("flic")),
+            ("media/images/big.tiff", Format::Image("tiff")),
+            ("media/images/gradient.ppm", Format::Image("pnm")),
+            ("media/images/plain.pbm", Format::Image("pnm")),
+            ("media/images/checker.xbm", Format::Image("xbm")),
+            ("media/images/badge.xpm", Format::Image("xpm")),
+            ("media/images/logo.svg", Format::Image("svg")),
+            ("media/images/chart.svg", Format::Image("svg")),
+        ] {
+            let bytes = std::fs::read(fixtures.join(path)).unwrap();
+            let head = &bytes[..bytes.len().min(SNIFF_BYTES)];
+            assert_eq!(detect(head, None, "unnamed").format, format, "{path}");
+        }
+    }
+
+    #[test]
+    fn text_that_starts_like_such_media_stays_text() {
+        for text in [
+            "P1 2024 roadmap: ship the importer\n",
+            "P3 10 20 30 items are left\n",
+            "#define LIMIT 4\n#define OTHER 5\n",
+            "<?xml version=\"1.0\"?><svgish/>",
+            "<svg is the tag we talk about",
+        ] {
+            let format = detect(text.as_bytes(), None, "notes.txt").format;
+            assert_eq!(format.family(), Family::Text, "{text}: {format:?}");
+        }
+        // A G every 188 bytes in text is not a transport stream when little else is.
+        let mut text = "G".to_owned() + &"a".repeat(187);
+        text = text.repeat(2) + "G";
+        assert_eq!(detect(text.as_bytes(), None, "g.txt").format, Format::Plain);
+        // An SVG with a doctype and comments before its root is still one.
+        let svg = "<!-- drawn by hand --><!DOCTYPE svg [ <!ENTITY a \"b\"> ]>\n\
+                   <svg:svg xmlns:svg=\"http://www.w3.org/2000/svg\"/>";
+        assert_eq!(
+            detect(svg.as_bytes(), None, "x").format,
+            Format::Image("svg")
         );
     }
 }

@@ -169,17 +169,13 @@ fn other_containers_are_described_by_ffprobe_or_skipped_without_it() {
                 "{key}: {mine}: {media}"
             );
         }
-        // An MPEG program stream says its length nowhere in its head (ffprobe reads it from
-        // the last timestamp, at the end): left out rather than guessed.
-        if key == "clip.mpg" {
-            assert!(media.get("duration_ms").is_none(), "{media}");
-        } else {
-            let ms = media["duration_ms"].as_u64().unwrap();
-            assert!(
-                ms.abs_diff(said["duration_ms"].as_u64().unwrap()) <= 150,
-                "{key}: {ms}"
-            );
-        }
+        // (An MPEG program stream says its length only in its last timestamps: ffprobe seeks
+        // to the end for them.)
+        let ms = media["duration_ms"].as_u64().unwrap();
+        assert!(
+            ms.abs_diff(said["duration_ms"].as_u64().unwrap()) <= 150,
+            "{key}: {ms}"
+        );
     }
     // Without ffprobe: recognised, and skipped saying what to install.
     std::fs::write(
@@ -221,32 +217,138 @@ fn other_containers_are_described_by_ffprobe_or_skipped_without_it() {
 }
 
 #[test]
+fn whatever_reads_a_file_it_is_described_as_what_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = json("audio/probe.json");
+    let folder = fixture("audio/elsewhere");
+    let out = ingestd(dir.path(), &["sync", folder.to_str().unwrap()]);
+    assert_exit(&out, 0);
+    let records = lines(&out.stdout);
+    let events = lines(&out.stderr);
+    let expected: Vec<&String> = probe
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with("elsewhere/"))
+        .collect();
+    assert_eq!(records.len(), expected.len(), "one record per file");
+    for record in &records {
+        let key = record["file"]["key"].as_str().unwrap();
+        let said = &probe[format!("elsewhere/{key}").as_str()];
+        let media = &record["media"];
+        let video = said.get("width").is_some();
+        assert_eq!(
+            record["file"]["media_type"],
+            if video { "VIDEO" } else { "AUDIO" },
+            "{key}: {media}"
+        );
+        let mut fields = vec![("sample_rate", "sample_rate"), ("channels", "channels")];
+        if video {
+            fields.extend([
+                ("width", "width"),
+                ("height", "height"),
+                ("codec", "video_codec"),
+                ("frame_rate", "frame_rate"),
+                ("audio_codec", "codec"),
+            ]);
+        } else {
+            fields.push(("codec", "codec"));
+        }
+        for (mine, theirs) in fields {
+            assert_eq!(media.get(mine), said.get(theirs), "{key}: {mine}: {media}");
+        }
+        // The length where the container says it (a FLIC does not), else none.
+        match said.get("duration_ms") {
+            Some(ms) => {
+                let (ms, mine) = (ms.as_u64().unwrap(), media["duration_ms"].as_u64().unwrap());
+                assert!(ms.abs_diff(mine) <= 150, "{key}: {mine} ms, not {ms}");
+            }
+            None => assert!(media.get("duration_ms").is_none(), "{key}: {media}"),
+        }
+        let ready = outcome(&events, key);
+        assert_eq!(ready["event"], "FILE_READY", "{key}: {ready}");
+    }
+}
+
+#[test]
+fn durations_are_what_the_media_holds_not_what_the_header_claims() {
+    let dir = tempfile::tempdir().unwrap();
+    let true_ms = json("audio/speech.json")["duration_ms"].as_u64().unwrap();
+    let folder = fixture("audio/durations");
+    let out = ingestd(dir.path(), &["sync", folder.to_str().unwrap()]);
+    assert_exit(&out, 0);
+    let records = lines(&out.stdout);
+    assert_eq!(records.len(), 2);
+    for record in &records {
+        let key = record["file"]["key"].as_str().unwrap();
+        let ms = record["media"]["duration_ms"].as_u64().unwrap();
+        assert!(ms.abs_diff(true_ms) <= 150, "{key}: {ms} ms, not {true_ms}");
+        assert_eq!(record["file"]["media_type"], "AUDIO", "{key}");
+    }
+    // The duration limit holds against what is there: the WAV's header claims twice the
+    // limit, its samples are within it; then a limit below them.
+    let half = folder.join("half.wav");
+    for (limit_secs, event) in [
+        (true_ms / 1000 + 2, "FILE_READY"),
+        (true_ms / 2000, "FILE_ERROR"),
+    ] {
+        std::fs::write(
+            dir.path().join("pipeline.toml"),
+            format!("[limits]\nmax_media_duration_secs = {limit_secs}\n"),
+        )
+        .unwrap();
+        let out = ingestd(dir.path(), &["sync", half.to_str().unwrap()]);
+        let events = lines(&out.stderr);
+        let got = outcome(&events, "half.wav");
+        assert_eq!(got["event"], event, "limit {limit_secs} s: {got}");
+        if event == "FILE_ERROR" {
+            assert_eq!(got["error_code"], "LIMIT_EXCEEDED", "{got}");
+        }
+    }
+}
+
+#[test]
 fn transcripts_carry_the_time_of_the_speech_in_each_chunk() {
     let provider = Provider::start();
     let dir = tempfile::tempdir().unwrap();
     let spoken = sentences();
     // 6 s pieces: the 9.4 s recording is cut once, in the pause between its two sentences.
-    for (file, max_error_ms) in [
-        ("speech/speech.wav", 100),
-        ("speech/speech.flac", 100),
-        ("speech/speech.mp3", 150),
-        ("speech/speech.m4a", 150),
-        ("video/clip.mp4", 150),
+    // (file, largest error in ms, audio heard at least; an AMR's last half second is comfort
+    // noise ffmpeg does not decode, and nothing after it says how long it lasts)
+    for (file, max_error_ms, whole_ms) in [
+        ("speech/speech.wav", 100, 9000),
+        ("speech/speech.flac", 100, 9000),
+        ("speech/speech.mp3", 150, 9000),
+        ("speech/speech.m4a", 150, 9000),
+        ("video/clip.mp4", 150, 9000),
         // Decoded by ffmpeg: Opus, which symphonia has no decoder for, and the soundtracks of
         // containers it does not read.
-        ("speech/speech.opus", 100),
-        ("speech/speech.webm", 100),
-        ("video/clip.webm", 100),
-        ("ffprobe/clip.avi", 100),
-        ("ffprobe/clip.flv", 100),
-        ("ffprobe/clip.wmv", 100),
-        ("ffprobe/clip.mpg", 100),
+        ("speech/speech.opus", 100, 9000),
+        ("speech/speech.webm", 100, 9000),
+        ("video/clip.webm", 100, 9000),
+        ("ffprobe/clip.avi", 100, 9000),
+        ("ffprobe/clip.flv", 100, 9000),
+        ("ffprobe/clip.wmv", 100, 9000),
+        ("ffprobe/clip.mpg", 100, 9000),
         // AC-3, which symphonia has no decoder for, in an MP4 whose index comes first.
-        ("foreign/ac3-faststart.mp4", 100),
+        ("foreign/ac3-faststart.mp4", 100, 9000),
         // Opus, then MP3: the MP3 track is decoded here.
-        ("foreign/two-tracks.mkv", 100),
+        ("foreign/two-tracks.mkv", 100, 9000),
         // AMR, described by ffprobe and decoded by ffmpeg around its comfort-noise frames.
-        ("foreign/speech.amr", 150),
+        ("foreign/speech.amr", 150, 8000),
+        // Containers and codecs symphonia does not read, and videos whose picture it does not
+        // describe: decoded by ffmpeg, or by symphonia where it reads the sound.
+        ("elsewhere/clip.ts", 150, 9000),
+        ("elsewhere/clip.3gp", 150, 8000),
+        ("elsewhere/clip.3g2", 150, 9000),
+        ("elsewhere/speech.ac3", 150, 9000),
+        ("elsewhere/speech.eac3", 150, 9000),
+        ("elsewhere/alaw.aifc", 100, 9000),
+        ("elsewhere/ulaw.aifc", 100, 9000),
+        ("elsewhere/speech.spx", 150, 9000),
+        ("elsewhere/clip.ogv", 150, 9000),
+        ("elsewhere/hevc.mov", 150, 9000),
+        ("elsewhere/prores.mov", 100, 9000),
     ] {
         let before = provider.seen().len();
         let path = fixture(&format!("audio/{file}"));
@@ -286,13 +388,6 @@ fn transcripts_carry_the_time_of_the_speech_in_each_chunk() {
             spoken[0].1 < cut_ms && cut_ms < spoken[1].0,
             "{file}: cut at {cut_ms} ms, inside a sentence {spoken:?}"
         );
-        // (The AMR's last half second is comfort noise ffmpeg does not decode, and nothing
-        // after it says how long it lasts.)
-        let whole_ms: u64 = if file == "foreign/speech.amr" {
-            8_000
-        } else {
-            9_000
-        };
         assert!(
             start as u64 > whole_ms * 16,
             "{file}: the whole recording was sent"
@@ -463,52 +558,38 @@ fn a_provider_that_fails_is_retried_then_the_file_fails_retryably() {
 }
 
 #[test]
-fn an_mp4_ffmpeg_cannot_read_from_a_stream_keeps_its_record() {
+fn ffmpeg_seeks_an_mp4_whose_index_follows_its_media() {
     let provider = Provider::start();
     let dir = tempfile::tempdir().unwrap();
-    // AC-3 in an MP4 whose index follows its media: described, but its media would have gone
-    // by when a stream reaches the index, so ffmpeg is not even started.
-    let path = fixture("audio/foreign/ac3.mp4");
+    // AC-3 (no decoder here) in an MP4 whose index follows its media, and in a copy whose
+    // index comes first: ffmpeg reads either through ranged requests, and transcribes both.
     let started = dir.path().join("started");
     let ffmpeg = common::program(
         &dir.path().join("ffmpeg"),
         &format!("touch {}\nexec ffmpeg \"$@\"", started.display()),
     );
-    let out = transcribe(
-        dir.path(),
-        &provider,
-        &format!("[media]\nffmpeg = \"{}\"\n", ffmpeg.display()),
-        &[path.to_str().unwrap()],
-    );
-    assert_exit(&out, 0);
-    let events = lines(&out.stderr);
-    let ready = outcome(&events, "ac3.mp4");
-    assert_eq!(ready["event"], "FILE_READY", "{ready}");
-    assert_eq!(ready["chunk_count"], 1, "{ready}");
-    let message = ready["message"].as_str().unwrap();
-    assert!(
-        message.starts_with("no transcript was made") && message.contains("index follows"),
-        "{message}"
-    );
-    let records = lines(&out.stdout);
-    assert_eq!(records[0]["media"]["audio_codec"], "ac3");
-    assert_eq!(records[0]["media"]["frame_rate"], 25.0);
-    assert!(provider.seen().is_empty());
-    assert!(!started.exists(), "ffmpeg was started");
-    // The same wrapper is what transcribes the copy whose index comes first.
-    let path = fixture("audio/foreign/ac3-faststart.mp4");
-    let out = transcribe(
-        dir.path(),
-        &provider,
-        &format!("[media]\nffmpeg = \"{}\"\n", ffmpeg.display()),
-        &[path.to_str().unwrap()],
-    );
-    assert_exit(&out, 0);
-    assert!(started.exists(), "ffmpeg was not started");
-    let records = lines(&out.stdout);
-    assert_eq!(records.len(), 1);
-    assert!(records[0]["text"].as_str().unwrap().contains("Passage 1"));
-    assert!(records[0]["time_range_ms"].is_array());
+    for name in ["ac3.mp4", "ac3-faststart.mp4"] {
+        let path = fixture(&format!("audio/foreign/{name}"));
+        let _ = std::fs::remove_file(&started);
+        let out = transcribe(
+            dir.path(),
+            &provider,
+            &format!("[media]\nffmpeg = \"{}\"\n", ffmpeg.display()),
+            &[path.to_str().unwrap()],
+        );
+        assert_exit(&out, 0);
+        assert!(started.exists(), "{name}: ffmpeg was not started");
+        let events = lines(&out.stderr);
+        let ready = outcome(&events, name);
+        assert_eq!(ready["event"], "FILE_READY", "{ready}");
+        assert!(ready.get("message").is_none(), "{ready}");
+        let records = lines(&out.stdout);
+        assert_eq!(records.len(), 1, "{name}");
+        assert!(records[0]["text"].as_str().unwrap().contains("Passage 1"));
+        assert!(records[0]["time_range_ms"].is_array());
+        assert_eq!(records[0]["media"]["audio_codec"], "ac3");
+        assert_eq!(records[0]["media"]["frame_rate"], 25.0);
+    }
 }
 
 #[test]
@@ -641,7 +722,7 @@ fn broken_and_hostile_recordings_each_get_their_outcome() {
         ("truncated.mp3", ("FILE_ERROR", "CORRUPT_FILE")),
         ("header-only.wav", ("FILE_ERROR", "CORRUPT_FILE")),
         ("cut.m4a", ("FILE_ERROR", "CORRUPT_FILE")),
-        ("endless.wav", ("FILE_ERROR", "LIMIT_EXCEEDED")),
+        ("endless.wav", ("FILE_READY", "")),
         ("absurd-rate.wav", ("FILE_ERROR", "CORRUPT_FILE")),
         ("cover-bomb.mp3", ("FILE_ERROR", "LIMIT_EXCEEDED")),
         ("wrong-extension.mp3", ("FILE_READY", "")),
@@ -685,6 +766,9 @@ fn broken_and_hostile_recordings_each_get_their_outcome() {
         let records = lines(&out.stdout);
         let of = |key: &str| records.iter().find(|r| r["file"]["key"] == key).unwrap();
         assert_eq!(of("wrong-extension.mp3")["file"]["format"], "ogg");
+        // A header claiming 74 hours, then one second: the second is what is described.
+        let endless = of("endless.wav")["media"]["duration_ms"].as_u64().unwrap();
+        assert!(endless.abs_diff(1000) <= 20, "{endless} ms");
         if transcribed {
             // The damaged FLAC decodes around its damage (a second of frames missing, one
             // broken): both sentences are heard, the second still at its time.

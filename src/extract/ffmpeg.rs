@@ -1,34 +1,35 @@
-//! Audio that symphonia cannot decode — Opus, AC-3 and the like, and the soundtrack of AVI,
-//! FLV, MPEG, WMV and AMR files — decoded by ffmpeg from Debian's package as a child process:
-//! the object's bytes stream into its stdin and 16 kHz mono 16-bit samples come out of its
-//! stdout, cut into pieces by a [`Cutter`]. A crash or a hang costs that process, which is
-//! killed when the file is abandoned.
+//! Audio that symphonia cannot decode — Opus, AC-3 and the like, and the soundtrack of every
+//! container it does not read — decoded by ffmpeg from Debian's package as a child process:
+//! the object is served to it over HTTP on the loopback interface ([`super::served`]), so it
+//! seeks as in a file (an index at the end included), and 16 kHz mono 16-bit samples come out
+//! of its stdout, cut into pieces by a [`Cutter`]. A crash or a hang costs that process, which
+//! is killed when the file is abandoned.
 
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use futures::StreamExt;
-use futures::stream::BoxStream;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::sync::{Semaphore, mpsc};
 
-use super::media::{Cutter, Piece, TRANSCRIPTION_RATE};
+use super::media::{Cutter, Input, Piece, TRANSCRIPTION_RATE};
+use super::served::Served;
 use crate::error::{ErrorCode, FileError};
 
-/// Formats (names of [`crate::detect`]) whose audio ffmpeg decodes from a stream, and the
-/// demuxer it is told to use for each (it never picks one itself: no playlist or concat
-/// demuxer can be smuggled in).
+/// Formats (names of [`crate::detect`]) ffmpeg and ffprobe are given, and the demuxer each is
+/// told to use (they never pick one themselves: no playlist or concat demuxer can be smuggled
+/// in, whatever the bytes say).
 const DEMUXERS: &[(&str, &str)] = &[
     ("avi", "avi"),
     ("flv", "flv"),
     ("mpeg", "mpeg"),
+    ("mpegts", "mpegts"),
     ("wmv", "asf"),
     ("amr", "amr"),
     ("ogg", "ogg"),
+    ("opus", "ogg"),
     ("webm", "matroska"),
     ("mkv", "matroska"),
     ("mp4", "mov"),
@@ -36,7 +37,29 @@ const DEMUXERS: &[(&str, &str)] = &[
     ("m4a", "mov"),
     ("mov", "mov"),
     ("3gp", "mov"),
+    ("3g2", "mov"),
+    ("ac3", "ac3"),
+    ("eac3", "eac3"),
+    ("aiff", "aiff"),
+    ("flic", "flic"),
+    ("wav", "wav"),
+    ("flac", "flac"),
+    ("mp3", "mp3"),
+    ("mp2", "mp3"),
+    ("mp1", "mp3"),
+    ("aac", "aac"),
+    ("caf", "caf"),
 ];
+
+/// The demuxer ffmpeg and ffprobe are told to use for a `format` file; `None` for formats they
+/// are not given.
+#[must_use]
+pub fn demuxer(format: &str) -> Option<&'static str> {
+    DEMUXERS
+        .iter()
+        .find(|(name, _)| *name == format)
+        .map(|(_, demuxer)| *demuxer)
+}
 
 /// What ffmpeg says on stderr that is kept for an error message.
 const KEPT_STDERR_BYTES: usize = 4096;
@@ -60,36 +83,41 @@ pub struct Ffmpeg {
 /// Whether ffmpeg decodes this format's audio here.
 #[must_use]
 pub fn decodes(format: &str) -> bool {
-    DEMUXERS.iter().any(|(name, _)| *name == format)
+    demuxer(format).is_some()
 }
 
 impl Ffmpeg {
-    /// Decodes the first audio track of a `format` file whose bytes `body` brings, and sends
-    /// its pieces to `pieces` as `cutter` cuts them. Reading ffmpeg's samples holds a slot of
-    /// `cpu`, released while a piece waits to be taken. `fed` counts the bytes given to it.
+    /// Decodes the first audio track of `input`, a `format` file, and sends its pieces to
+    /// `pieces` as `cutter` cuts them. Reading ffmpeg's samples holds a slot of `cpu`, released
+    /// while a piece waits to be taken.
     ///
     /// # Errors
-    /// `UNSUPPORTED_FORMAT` when ffmpeg is not installed, or decodes nothing from an MP4 (which
-    /// may not be decodable from a stream); `CORRUPT_FILE` when it decodes nothing from other
-    /// files; the body's own errors; `LIMIT_EXCEEDED` past the duration limit; `INTERNAL`
-    /// (transient) when ffmpeg cannot be started, is killed or its install does not run, and
-    /// (permanent) when `pieces` is closed.
+    /// `UNSUPPORTED_FORMAT` when ffmpeg is not installed; `CORRUPT_FILE` when it decodes
+    /// nothing; the source's own errors reading `input`; `LIMIT_EXCEEDED` past the duration
+    /// limit; `INTERNAL` (transient) when ffmpeg cannot be started, is killed or its install
+    /// does not run, and (permanent) when `pieces` is closed.
     pub async fn decode(
         &self,
         format: &str,
-        mut body: BoxStream<'static, Result<Bytes, FileError>>,
+        input: Input,
         mut cutter: Cutter,
         pieces: mpsc::Sender<Piece>,
         cpu: Arc<Semaphore>,
-        fed: &mut u64,
     ) -> Result<Decoded, FileError> {
-        let Some((_, demuxer)) = DEMUXERS.iter().find(|(name, _)| *name == format) else {
+        let Some(demuxer) = demuxer(format) else {
             return Err(FileError::permanent(
                 ErrorCode::UnsupportedFormat,
                 format!("ffmpeg is not given {format} files here"),
             ));
         };
-        let mut child = self.command(demuxer).spawn().map_err(|err| match err.kind() {
+        let len = input.size();
+        let served = Served::start(input, len).await.map_err(|err| {
+            FileError::transient(
+                ErrorCode::Internal,
+                format!("serving the {format} file to ffmpeg: {err}"),
+            )
+        })?;
+        let mut child = self.command(demuxer, served.url()).spawn().map_err(|err| match err.kind() {
             io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied => FileError::permanent(
                 ErrorCode::UnsupportedFormat,
                 format!(
@@ -104,26 +132,11 @@ impl Ffmpeg {
                 format!("starting `{}`: {err}", self.program),
             ),
         })?;
-        let (Some(mut stdin), Some(mut stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
+        let (Some(mut stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             return Err(FileError::transient(
                 ErrorCode::Internal,
                 format!("`{}` started without its pipes", self.program),
             ));
-        };
-        let write = async {
-            while let Some(bytes) = body.next().await {
-                let bytes = bytes?;
-                *fed += bytes.len() as u64;
-                // ffmpeg stops reading when it fails: its exit says why.
-                if stdin.write_all(&bytes).await.is_err() {
-                    break;
-                }
-            }
-            // The end of its input.
-            drop(stdin);
-            Ok::<_, FileError>(())
         };
         let program = &self.program;
         let read = async {
@@ -160,24 +173,34 @@ impl Ffmpeg {
             Ok(decoded_ms)
         };
         // Returning early drops the child, which kills it.
-        let (decoded_ms, (), said) = tokio::try_join!(read, write, async {
-            Ok(kept(stderr, KEPT_STDERR_BYTES).await)
-        })?;
+        let (decoded_ms, said) =
+            tokio::try_join!(read, async { Ok(kept(stderr, KEPT_STDERR_BYTES).await) })?;
         let status = child.wait().await.map_err(|err| {
             FileError::transient(ErrorCode::Internal, format!("running `{program}`: {err}"))
         })?;
-        outcome(format, demuxer, status, decoded_ms, &said)
+        // Where reading the object failed, that is the news, not what ffmpeg made of it.
+        if let Some(failed) = served.failure() {
+            return Err(failed);
+        }
+        outcome(format, status, decoded_ms, &said)
     }
 
-    /// ffmpeg reading a `demuxer` stream from stdin and writing 16 kHz mono 16-bit samples.
-    fn command(&self, demuxer: &str) -> Command {
+    /// ffmpeg reading a `demuxer` file from `url` and writing 16 kHz mono 16-bit samples.
+    fn command(&self, demuxer: &str, url: &str) -> Command {
         let mut command = Command::new(&self.program);
         command
             .env_clear()
             .envs(super::child_env())
             .args(["-hide_banner", "-nostats", "-loglevel", "error"])
             .args(["-threads", "1", "-filter_threads", "1"])
-            .args(["-protocol_whitelist", "pipe", "-f", demuxer, "-i", "pipe:0"])
+            .args([
+                "-protocol_whitelist",
+                "http,tcp,pipe",
+                "-f",
+                demuxer,
+                "-i",
+                url,
+            ])
             // The first audio track; gaps in its timestamps (lost or damaged packets) become
             // silence, so times stay true.
             .args(["-map", "0:a:0", "-af", "aresample=async=1", "-ac", "1"])
@@ -188,7 +211,7 @@ impl Ffmpeg {
                 "s16le",
                 "pipe:1",
             ])
-            .stdin(Stdio::piped())
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -197,12 +220,11 @@ impl Ffmpeg {
 }
 
 /// What ffmpeg said when it ended, for the file's outcome: a failure after some audio keeps
-/// that audio; one before any is the file's damage (an MP4 it cannot stream aside), unless
-/// ffmpeg itself is at fault: killed (out of memory), or an install that does not run (a
-/// missing library, options it does not take).
+/// that audio; one before any is the file's damage, unless ffmpeg itself is at fault: killed
+/// (out of memory), or an install that does not run (a missing library, options it does not
+/// take).
 fn outcome(
     format: &str,
-    demuxer: &str,
     status: ExitStatus,
     duration_ms: u64,
     said: &[u8],
@@ -239,14 +261,6 @@ fn outcome(
     } else {
         format!("ffmpeg cannot decode its audio ({said})")
     };
-    // An MP4 that symphonia reads but ffmpeg cannot decode from a stream (media badly
-    // interleaved, or an index found late) is not known to be damaged.
-    if demuxer == "mov" {
-        return Err(FileError::permanent(
-            ErrorCode::UnsupportedFormat,
-            format!("{format} audio: {why}; it may not be decodable from a stream"),
-        ));
-    }
     Err(FileError::permanent(
         ErrorCode::CorruptFile,
         format!("{format} audio: {why}"),
@@ -305,21 +319,18 @@ mod tests {
     #[test]
     fn how_ffmpeg_ended_decides_the_files_outcome() {
         let exited = |code: i32| ExitStatus::from_raw(code << 8);
-        let ok = outcome("ogg", "ogg", exited(0), 9_400, b"").unwrap();
+        let ok = outcome("ogg", exited(0), 9_400, b"").unwrap();
         assert_eq!((ok.duration_ms, ok.stopped), (9_400, None));
         // Some audio, then an error or a crash: the audio is kept and what happened said.
-        let cut = outcome("avi", "avi", exited(1), 4_000, b"Invalid data found").unwrap();
+        let cut = outcome("avi", exited(1), 4_000, b"Invalid data found").unwrap();
         assert_eq!(cut.stopped.as_deref(), Some("Invalid data found"));
-        let crashed = outcome("avi", "avi", ExitStatus::from_raw(11), 4_000, b"").unwrap();
+        let crashed = outcome("avi", ExitStatus::from_raw(11), 4_000, b"").unwrap();
         assert!(crashed.stopped.unwrap().contains("crashed"));
         // Nothing decoded: the file's damage; a crash included.
         for status in [exited(0), exited(1), ExitStatus::from_raw(6)] {
-            let err = outcome("avi", "avi", status, 0, b"Invalid data found").unwrap_err();
+            let err = outcome("avi", status, 0, b"Invalid data found").unwrap_err();
             assert_eq!((err.code, err.retryable()), (ErrorCode::CorruptFile, false));
         }
-        // ... but an MP4 ffmpeg cannot stream is not known to be damaged.
-        let err = outcome("mp4", "mov", exited(0), 0, b"partial file").unwrap_err();
-        assert_eq!(err.code, ErrorCode::UnsupportedFormat);
         // Killed (out of memory), or an install that does not run: not the file's doing.
         for (status, said) in [
             (ExitStatus::from_raw(9), &b""[..]),
@@ -333,7 +344,7 @@ mod tests {
                 b"[AVFilterGraph @ 0x55d0] No such filter: 'aresample'",
             ),
         ] {
-            let err = outcome("avi", "avi", status, 0, said).unwrap_err();
+            let err = outcome("avi", status, 0, said).unwrap_err();
             assert_eq!(
                 (err.code, err.retryable()),
                 (ErrorCode::Internal, true),
@@ -341,14 +352,7 @@ mod tests {
             );
         }
         // A file's own text quoted in an error is not taken for a broken install.
-        let err = outcome(
-            "avi",
-            "avi",
-            exited(1),
-            0,
-            b"[avi @ 0x1] tag 'Option not found'",
-        )
-        .unwrap_err();
+        let err = outcome("avi", exited(1), 0, b"[avi @ 0x1] tag 'Option not found'").unwrap_err();
         assert_eq!(err.code, ErrorCode::CorruptFile);
     }
 }

@@ -1,30 +1,29 @@
-//! Containers symphonia does not read (AVI, FLV, MPEG program streams, WMV/ASF, AMR), described
-//! by ffprobe from Debian's ffmpeg package, run as a child process on the object's head: a
-//! crash or a hang costs that process, which is killed at its time limit.
+//! Containers and codecs symphonia does not read (transport and program streams, AVI, FLV,
+//! WMV, AC-3, FLIC, HEVC or ProRes video, …), described by ffprobe from Debian's ffmpeg package,
+//! run as a child process. The object is served to it over HTTP on the loopback interface
+//! ([`super::served`]), so it seeks like it would in a file: an index at the end, or a length
+//! read from the last timestamps, costs a few ranged reads, not a download. A crash or a hang
+//! costs that process, which is killed at its time limit.
 
 use std::collections::BTreeMap;
 use std::process::{Output, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::AsyncRead;
 use tokio::process::Command;
 
 use super::Rejection;
-use super::ffmpeg::kept;
+use super::ffmpeg::{demuxer, kept};
+use super::media::Input;
+use super::served::Served;
 use crate::error::{ErrorCode, FileError, SkipReason};
 use crate::job::MediaInfo;
 
-/// Formats (names of [`crate::detect`]) that ffprobe describes from their head, and the
-/// demuxer it is told to use for each (it never picks one itself: no playlist or concat
-/// demuxer can be smuggled in).
-const DESCRIBED: &[(&str, &str)] = &[
-    ("avi", "avi"),
-    ("flv", "flv"),
-    ("mpeg", "mpeg"),
-    ("wmv", "asf"),
-    ("amr", "amr"),
-];
+/// Bytes ffprobe may read of a file (when the metadata limit is lower): its default probe size
+/// and then some, for what it reads at the end (the last timestamps, an index).
+const PROBE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Largest answer read from ffprobe.
 const MAX_ANSWER_BYTES: usize = 1 << 20;
@@ -38,12 +37,6 @@ pub struct Ffprobe {
     pub timeout: Duration,
 }
 
-/// Whether ffprobe describes this format here.
-#[must_use]
-pub fn describes(format: &str) -> bool {
-    DESCRIBED.iter().any(|(name, _)| *name == format)
-}
-
 #[derive(Deserialize)]
 struct Answer {
     #[serde(default)]
@@ -55,6 +48,7 @@ struct Answer {
 #[derive(Deserialize)]
 struct Stream {
     codec_type: Option<String>,
+    bit_rate: Option<String>,
     codec_name: Option<String>,
     width: Option<u32>,
     height: Option<u32>,
@@ -74,89 +68,66 @@ struct Container {
 }
 
 impl Ffprobe {
-    /// What ffprobe says of a `format` file whose first bytes are `head`.
+    /// What ffprobe says of `input`, a `format` file (a name of [`crate::detect`]). Reading it
+    /// stops at `input`'s budget (`LIMIT_EXCEEDED`).
+    ///
+    /// A duration the bytes cannot hold (a header that claims more than the file has) is
+    /// measured from the packets when the file is small enough to read through within the
+    /// budget, else left out.
     ///
     /// # Errors
-    /// `UNSUPPORTED_FORMAT` (skipped) when ffprobe cannot be run; `LIMIT_EXCEEDED` past the
-    /// time limit; `CORRUPT_FILE` when ffprobe finds no stream in it.
-    pub async fn describe(&self, head: &[u8], format: &str) -> Result<MediaInfo, Rejection> {
-        let demuxer = DESCRIBED
-            .iter()
-            .find(|(name, _)| *name == format)
-            .map_or("avi", |(_, demuxer)| demuxer);
-        let spawned = Command::new(&self.program)
-            .env_clear()
-            .envs(super::child_env())
-            .args([
-                "-v",
-                "error",
-                "-print_format",
-                "json",
-                "-show_format",
-                "-show_streams",
-            ])
-            .args(["-protocol_whitelist", "pipe", "-f", demuxer, "-i", "pipe:0"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn();
-        let mut child = spawned.map_err(|err| Rejection::Skip {
-            reason: SkipReason::UnsupportedFormat,
-            message: format!(
-                "{format} files are described by `{}`, which could not be run ({err}); install \
-                 ffmpeg or set media.ffprobe",
-                self.program
-            ),
+    /// `UNSUPPORTED_FORMAT` (skipped) when ffprobe cannot be run or is not given such files;
+    /// `LIMIT_EXCEEDED` past the time limit or the budget; `CORRUPT_FILE` when ffprobe finds no
+    /// stream in it.
+    pub async fn describe(&self, input: Input, format: &str) -> Result<MediaInfo, Rejection> {
+        let Some(demuxer) = demuxer(format) else {
+            return Err(Rejection::Skip {
+                reason: SkipReason::UnsupportedFormat,
+                message: format!("{format} files are recognised but cannot be read here"),
+            });
+        };
+        // ffprobe reads up to its probe size to find the streams, whatever the headers take.
+        let budget = input.budget().max(PROBE_BYTES);
+        let input = input.with_budget(budget);
+        let (len, over_budget) = (input.size(), input.over_budget());
+        let served = Served::start(input, len).await.map_err(|err| {
+            Rejection::Error(FileError::transient(
+                ErrorCode::Internal,
+                format!("serving the {format} file to ffprobe: {err}"),
+            ))
         })?;
-        let (stdin, stdout, stderr) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take());
-        let write = async move {
-            if let Some(mut stdin) = stdin {
-                // ffprobe stops reading once it knows enough: a broken pipe is normal.
-                let _ = stdin.write_all(head).await;
-            }
-        };
-        // Written and read at once: ffprobe may answer before it has read all it is given. What
-        // it says is kept up to a limit, and the rest read and dropped.
-        let run = async {
-            let ((), stdout, stderr) = tokio::join!(
-                write,
-                read(stdout, MAX_ANSWER_BYTES + 1),
-                read(stderr, 4096)
-            );
-            let status = child.wait().await?;
-            Ok::<_, std::io::Error>(Output {
-                status,
-                stdout,
-                stderr,
-            })
-        };
-        let output = match tokio::time::timeout(self.timeout, run).await {
-            Ok(Ok(output)) => output,
-            Ok(Err(err)) => {
-                return Err(Rejection::Error(FileError::transient(
-                    ErrorCode::Internal,
-                    format!("running `{}`: {err}", self.program),
-                )));
-            }
-            // Dropping the child kills it.
-            Err(_) => {
-                return Err(Rejection::Error(FileError::permanent(
-                    ErrorCode::LimitExceeded,
-                    format!(
-                        "ffprobe took longer than media.ffprobe_timeout_secs ({} s)",
-                        self.timeout.as_secs()
-                    ),
-                )));
-            }
-        };
+        let run = self
+            .run(
+                &served,
+                demuxer,
+                &["-print_format", "json", "-show_format", "-show_streams"],
+            )
+            .await;
+        let over = || over_budget.load(Ordering::Relaxed);
         let corrupt = |why: String| {
             Rejection::Error(FileError::permanent(
                 ErrorCode::CorruptFile,
                 format!("{format} file: {why}"),
             ))
         };
+        let output = match run {
+            Err(rejection) => return Err(rejection.into_skip(format, &self.program)),
+            Ok(output) if over() => {
+                return Err(Rejection::Error(FileError::permanent(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "ffprobe read {budget} bytes of the {format} file without describing \
+                         it (the larger of limits.max_media_metadata_bytes and {PROBE_BYTES}): \
+                         {}",
+                        super::said(&output.stderr, 200)
+                    ),
+                )));
+            }
+            Ok(output) => output,
+        };
+        if let Some(failed) = served.failure() {
+            return Err(Rejection::Error(failed));
+        }
         // A program that does not run as ffprobe (a broken install) is not the file's fault.
         if !output.status.success() && !output.stdout.starts_with(b"{") {
             let said = super::said(&output.stderr, 200);
@@ -172,8 +143,148 @@ impl Ffprobe {
             let said = super::said(&output.stderr, 200);
             corrupt(format!("ffprobe cannot read it ({said})"))
         })?;
-        media(answer)
-            .ok_or_else(|| corrupt("ffprobe finds no audio or video stream in it".to_owned()))
+        let plausible = answer.plausible(len);
+        let mut media = media(answer)
+            .ok_or_else(|| corrupt("ffprobe finds no audio or video stream in it".to_owned()))?;
+        if !plausible {
+            let claimed = media.duration_ms.take();
+            let stream = if media.sample_rate.is_some() {
+                "a:0"
+            } else {
+                "v:0"
+            };
+            media.duration_ms = self
+                .measure(&served, demuxer, stream)
+                .await
+                .filter(|_| !over());
+            tracing::debug!(format, ?claimed, measured = ?media.duration_ms, "a header claims more time than the bytes hold");
+        }
+        Ok(media)
+    }
+
+    /// The time from the first packet to the end of the last, read from every packet of
+    /// `stream` (`a:0`, `v:0`); `None` when that cannot be read.
+    async fn measure(&self, served: &Served, demuxer: &str, stream: &str) -> Option<u64> {
+        let output = self
+            .run(
+                served,
+                demuxer,
+                &[
+                    "-select_streams",
+                    stream,
+                    "-show_entries",
+                    "packet=pts_time,duration_time",
+                    "-print_format",
+                    "csv=p=0",
+                ],
+            )
+            .await
+            .ok()?;
+        if !output.status.success() || output.stdout.len() > MAX_ANSWER_BYTES {
+            return None;
+        }
+        let (mut first, mut last) = (f64::INFINITY, f64::NEG_INFINITY);
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let mut fields = line.split(',').map(|f| f.trim().parse::<f64>().ok());
+            let (Some(Some(pts)), duration) = (fields.next(), fields.next().flatten()) else {
+                continue;
+            };
+            first = first.min(pts);
+            last = last.max(pts + duration.unwrap_or(0.0));
+        }
+        let seconds = last - first;
+        #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)] // finite, not negative
+        (seconds.is_finite() && seconds >= 0.0).then(|| (seconds * 1000.0).round() as u64)
+    }
+
+    /// Runs ffprobe on what `served` serves with `args`, its answer kept up to a limit.
+    async fn run(&self, served: &Served, demuxer: &str, args: &[&str]) -> Result<Output, Run> {
+        let spawned = Command::new(&self.program)
+            .env_clear()
+            .envs(super::child_env())
+            .args(["-v", "error"])
+            .args(args)
+            .args(["-protocol_whitelist", "http,tcp", "-f", demuxer])
+            .args(["-i", served.url()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = spawned.map_err(Run::Spawn)?;
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        // What it says is kept up to a limit, and the rest read and dropped.
+        let run = async {
+            let (stdout, stderr) =
+                tokio::join!(read(stdout, MAX_ANSWER_BYTES + 1), read(stderr, 4096));
+            let status = child.wait().await?;
+            Ok::<_, std::io::Error>(Output {
+                status,
+                stdout,
+                stderr,
+            })
+        };
+        let output = match tokio::time::timeout(self.timeout, run).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(err)) => return Err(Run::Wait(err)),
+            // Dropping the child kills it.
+            Err(_) => return Err(Run::TimedOut(self.timeout)),
+        };
+        Ok(output)
+    }
+}
+
+/// Why ffprobe gave no answer.
+enum Run {
+    Spawn(std::io::Error),
+    Wait(std::io::Error),
+    TimedOut(Duration),
+}
+
+impl Run {
+    fn into_skip(self, format: &str, program: &str) -> Rejection {
+        match self {
+            Run::Spawn(err) => Rejection::Skip {
+                reason: SkipReason::UnsupportedFormat,
+                message: format!(
+                    "{format} files are described by `{program}`, which could not be run \
+                     ({err}); install ffmpeg or set media.ffprobe"
+                ),
+            },
+            Run::Wait(err) => Rejection::Error(FileError::transient(
+                ErrorCode::Internal,
+                format!("running `{program}`: {err}"),
+            )),
+            Run::TimedOut(limit) => Rejection::Error(FileError::permanent(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "ffprobe took longer than media.ffprobe_timeout_secs ({} s)",
+                    limit.as_secs()
+                ),
+            )),
+        }
+    }
+}
+
+impl Answer {
+    /// Whether the duration claimed fits in `len` bytes at the streams' bit rates (twice over,
+    /// and a little for headers); without both figures it is taken as it is.
+    fn plausible(&self, len: u64) -> bool {
+        let Some(seconds) = self
+            .format
+            .as_ref()
+            .and_then(|c| c.duration.as_ref()?.parse::<f64>().ok())
+        else {
+            return true;
+        };
+        let bits: f64 = self
+            .streams
+            .iter()
+            .filter_map(|s| s.bit_rate.as_ref()?.parse::<f64>().ok())
+            .sum();
+        #[allow(clippy::cast_precision_loss)] // sizes far below 2^52
+        let held = (len as f64 * 2.0 + 64.0 * 1024.0) * 8.0;
+        bits <= 0.0 || seconds * bits <= held
     }
 }
 

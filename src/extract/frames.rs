@@ -1,7 +1,9 @@
 //! What symphonia does not say of a container: a video's frame rate, from the video track's
-//! sample times in an MP4/MOV/3GP index (`stts`) or from Matroska's `DefaultDuration`; and
-//! whether an MP4's index follows its media, which a stream cannot read. Best effort: anything
-//! unexpected gives no answer, never an error (symphonia judges the file).
+//! sample times in an MP4/MOV/3GP index (`stts`) or from Matroska's `DefaultDuration`; whether
+//! an MP4 or Ogg file has
+//! a video track at all (symphonia leaves out those it cannot decode); and how much of a WAV or
+//! AIFF's sample data is really there. Best effort: anything unexpected gives no answer, never
+//! an error (symphonia judges the file).
 
 use std::io::{self, Read, Seek, SeekFrom};
 
@@ -20,24 +22,37 @@ const MAX_RATE: f64 = 1000.0;
 pub struct Layout {
     /// Frames a second of the video track.
     pub frame_rate: Option<f64>,
-    /// An MP4 whose index (`moov`) follows its media (`mdat`): it cannot be read as a stream.
-    pub index_after_media: bool,
+    /// The index has a video track (an MP4 `trak` whose handler is `vide`), or an Ogg stream
+    /// starts with a video codec's header (Theora, Dirac, Daala, VP8).
+    pub video_track: bool,
+    /// A WAV or AIFF's sample data: where it starts and how many bytes its header says it has.
+    pub data: Option<(u64, u64)>,
 }
 
 /// The layout of a `format` file (a name of [`crate::detect`]), reading at most
 /// `max_index_bytes` of its index.
 #[must_use]
 pub fn layout<R: Read + Seek>(input: &mut R, format: &str, max_index_bytes: u64) -> Layout {
-    let (rate, index_after_media) = match format {
-        "mp4" | "m4v" | "m4a" | "mov" | "3gp" => {
-            let mut found = Moov::default();
+    let mut layout = Layout::default();
+    let rate = match format {
+        "mp4" | "m4v" | "m4a" | "mov" | "3gp" | "3g2" => {
+            let mut found = None;
             // A read error keeps what was found before it.
             let _ = find_moov(input, max_index_bytes, &mut found);
-            let rate = found.body.and_then(|moov| iso_rate(&moov));
-            (rate, found.after_media)
+            let moov = found.unwrap_or_default();
+            layout.video_track = video_trak(&moov).is_some();
+            iso_rate(&moov)
         }
-        "mkv" | "webm" => (matroska_rate(input, max_index_bytes).ok().flatten(), false),
-        _ => (None, false),
+        "mkv" | "webm" => matroska_rate(input, max_index_bytes).ok().flatten(),
+        "ogg" | "opus" => {
+            layout.video_track = ogg_video(input).unwrap_or(false);
+            None
+        }
+        "wav" | "aiff" => {
+            layout.data = sample_data(input, format).ok().flatten();
+            None
+        }
+        _ => None,
     };
     // Rounded first: a rate that rounds to nothing is no rate.
     let frame_rate = rate
@@ -45,21 +60,95 @@ pub fn layout<R: Read + Seek>(input: &mut R, format: &str, max_index_bytes: u64)
         .filter(|rate| rate.is_finite() && *rate > 0.0 && *rate <= MAX_RATE);
     Layout {
         frame_rate,
-        index_after_media,
+        ..layout
     }
 }
 
-/// The top-level `moov` box of an MP4.
-#[derive(Default)]
-struct Moov {
-    /// Its contents, when found within the limit.
-    body: Option<Vec<u8>>,
-    /// An `mdat` came before it.
-    after_media: bool,
+/// The `mdia` of the first track whose handler is `vide`.
+fn video_trak(moov: &[u8]) -> Option<&[u8]> {
+    boxes(moov)
+        .filter(|(kind, _)| kind == b"trak")
+        .filter_map(|(_, trak)| child(trak, *b"mdia"))
+        // hdlr: version and flags, pre_defined, then the handler type.
+        .find(|mdia| child(mdia, *b"hdlr").and_then(|h| h.get(8..12)) == Some(b"vide"))
 }
 
-/// Finds the top-level `moov` box, wherever it is in the file, into `found`.
-fn find_moov<R: Read + Seek>(input: &mut R, max_bytes: u64, found: &mut Moov) -> io::Result<()> {
+/// Pages at the start of an Ogg file looked at for the streams' first packets.
+const MAX_OGG_PAGES: usize = 16;
+
+/// Whether an Ogg file's first pages start a video stream: every stream's first page (its
+/// "beginning of stream" page, all of them before any other) holds its codec's header.
+fn ogg_video<R: Read + Seek>(input: &mut R) -> io::Result<bool> {
+    input.seek(SeekFrom::Start(0))?;
+    for _ in 0..MAX_OGG_PAGES {
+        let mut header = [0_u8; 27];
+        input.read_exact(&mut header)?;
+        if &header[..4] != b"OggS" || header[5] & 0x02 == 0 {
+            return Ok(false);
+        }
+        let mut lacing = vec![0_u8; usize::from(header[26])];
+        input.read_exact(&mut lacing)?;
+        let body: u64 = lacing.iter().map(|&n| u64::from(n)).sum();
+        let mut first = [0_u8; 8];
+        let take = usize::try_from(body.min(8)).unwrap_or(0);
+        input.read_exact(&mut first[..take])?;
+        let packet = &first[..take];
+        if packet.starts_with(b"\x80theora")
+            || packet.starts_with(b"\x80daala")
+            || packet.starts_with(b"BBCD\0")
+            || packet.starts_with(b"OVP80")
+            || packet.starts_with(b"\x01video")
+        {
+            return Ok(true);
+        }
+        input.seek(SeekFrom::Current(
+            i64::try_from(body - take as u64).map_err(io::Error::other)?,
+        ))?;
+    }
+    Ok(false)
+}
+
+/// Where a WAV's `data` chunk (an AIFF's `SSND` samples) starts, and the bytes its header
+/// gives it.
+fn sample_data<R: Read + Seek>(input: &mut R, format: &str) -> io::Result<Option<(u64, u64)>> {
+    let little = format == "wav";
+    let (wanted, skip): (&[u8; 4], u64) = if little {
+        (b"data", 0)
+    } else {
+        // SSND: an offset and a block size come before the samples.
+        (b"SSND", 8)
+    };
+    let end = input.seek(SeekFrom::End(0))?;
+    let mut at = 12_u64;
+    for _ in 0..MAX_STEPS {
+        if at.saturating_add(8) > end {
+            return Ok(None);
+        }
+        input.seek(SeekFrom::Start(at))?;
+        let mut header = [0_u8; 8];
+        input.read_exact(&mut header)?;
+        let size = [header[4], header[5], header[6], header[7]];
+        let size = u64::from(if little {
+            u32::from_le_bytes(size)
+        } else {
+            u32::from_be_bytes(size)
+        });
+        if &header[..4] == wanted {
+            return Ok(Some((at + 8 + skip, size.saturating_sub(skip))));
+        }
+        // Chunks are padded to an even size.
+        at = at.saturating_add(8).saturating_add(size + (size & 1));
+    }
+    Ok(None)
+}
+
+/// Finds the contents of the top-level `moov` box, wherever it is in the file, into `found`
+/// (when within `max_bytes`).
+fn find_moov<R: Read + Seek>(
+    input: &mut R,
+    max_bytes: u64,
+    found: &mut Option<Vec<u8>>,
+) -> io::Result<()> {
     let end = input.seek(SeekFrom::End(0))?;
     let mut at = 0_u64;
     for _ in 0..MAX_STEPS {
@@ -85,18 +174,14 @@ fn find_moov<R: Read + Seek>(input: &mut R, max_bytes: u64, found: &mut Moov) ->
         if size < header_len {
             return Ok(());
         }
-        match &kind {
-            b"moov" => {
-                let body = size - header_len;
-                if body <= max_bytes {
-                    let mut moov = Vec::new();
-                    input.take(body).read_to_end(&mut moov)?;
-                    found.body = Some(moov);
-                }
-                return Ok(());
+        if &kind == b"moov" {
+            let body = size - header_len;
+            if body <= max_bytes {
+                let mut moov = Vec::new();
+                input.take(body).read_to_end(&mut moov)?;
+                *found = Some(moov);
             }
-            b"mdat" => found.after_media = true,
-            _ => {}
+            return Ok(());
         }
         at = at.saturating_add(size);
     }
@@ -139,11 +224,7 @@ fn be_u32(bytes: &[u8], at: usize) -> Option<u32> {
 
 /// The first video track's frames a second: its media time scale over the frames' duration.
 fn iso_rate(moov: &[u8]) -> Option<f64> {
-    let mdia = boxes(moov)
-        .filter(|(kind, _)| kind == b"trak")
-        .filter_map(|(_, trak)| child(trak, *b"mdia"))
-        // hdlr: version and flags, pre_defined, then the handler type.
-        .find(|mdia| child(mdia, *b"hdlr").and_then(|h| h.get(8..12)) == Some(b"vide"))?;
+    let mdia = video_trak(moov)?;
     let mdhd = child(mdia, *b"mdhd")?;
     let timescale = if mdhd.first() == Some(&1) {
         be_u32(mdhd, 20)?
@@ -323,16 +404,13 @@ mod tests {
         let mdat = mp4_box(*b"mdat", &[0; 5000]);
         let ftyp = mp4_box(*b"ftyp", b"isom");
         let constant = moov(12_800, &[(250, 512)]);
-        for (file, after_media) in [
-            (
-                [ftyp.clone(), mdat.clone(), constant.clone()].concat(),
-                true,
-            ),
-            ([ftyp.clone(), constant, mdat.clone()].concat(), false),
+        for file in [
+            [ftyp.clone(), mdat.clone(), constant.clone()].concat(),
+            [ftyp.clone(), constant, mdat.clone()].concat(),
         ] {
             let layout = layout(&mut io::Cursor::new(file), "mp4", 1 << 20);
             assert_eq!(layout.frame_rate, Some(25.0));
-            assert_eq!(layout.index_after_media, after_media);
+            assert!(layout.video_track);
         }
         // 30000/1001, with one frame of another length: the mean.
         let ntsc = moov(30_000, &[(99, 1001), (1, 2002)]);

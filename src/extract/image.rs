@@ -6,6 +6,7 @@ use std::io::Cursor;
 use image::{ImageDecoder, ImageFormat, ImageReader, Limits};
 
 use super::Rejection;
+use super::image_size::{self, Size};
 use crate::error::{ErrorCode, FileError, SkipReason};
 use crate::job::{Exif, MediaInfo};
 
@@ -25,6 +26,58 @@ pub fn describe(
     max_pixels: u64,
     gps: bool,
 ) -> Result<MediaInfo, Rejection> {
+    let corrupt = |why: String| {
+        Rejection::Error(FileError::permanent(
+            ErrorCode::CorruptFile,
+            format!("{format} header: {}", why.trim()),
+        ))
+    };
+    let own = match format {
+        "xbm" => Some(image_size::xbm(bytes)),
+        "xpm" => Some(image_size::xpm(bytes)),
+        "svg" => Some(image_size::svg(bytes)),
+        "png" => {
+            image_size::check_png(bytes).map_err(corrupt)?;
+            None
+        }
+        _ => None,
+    };
+    let Size { pixels, color } = match own {
+        Some(size) => size.map_err(corrupt)?,
+        None => decoded_header(bytes, format)?,
+    };
+    let Some((width, height)) = pixels else {
+        // An SVG that states no size: described without one.
+        return Ok(MediaInfo {
+            color_type: color,
+            ..MediaInfo::default()
+        });
+    };
+    if width == 0 || height == 0 {
+        return Err(corrupt(format!("it claims {width}×{height} pixels")));
+    }
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > max_pixels {
+        return Err(Rejection::Error(FileError::permanent(
+            ErrorCode::LimitExceeded,
+            format!(
+                "the {format} image claims {width}×{height} pixels, over \
+                 limits.max_image_pixels ({max_pixels})"
+            ),
+        )));
+    }
+    Ok(MediaInfo {
+        width: Some(width),
+        height: Some(height),
+        color_type: color,
+        exif: exif(bytes, gps),
+        ..MediaInfo::default()
+    })
+}
+
+/// The size and colour type the image crate's decoder reads from a header; for a TIFF it
+/// refuses (a variant it cannot decode), what its first directory says.
+fn decoded_header(bytes: &[u8], format: &str) -> Result<Size, Rejection> {
     let Some(image_format) = decodable(format) else {
         return Err(Rejection::Skip {
             reason: SkipReason::UnsupportedFormat,
@@ -48,11 +101,16 @@ pub fn describe(
     };
     let ((width, height), color) = match header {
         Ok(Ok(header)) => header,
-        Ok(Err(image::ImageError::Limits(err))) => {
+        Ok(Err(image::ImageError::Limits(err))) if format != "tiff" => {
             return Err(Rejection::Error(FileError::permanent(
                 ErrorCode::LimitExceeded,
                 format!("{format} header: {}", err.to_string().trim()),
             )));
+        }
+        // The TIFF decoder refuses variants it cannot decode, and checks more than the size
+        // before it gives the size: the first directory says it all the same.
+        Ok(Err(_)) | Err(_) if format == "tiff" => {
+            return image_size::tiff(bytes).map_err(corrupt);
         }
         Ok(Err(image::ImageError::Unsupported(err))) => {
             return Err(Rejection::Skip {
@@ -63,25 +121,9 @@ pub fn describe(
         Ok(Err(err)) => return Err(corrupt(err.to_string())),
         Err(_) => return Err(corrupt("the decoder crashed on it".to_owned())),
     };
-    if width == 0 || height == 0 {
-        return Err(corrupt(format!("it claims {width}×{height} pixels")));
-    }
-    let pixels = u64::from(width) * u64::from(height);
-    if pixels > max_pixels {
-        return Err(Rejection::Error(FileError::permanent(
-            ErrorCode::LimitExceeded,
-            format!(
-                "the {format} image claims {width}×{height} pixels, over \
-                 limits.max_image_pixels ({max_pixels})"
-            ),
-        )));
-    }
-    Ok(MediaInfo {
-        width: Some(width),
-        height: Some(height),
-        color_type: Some(format!("{color:?}")),
-        exif: exif(bytes, gps),
-        ..MediaInfo::default()
+    Ok(Size {
+        pixels: Some((width, height)),
+        color: Some(format!("{color:?}")),
     })
 }
 
@@ -143,6 +185,7 @@ fn decodable(format: &str) -> Option<ImageFormat> {
         "bmp" => ImageFormat::Bmp,
         "tiff" => ImageFormat::Tiff,
         "ico" => ImageFormat::Ico,
+        "pnm" => ImageFormat::Pnm,
         _ => return None,
     })
 }

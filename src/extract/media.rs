@@ -100,6 +100,31 @@ impl Input {
         }
     }
 
+    /// The object's length in bytes.
+    #[must_use]
+    pub fn size(&self) -> u64 {
+        self.len
+    }
+
+    /// Reads fail once `bytes` have been read (and [`Input::over_budget`] says so).
+    #[must_use]
+    pub fn with_budget(self, bytes: u64) -> Self {
+        self.budget.store(bytes, Ordering::Relaxed);
+        self
+    }
+
+    /// Bytes that may still be read.
+    #[must_use]
+    pub fn budget(&self) -> u64 {
+        self.budget.load(Ordering::Relaxed)
+    }
+
+    /// Set once a read went past the budget.
+    #[must_use]
+    pub fn over_budget(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.over_budget)
+    }
+
     /// Reading and decoding stop at their next step once `flag` is set.
     #[must_use]
     pub fn cancelled_by(mut self, flag: Arc<AtomicBool>) -> Self {
@@ -195,8 +220,9 @@ pub struct Probed {
     /// The codec of an audio track that is there but has no decoder here (Opus, AC-3): ffmpeg
     /// may decode it. `None` when a track that decodes here was found.
     pub foreign_codec: Option<String>,
-    /// An MP4 whose index follows its media, which ffmpeg cannot read from a stream.
-    pub index_after_media: bool,
+    /// The container has a video track symphonia did not describe (Theora in Ogg, ProRes in
+    /// MOV): another reader should.
+    pub video_unseen: bool,
     /// The first packet of the audio track, read to know there is one.
     first: Option<symphonia::core::packet::Packet>,
     budget: Arc<AtomicU64>,
@@ -221,18 +247,45 @@ pub fn readable(format: &str) -> bool {
     READABLE.contains(&format)
 }
 
+/// Why symphonia did not describe a file.
+#[derive(Debug)]
+pub struct Refused {
+    /// The file's outcome, when no other reader is asked.
+    pub rejection: Rejection,
+    /// The refusal is symphonia's own limit (a container, codec or structure it does not read,
+    /// or a crash), not the file's (cut short, over a limit, unreadable from the source):
+    /// another reader may read it.
+    pub reader_limit: bool,
+}
+
+impl Refused {
+    fn file(rejection: Rejection) -> Self {
+        Refused {
+            rejection,
+            reader_limit: false,
+        }
+    }
+
+    fn reader(rejection: Rejection) -> Self {
+        Refused {
+            rejection,
+            reader_limit: true,
+        }
+    }
+}
+
 /// Opens `input` (a file in `format`, a name of [`crate::detect`]) and describes it.
 ///
 /// # Errors
 /// `UNSUPPORTED_FORMAT` (skipped) for containers not read here; `CORRUPT_FILE` for one that does
 /// not parse (a panic in the demuxer included); `LIMIT_EXCEEDED` for headers and tags over
 /// `max_metadata_bytes` or a duration over `max_duration_ms`; the source's own errors.
-pub fn probe(input: Input, format: &str, limits: MediaLimits) -> Result<Probed, Rejection> {
+pub fn probe(input: Input, format: &str, limits: MediaLimits) -> Result<Probed, Refused> {
     if !readable(format) {
-        return Err(Rejection::Skip {
+        return Err(Refused::reader(Rejection::Skip {
             reason: SkipReason::UnsupportedFormat,
             message: format!("{format} files are recognised but cannot be read here"),
-        });
+        }));
     }
     let mut input = input;
     // What symphonia does not say, read within the metadata limit first.
@@ -242,11 +295,12 @@ pub fn probe(input: Input, format: &str, limits: MediaLimits) -> Result<Probed, 
     let layout = super::frames::layout(&mut input, format, limits.max_metadata_bytes);
     input.over_budget.store(false, Ordering::Relaxed);
     input.seek(SeekFrom::Start(0)).map_err(|err| {
-        Rejection::Error(FileError::permanent(
+        Refused::file(Rejection::Error(FileError::permanent(
             ErrorCode::ReadFailed,
             format!("reading the {format} file: {err}"),
-        ))
+        )))
     })?;
+    let len = input.len;
     let (budget, over_budget) = (Arc::clone(&input.budget), Arc::clone(&input.over_budget));
     let cancelled = Arc::clone(&input.cancelled);
     budget.store(limits.max_metadata_bytes, Ordering::Relaxed);
@@ -271,23 +325,49 @@ pub fn probe(input: Input, format: &str, limits: MediaLimits) -> Result<Probed, 
     if probed.media.width.is_some() {
         probed.media.frame_rate = layout.frame_rate;
     }
-    probed.index_after_media = layout.index_after_media;
+    probed.video_unseen = layout.video_track && probed.media.width.is_none();
+    // Tracks of which symphonia reads none: another reader may read them.
+    if probed.media.width.is_none()
+        && probed.media.sample_rate.is_none()
+        && probed.foreign_codec.is_none()
+    {
+        return Err(Refused::reader(Rejection::Error(FileError::permanent(
+            ErrorCode::CorruptFile,
+            format!("the {format} file has no audio or video track that can be read here"),
+        ))));
+    }
+    probed.media.duration_ms = probed
+        .media
+        .duration_ms
+        .map(|duration| held(duration, layout.data, len));
     probed.budget = budget;
     probed.over_budget = over_budget;
     probed.cancelled = cancelled;
     if let Some(rate) = probed.media.sample_rate
         && !PLAUSIBLE_RATES.contains(&rate)
     {
-        return Err(Rejection::Error(FileError::permanent(
+        return Err(Refused::file(Rejection::Error(FileError::permanent(
             ErrorCode::CorruptFile,
             format!("the {format} file claims a sample rate of {rate} Hz"),
-        )));
+        ))));
     }
     if let Some(duration) = probed.media.duration_ms
         && duration > limits.max_duration_ms
     {
-        return Err(Rejection::Error(too_long(format, duration, limits)));
+        return Err(Refused::file(Rejection::Error(too_long(
+            format, duration, limits,
+        ))));
     }
+    read_first_packet(&mut probed, format, limits)?;
+    Ok(probed)
+}
+
+/// Reads the first packet of the audio track, to know there is audio after the header.
+fn read_first_packet(
+    probed: &mut Probed,
+    format: &str,
+    limits: MediaLimits,
+) -> Result<(), Refused> {
     // A header alone, or a file cut right after it, describes audio that is not there. The
     // packets before the first audio one (a video's) get an allowance of their own.
     probed
@@ -307,29 +387,45 @@ pub fn probe(input: Input, format: &str, limits: MediaLimits) -> Result<Probed, 
         match first {
             Ok(Ok(Some(packet))) => probed.first = Some(packet),
             Ok(Ok(None)) => {
-                return Err(Rejection::Error(FileError::permanent(
+                return Err(Refused::file(Rejection::Error(FileError::permanent(
                     ErrorCode::CorruptFile,
                     format!("the {format} file has a header but no audio after it (truncated?)"),
-                )));
+                ))));
             }
             Ok(Err(err)) => {
-                return Err(match classify(err, format, &probed.over_budget, limits) {
+                let refused = classify(err, format, &probed.over_budget, limits);
+                return Err(match refused.rejection {
                     // Cut inside its first packet.
                     Rejection::Error(err) if err.code == ErrorCode::CorruptFile => {
-                        Rejection::Error(FileError::permanent(
+                        Refused::file(Rejection::Error(FileError::permanent(
                             ErrorCode::CorruptFile,
                             format!(
                                 "the {format} file ends inside its first audio packet (truncated?)"
                             ),
-                        ))
+                        )))
                     }
-                    other => other,
+                    rejection => Refused {
+                        rejection,
+                        ..refused
+                    },
                 });
             }
             Err(_) => return Err(crashed(format)),
         }
     }
-    Ok(probed)
+    Ok(())
+}
+
+/// The time of the samples a file holds, when its header (`duration`) claims `data`'s
+/// `(offset, bytes)` and the file is `len` bytes: a header that claims more than is there is
+/// believed only for what is.
+fn held(duration: u64, data: Option<(u64, u64)>, len: u64) -> u64 {
+    let Some((offset, declared)) = data.filter(|(_, declared)| *declared > 0) else {
+        return duration;
+    };
+    let held = len.saturating_sub(offset).min(declared);
+    u64::try_from(u128::from(duration) * u128::from(held) / u128::from(declared))
+        .unwrap_or(duration)
 }
 
 /// Sample rates a real recording has; a header claiming another is damaged or hostile (an
@@ -414,7 +510,7 @@ fn describe(
         audio,
         no_audio,
         foreign_codec,
-        index_after_media: false,
+        video_unseen: false,
         first: None,
         budget: Arc::new(AtomicU64::new(u64::MAX)),
         over_budget: Arc::new(AtomicBool::new(false)),
@@ -533,16 +629,16 @@ fn classify(
     format: &str,
     over_budget: &AtomicBool,
     limits: MediaLimits,
-) -> Rejection {
+) -> Refused {
     if over_budget.load(Ordering::Relaxed) {
-        return Rejection::Error(FileError::permanent(
+        return Refused::file(Rejection::Error(FileError::permanent(
             ErrorCode::LimitExceeded,
             format!(
                 "the {format} file's headers and tags (cover art included) or what comes before its first audio packet, take more than \
                  limits.max_media_metadata_bytes ({})",
                 limits.max_metadata_bytes
             ),
-        ));
+        )));
     }
     let corrupt = |why: String| {
         Rejection::Error(FileError::permanent(
@@ -550,12 +646,14 @@ fn classify(
             format!("{format} file: {why}"),
         ))
     };
-    match err {
+    let refused = match err {
         DecodeError::IoError(err) => {
             // The source's own failure (a ranged read that failed) keeps its code.
             if let Some(source) = err.get_ref().and_then(|e| e.downcast_ref::<FileError>()) {
-                return Rejection::Error(source.clone());
+                return Refused::file(Rejection::Error(source.clone()));
             }
+            // (A demuxer that finds no stream it knows may read to the end looking for one:
+            // another reader may know it.)
             if err.kind() == io::ErrorKind::UnexpectedEof {
                 corrupt("it ends before its headers do (truncated?)".to_owned())
             } else {
@@ -578,19 +676,23 @@ fn classify(
             reason: SkipReason::UnsupportedFormat,
             message: format!("{format} file: {why}"),
         },
-        DecodeError::LimitError(why) => Rejection::Error(FileError::permanent(
-            ErrorCode::LimitExceeded,
-            format!("{format} file: {why}"),
-        )),
+        DecodeError::LimitError(why) => {
+            return Refused::file(Rejection::Error(FileError::permanent(
+                ErrorCode::LimitExceeded,
+                format!("{format} file: {why}"),
+            )));
+        }
         other => corrupt(other.to_string()),
-    }
+    };
+    // What the demuxer refused, or could not make sense of, another reader may read.
+    Refused::reader(refused)
 }
 
-fn crashed(format: &str) -> Rejection {
-    Rejection::Error(FileError::permanent(
+fn crashed(format: &str) -> Refused {
+    Refused::reader(Rejection::Error(FileError::permanent(
         ErrorCode::CorruptFile,
         format!("the {format} file crashed the demuxer; it was not read"),
-    ))
+    )))
 }
 
 /// `LIMIT_EXCEEDED` for a `format` file lasting `duration_ms`, over `max_duration_ms`.

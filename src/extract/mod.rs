@@ -8,8 +8,10 @@ pub mod ffprobe;
 pub mod frames;
 pub(crate) mod html;
 pub mod image;
+mod image_size;
 pub mod media;
 pub mod ocr;
+mod served;
 mod text;
 
 pub use charset::StreamDecoder;

@@ -32,12 +32,32 @@ impl Processing {
         let abandon = Abandon(Arc::new(AtomicBool::new(false)));
         // Boxed: the media path's state is large, and most files never take it.
         let work = Box::pin(async {
-            if crate::extract::ffprobe::describes(detected.format.name()) {
-                self.hear_other(source, &head, detected).await
-            } else {
-                let abandoned = Arc::clone(&abandon.0);
-                self.hear_media(source, head, ended, detected, abandoned)
-                    .await
+            if !media::readable(detected.format.name()) {
+                return self.hear_other(source, head, ended, detected, None).await;
+            }
+            let abandoned = Arc::clone(&abandon.0);
+            let mut left = Left::default();
+            let symphonia = self
+                .hear_media(source, head.clone(), ended, detected, abandoned, &mut left)
+                .await;
+            match (symphonia, left) {
+                // What symphonia cannot read, ffprobe may.
+                (
+                    Err(_),
+                    Left {
+                        refused: Some(refused),
+                        ..
+                    },
+                ) => {
+                    self.hear_other(source, head, ended, detected, Some(refused))
+                        .await
+                }
+                (Ok((mut file, mut media, segments)), Left { video: true, .. }) => {
+                    self.see_video(source, head, ended, detected, &mut file, &mut media)
+                        .await;
+                    Ok((file, media, segments))
+                }
+                (described, _) => described,
             }
         });
         let transcribed = tokio::time::timeout(limit, work).await;
@@ -66,30 +86,40 @@ impl Processing {
         self.cut_recognised(text, file, media, times, out).await
     }
 
-    /// A container symphonia does not read, described by ffprobe from its head and, with a
-    /// provider, its audio decoded by ffmpeg and transcribed.
+    /// A file symphonia does not read (its container, or what is in it), described by ffprobe
+    /// and, with a provider, its audio decoded by ffmpeg and transcribed. `refused` is what
+    /// symphonia said of it, which stands when ffprobe cannot say more.
     async fn hear_other<S: Source>(
         &mut self,
         source: &S,
-        head: &[u8],
+        head: Vec<u8>,
+        ended: bool,
         detected: Detected,
+        refused: Option<crate::extract::Rejection>,
     ) -> Result<(FileInfo, MediaInfo, Vec<Spoken>), Outcome> {
         let format = detected.format.name();
-        let mut media = self.request.ffprobe.describe(head, format).await?;
+        let mut object = self.object.clone();
+        if object.etag.is_none() {
+            object.etag = Some(content_etag(&head));
+        }
+        let described = self.ffprobe(source, head, ended, format).await;
+        let mut media = match (described, refused) {
+            (Ok(media), _) => media,
+            (Err(_), Some(refused)) => return Err(refused.into()),
+            (Err(rejection), None) => return Err(rejection.into()),
+        };
         let limits = self.request.media;
         if let Some(duration) = media.duration_ms.filter(|d| *d > limits.max_duration_ms) {
             return Err(Outcome::Failed(media::too_long(format, duration, limits)));
         }
-        let mut object = self.object.clone();
-        if object.etag.is_none() {
-            object.etag = Some(content_etag(head));
-        }
         let mut file = file_info(&object, detected, self.kind);
-        // An ASF or FLV holding only sound (WMA) is audio.
-        if media.width.is_none() {
-            file.media_type = Some(crate::detect::MediaType::Audio);
-            self.file_ref.media_type = file.media_type;
-        }
+        // Whatever its container, a file with a picture is video and one without is audio.
+        file.media_type = Some(if media.width.is_some() {
+            crate::detect::MediaType::Video
+        } else {
+            crate::detect::MediaType::Audio
+        });
+        self.file_ref.media_type = file.media_type;
         let transcriber = match &self.request.transcriber {
             Ok(_) if media.sample_rate.is_none() => Err("the file has no audio track".to_owned()),
             transcriber => transcriber.clone(),
@@ -107,9 +137,66 @@ impl Processing {
         Ok((file, media, segments))
     }
 
-    /// Transcribes audio that ffmpeg decodes: the object is read again as a stream into it
-    /// (the version already described, or `OBJECT_CHANGED`). The language heard, and the
-    /// duration decoded when the header did not say, go to `media`.
+    /// What ffprobe says of the object: its head from memory, the rest by random access,
+    /// within `limits.max_media_metadata_bytes`.
+    async fn ffprobe<S: Source>(
+        &mut self,
+        source: &S,
+        head: Vec<u8>,
+        ended: bool,
+        format: &str,
+    ) -> Result<MediaInfo, crate::extract::Rejection> {
+        let rest = (!ended)
+            .then(|| source.random_access(&self.object))
+            .transpose()?;
+        let input = Input::new(head, rest, self.object.size)
+            .with_budget(self.request.media.max_metadata_bytes);
+        let fetched = input.fetched();
+        let described = self.request.ffprobe.describe(input, format).await;
+        self.bytes_read += fetched.load(Ordering::Relaxed);
+        described
+    }
+
+    /// A file whose video track symphonia left out (Theora in Ogg, ProRes in MOV) is video:
+    /// ffprobe describes its picture when it can, and its audio stays as symphonia heard it.
+    async fn see_video<S: Source>(
+        &mut self,
+        source: &S,
+        head: Vec<u8>,
+        ended: bool,
+        detected: Detected,
+        file: &mut FileInfo,
+        media: &mut MediaInfo,
+    ) {
+        file.media_type = Some(crate::detect::MediaType::Video);
+        self.file_ref.media_type = file.media_type;
+        // Without a video track described, the codec symphonia named is the audio's.
+        media.audio_codec = media.codec.take();
+        match self
+            .ffprobe(source, head, ended, detected.format.name())
+            .await
+        {
+            Ok(seen) => {
+                media.width = seen.width;
+                media.height = seen.height;
+                media.codec = seen.codec;
+                media.frame_rate = seen.frame_rate;
+                media.duration_ms = media.duration_ms.max(seen.duration_ms);
+                if media.sample_rate.is_none() {
+                    media.audio_codec = seen.audio_codec;
+                    media.sample_rate = seen.sample_rate;
+                    media.channels = seen.channels;
+                }
+            }
+            Err(why) => {
+                tracing::debug!(key = %self.object.key, ?why, "the video track was not described");
+            }
+        }
+    }
+
+    /// Transcribes audio that ffmpeg decodes: the object is read again by random access
+    /// (in a store, the version already described, or `OBJECT_CHANGED`). The language heard,
+    /// and the duration decoded when the header did not say, go to `media`.
     async fn hear_elsewhere<S: Source>(
         &mut self,
         source: &S,
@@ -117,38 +204,24 @@ impl Processing {
         transcriber: &Transcriber,
         media: &mut MediaInfo,
     ) -> Result<Vec<Spoken>, Outcome> {
-        let opened = source.open(&self.object).await.map_err(Outcome::Failed)?;
-        if let (Some(read), Some(described)) = (&opened.etag, &self.object.etag)
-            && read != described
-        {
-            return Err(Outcome::Failed(FileError::transient(
-                ErrorCode::ObjectChanged,
-                format!(
-                    "{} was replaced while being read; read it again",
-                    self.object.key
-                ),
-            )));
-        }
+        let rest = source
+            .random_access(&self.object)
+            .map_err(Outcome::Failed)?;
+        let input = Input::new(Vec::new(), Some(rest), self.object.size);
+        let fetched = input.fetched();
         let request = Arc::clone(&self.request);
         let cutter = Cutter::new(format, request.media, transcriber.max_piece_ms());
         let (pieces, next_piece) = mpsc::channel::<Piece>(1);
-        let mut fed = 0;
-        let decode = request.ffmpeg.decode(
-            format,
-            opened.body,
-            cutter,
-            pieces,
-            Arc::clone(&request.cpu),
-            &mut fed,
-        );
+        let decode = request
+            .ffmpeg
+            .decode(format, input, cutter, pieces, Arc::clone(&request.cpu));
         let (decoded, heard) =
             tokio::join!(decode, hear(transcriber, request.transcription, next_piece));
-        self.bytes_read += fed;
+        self.bytes_read += fetched.load(Ordering::Relaxed);
         match (decoded, heard) {
             // Decoding stopped because the transcription failed: the failure is the news.
             (_, Err(err)) => Err(Outcome::Failed(err)),
-            // ffmpeg cannot be run, or cannot read this file from a stream: the file keeps its
-            // metadata record, and says why.
+            // ffmpeg cannot be run: the file keeps its metadata record, and says why.
             (Err(err), _) if err.code == ErrorCode::UnsupportedFormat => {
                 self.note = Some(format!("no transcript was made: {}", err.message));
                 Ok(Vec::new())
@@ -180,6 +253,7 @@ impl Processing {
         ended: bool,
         detected: Detected,
         abandoned: Arc<AtomicBool>,
+        left: &mut Left,
     ) -> Result<(FileInfo, MediaInfo, Vec<Spoken>), Outcome> {
         let format = detected.format.name();
         let rest = (!ended)
@@ -199,15 +273,16 @@ impl Processing {
         let work = tokio::task::spawn_blocking(move || {
             let probed = match media::probe(input, format, request.media) {
                 Ok(probed) => probed,
-                Err(rejection) => {
-                    let _ = described.send(Err(rejection));
+                Err(refused) => {
+                    let _ = described.send(Err(refused));
                     return Ok(None);
                 }
             };
             let (file, why_not, foreign) =
                 media_file(&probed, &object, detected, kind, no_provider.as_deref());
+            let video = probed.video_unseen;
             if described
-                .send(Ok((probed.media.clone(), file, why_not, foreign)))
+                .send(Ok((probed.media.clone(), file, why_not, foreign, video)))
                 .is_err()
             {
                 return Ok(None);
@@ -226,11 +301,12 @@ impl Processing {
             drop(slot);
             decoded.map(Some)
         });
-        let (mut media, file, why_not, foreign) = match description.await {
+        let (mut media, file, why_not, foreign, video) = match description.await {
             Ok(Ok(description)) => description,
-            Ok(Err(rejection)) => {
+            Ok(Err(refused)) => {
                 self.bytes_read += fetched.load(Ordering::Relaxed);
-                return Err(rejection.into());
+                left.refused = refused.reader_limit.then(|| refused.rejection.clone());
+                return Err(refused.rejection.into());
             }
             // The blocking work ended without a word: it crashed.
             Err(_) => {
@@ -242,6 +318,7 @@ impl Processing {
         };
         self.file_ref.media_type = file.media_type;
         self.note = why_not;
+        left.video = video;
         // A codec without a decoder here: ffmpeg decodes it (symphonia's work ends at once,
         // having no audio to decode).
         if foreign && let Ok(transcriber) = &transcriber {
@@ -286,9 +363,19 @@ impl Processing {
     }
 }
 
+/// What symphonia left for ffprobe to say of a file.
+#[derive(Default)]
+struct Left {
+    /// It could not read the file (a container, codec or structure it does not read): this is
+    /// what it said.
+    refused: Option<crate::extract::Rejection>,
+    /// It read the file but not its video track.
+    video: bool,
+}
+
 /// How records describe a media file; why it gets no transcript (when it does not); and
 /// whether its audio is for ffmpeg to decode (a codec without a decoder here, in a container
-/// ffmpeg reads from a stream).
+/// ffmpeg is given).
 fn media_file(
     probed: &media::Probed,
     object: &ObjectMeta,
@@ -304,15 +391,11 @@ fn media_file(
     let format = detected.format.name();
     let foreign = probed.foreign_codec.is_some() && ffmpeg::decodes(format);
     let why_not = match (no_provider, probed.no_audio.as_deref()) {
-        (None, Some(why)) if foreign && probed.index_after_media => Some(format!(
-            "{why}, and ffmpeg cannot decode it from a stream: the {format} file's index follows \
-             its media"
-        )),
         (None, Some(_)) if foreign => None,
         (Some(why), _) | (None, Some(why)) => Some(why.to_owned()),
         (None, None) => None,
     };
-    let foreign = foreign && no_provider.is_none() && !probed.index_after_media;
+    let foreign = foreign && no_provider.is_none();
     let why_not = why_not.map(|why| format!("no transcript was made: {why}"));
     (file, why_not, foreign)
 }
