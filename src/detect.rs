@@ -634,7 +634,7 @@ fn code_language(extension: &str, name: &str) -> Option<&'static str> {
 /// content.
 fn text_image(head: &[u8], extension: &str) -> Option<Format> {
     let head = head.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(head);
-    if pnm_header(head) {
+    if pnm_header(head, extension) {
         return Some(Format::Image("pnm"));
     }
     let start = head.iter().position(|b| !b.is_ascii_whitespace())?;
@@ -643,18 +643,18 @@ fn text_image(head: &[u8], extension: &str) -> Option<Format> {
         return Some(Format::Image("xpm"));
     }
     if text.starts_with(b"#define ") {
+        // `#define NAME_width N`, `#define NAME_height N`, then `NAME_bits[]`.
         let text = String::from_utf8_lossy(text);
         let mut defines = text.lines().take(2).map(|line| {
             let mut words = line.split_ascii_whitespace();
-            (words.next(), words.next(), words.next())
+            let (define, name, value) = (words.next()?, words.next()?, words.next()?);
+            (define == "#define" && value.parse::<u32>().is_ok()).then_some(name)
         });
-        let (width, height) = (defines.next()?, defines.next()?);
-        let is = |define: (Option<&str>, Option<&str>, Option<&str>), suffix: &str| {
-            define.0 == Some("#define")
-                && define.1.is_some_and(|name| name.ends_with(suffix))
-                && define.2.is_some_and(|n| n.parse::<u32>().is_ok())
-        };
-        return (is(width, "_width") && is(height, "_height")).then_some(Format::Image("xbm"));
+        let (width, height) = (defines.next()??, defines.next()??);
+        let name = width.strip_suffix("_width")?;
+        let bits = format!("{name}_bits");
+        return (height.strip_suffix("_height") == Some(name) && text.contains(&bits))
+            .then_some(Format::Image("xbm"));
     }
     let root = svg_root(text)?;
     (extension == "svg"
@@ -668,8 +668,9 @@ const SVG_NAMESPACE: &[u8] = b"http://www.w3.org/2000/svg";
 
 /// Whether `head` starts with a Netpbm header: `P1`–`P6` and its numbers (width, height and,
 /// but for bitmaps, the largest value), comments allowed between them; the numbers of the
-/// plain (text) variants follow. `P7` (PAM) starts its header lines with `WIDTH` and the like.
-fn pnm_header(head: &[u8]) -> bool {
+/// plain (text) variants follow, and the raster of the binary ones is not text (unless the
+/// file is named as Netpbm). `P7` (PAM) starts its header lines with `WIDTH` and the like.
+fn pnm_header(head: &[u8], extension: &str) -> bool {
     let [b'P', kind @ b'1'..=b'7', rest @ ..] = head else {
         return false;
     };
@@ -704,11 +705,17 @@ fn pnm_header(head: &[u8]) -> bool {
             return false;
         }
     }
-    // The plain variants hold numbers only.
-    !matches!(kind, b'1'..=b'3')
-        || at
+    if matches!(kind, b'1'..=b'3') {
+        // The plain variants hold numbers only.
+        return at
             .iter()
-            .all(|b| b.is_ascii_digit() || b.is_ascii_whitespace() || *b == b'#')
+            .all(|b| b.is_ascii_digit() || b.is_ascii_whitespace() || *b == b'#');
+    }
+    // A binary raster has bytes text does not (a black pixel is a zero), or the name says it.
+    matches!(extension, "pbm" | "pgm" | "ppm" | "pnm" | "pam")
+        || at
+            .get(1..)
+            .is_some_and(|raster| !raster.is_empty() && sniff_text(raster).is_none())
 }
 
 /// The start tag of XML text's root element when it is `svg` (after its declaration, comments
@@ -970,7 +977,10 @@ mod tests {
         for text in [
             "P1 2024 roadmap: ship the importer\n",
             "P3 10 20 30 items are left\n",
+            "P6 1 2 3 go\n",
+            "P5 2024 12 31 notes for the year\n",
             "#define LIMIT 4\n#define OTHER 5\n",
+            "#define box_width 4\n#define box_height 5\nint main() {}\n",
             "<?xml version=\"1.0\"?><svgish/>",
             "<svg is the tag we talk about",
         ] {

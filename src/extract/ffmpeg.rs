@@ -193,14 +193,7 @@ impl Ffmpeg {
             .envs(super::child_env())
             .args(["-hide_banner", "-nostats", "-loglevel", "error"])
             .args(["-threads", "1", "-filter_threads", "1"])
-            .args([
-                "-protocol_whitelist",
-                "http,tcp,pipe",
-                "-f",
-                demuxer,
-                "-i",
-                url,
-            ])
+            .args(["-protocol_whitelist", "http,tcp", "-f", demuxer, "-i", url])
             // The first audio track; gaps in its timestamps (lost or damaged packets) become
             // silence, so times stay true.
             .args(["-map", "0:a:0", "-af", "aresample=async=1", "-ac", "1"])

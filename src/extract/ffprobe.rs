@@ -111,8 +111,14 @@ impl Ffprobe {
             ))
         };
         let output = match run {
+            // A read of the source that failed or stalled is the news, not the time it took.
+            Err(Run::TimedOut(_)) if served.failure().is_some() => {
+                return Err(Rejection::Error(served.failure().unwrap_or_else(|| {
+                    FileError::transient(ErrorCode::ReadFailed, "reading the object failed")
+                })));
+            }
             Err(rejection) => return Err(rejection.into_skip(format, &self.program)),
-            Ok(output) if over() => {
+            Ok(output) if over() && !has_streams(&output.stdout) => {
                 return Err(Rejection::Error(FileError::permanent(
                     ErrorCode::LimitExceeded,
                     format!(
@@ -125,7 +131,7 @@ impl Ffprobe {
             }
             Ok(output) => output,
         };
-        if let Some(failed) = served.failure() {
+        if let Some(failed) = served.failure().filter(|_| !over()) {
             return Err(Rejection::Error(failed));
         }
         // A program that does not run as ffprobe (a broken install) is not the file's fault.
@@ -153,10 +159,16 @@ impl Ffprobe {
             } else {
                 "v:0"
             };
-            media.duration_ms = self
-                .measure(&served, demuxer, stream)
-                .await
-                .filter(|_| !over());
+            // Read through only when the whole object is within what may be read.
+            if len <= budget && !over() {
+                media.duration_ms = self.measure(&served, demuxer, stream).await;
+                if let Some(failed) = served.failure() {
+                    return Err(Rejection::Error(failed));
+                }
+                if over() {
+                    media.duration_ms = None;
+                }
+            }
             tracing::debug!(format, ?claimed, measured = ?media.duration_ms, "a header claims more time than the bytes hold");
         }
         Ok(media)
@@ -267,8 +279,9 @@ impl Run {
 }
 
 impl Answer {
-    /// Whether the duration claimed fits in `len` bytes at the streams' bit rates (twice over,
-    /// and a little for headers); without both figures it is taken as it is.
+    /// Whether the duration claimed fits in `len` bytes at the streams' bit rates (four times
+    /// over, for rates that are nominal or peaks, and a little for headers); without both
+    /// figures it is taken as it is.
     fn plausible(&self, len: u64) -> bool {
         let Some(seconds) = self
             .format
@@ -283,9 +296,14 @@ impl Answer {
             .filter_map(|s| s.bit_rate.as_ref()?.parse::<f64>().ok())
             .sum();
         #[allow(clippy::cast_precision_loss)] // sizes far below 2^52
-        let held = (len as f64 * 2.0 + 64.0 * 1024.0) * 8.0;
+        let held = (len as f64 * 4.0 + 64.0 * 1024.0) * 8.0;
         bits <= 0.0 || seconds * bits <= held
     }
+}
+
+/// Whether ffprobe's answer names at least one stream (it read enough to describe the file).
+fn has_streams(stdout: &[u8]) -> bool {
+    serde_json::from_slice::<Answer>(stdout).is_ok_and(|answer| !answer.streams.is_empty())
 }
 
 /// The first `limit` bytes of a child's output, the rest read and dropped.

@@ -233,25 +233,34 @@ pub fn svg(bytes: &[u8]) -> Result<Size, Bad> {
 }
 
 /// A CSS length in pixels; `None` for one relative to something an image does not have
-/// (percentages, font sizes).
+/// (percentages, font sizes), or not a number (`auto`, `calc(…)`).
 fn length(text: &str) -> Result<Option<f64>, Bad> {
-    let split = text
-        .find(|c: char| c.is_ascii_alphabetic() || c == '%')
-        .unwrap_or(text.len());
+    // The number: digits, a point, a sign, and an exponent (`1e3`) when digits follow it.
+    let bytes = text.as_bytes();
+    let mut split = 0;
+    while let Some(&b) = bytes.get(split) {
+        let exponent = matches!(b, b'e' | b'E')
+            && bytes
+                .get(split + 1)
+                .is_some_and(|n| n.is_ascii_digit() || *n == b'-' || *n == b'+');
+        if !(b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+') || exponent) {
+            break;
+        }
+        split += if exponent { 2 } else { 1 };
+    }
     let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("its length {text:?} is not a number"))?;
+    let Ok(number) = number.trim().parse::<f64>() else {
+        return Ok(None);
+    };
     if !number.is_finite() || number < 0.0 {
         return Err(format!("its length {text:?} is not a size"));
     }
-    let per_unit = match unit.trim() {
+    let per_unit = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "px" => 1.0,
         "in" => 96.0,
         "cm" => 96.0 / 2.54,
         "mm" => 96.0 / 25.4,
-        "q" | "Q" => 96.0 / 101.6,
+        "q" => 96.0 / 101.6,
         "pt" => 96.0 / 72.0,
         "pc" => 16.0,
         _ => return Ok(None),
@@ -406,6 +415,10 @@ mod tests {
             Ok(Some((600, 300)))
         );
         assert_eq!(size("<svg/>"), Ok(None));
+        assert_eq!(
+            size(r#"<svg width="1e2PX" height="auto" viewBox="0 0 50 25"/>"#),
+            Ok(Some((100, 50)))
+        );
         assert!(size(r#"<svg width="-3" height="4"/>"#).is_err());
         assert!(size(r#"<svg viewBox="0 0 0 4"/>"#).is_err());
         assert!(size("<html/>").is_err());

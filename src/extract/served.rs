@@ -4,7 +4,9 @@
 //! the store instead of a pipe that cannot seek or a whole download.
 //!
 //! Only the one path with a random token is served, only to requests from this machine, and
-//! only while the [`Served`] lives.
+//! only while the [`Served`] lives. The token is on the child's command line, which other
+//! users of the machine may be able to read (`/proc/PID/cmdline`): where they could, mount
+//! `/proc` with `hidepid=2` or run the worker in its own container.
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::{Arc, Mutex};
@@ -21,6 +23,10 @@ use crate::error::{ErrorCode, FileError};
 
 /// Bytes read from the object for one piece of a response.
 const PIECE: u64 = 64 * 1024;
+
+/// A connection's send buffer: what is read ahead of the child is at most about this, and a
+/// piece.
+const SEND_BUFFER: usize = 64 * 1024;
 
 type Body = BoxBody<Bytes, io::Error>;
 
@@ -57,14 +63,25 @@ impl Served {
         let failure = Failure::default();
         let failed = Arc::clone(&failure);
         let path = format!("/{token}");
+        // The connections belong to the server's task: when it is aborted, they end too.
         let server = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    Some(_) = connections.join_next(), if !connections.is_empty() => continue,
                 };
+                let Ok((stream, _)) = accepted else {
+                    // Out of file descriptors and the like, for a moment.
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                };
+                // What the socket holds beyond what the child took is read from the source
+                // too (and counted in its budget): keep that small.
+                let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
                 let (object, path) = (Arc::clone(&object), path.clone());
                 let failed = Arc::clone(&failed);
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
                         let answer = answer(&request, &path, &object, len, &failed);
                         async move { Ok::<_, io::Error>(answer) }

@@ -9,8 +9,8 @@ use super::{
     Detected, Emitter, FileError, Outcome, Processing, Timed, closed, content_etag, file_info,
 };
 use crate::error::ErrorCode;
-use crate::extract::ffmpeg;
 use crate::extract::media::{self, Cutter, Input, Piece};
+use crate::extract::{Rejection, ffmpeg};
 use crate::job::{FileInfo, MediaInfo};
 use crate::source::{ObjectMeta, Source, SourceKind};
 use crate::transcribe::{Ask, Spoken, Transcriber};
@@ -55,7 +55,15 @@ impl Processing {
                 (Ok((mut file, mut media, segments)), Left { video: true, .. }) => {
                     self.see_video(source, head, ended, detected, &mut file, &mut media)
                         .await;
-                    Ok((file, media, segments))
+                    let limits = self.request.media;
+                    match media.duration_ms.filter(|d| *d > limits.max_duration_ms) {
+                        Some(ms) => Err(Outcome::Failed(media::too_long(
+                            detected.format.name(),
+                            ms,
+                            limits,
+                        ))),
+                        None => Ok((file, media, segments)),
+                    }
                 }
                 (described, _) => described,
             }
@@ -95,7 +103,7 @@ impl Processing {
         head: Vec<u8>,
         ended: bool,
         detected: Detected,
-        refused: Option<crate::extract::Rejection>,
+        refused: Option<Rejection>,
     ) -> Result<(FileInfo, MediaInfo, Vec<Spoken>), Outcome> {
         let format = detected.format.name();
         let mut object = self.object.clone();
@@ -105,8 +113,13 @@ impl Processing {
         let described = self.ffprobe(source, head, ended, format).await;
         let mut media = match (described, refused) {
             (Ok(media), _) => media,
-            (Err(_), Some(refused)) => return Err(refused.into()),
-            (Err(rejection), None) => return Err(rejection.into()),
+            // ffprobe cannot run, or cannot read it either: what symphonia said stands. A
+            // limit, or the source failing, is the news.
+            (Err(Rejection::Skip { .. }), Some(refused)) => return Err(refused.into()),
+            (Err(Rejection::Error(err)), Some(refused)) if err.code == ErrorCode::CorruptFile => {
+                return Err(refused.into());
+            }
+            (Err(rejection), _) => return Err(rejection.into()),
         };
         let limits = self.request.media;
         if let Some(duration) = media.duration_ms.filter(|d| *d > limits.max_duration_ms) {
@@ -145,7 +158,7 @@ impl Processing {
         head: Vec<u8>,
         ended: bool,
         format: &str,
-    ) -> Result<MediaInfo, crate::extract::Rejection> {
+    ) -> Result<MediaInfo, Rejection> {
         let rest = (!ended)
             .then(|| source.random_access(&self.object))
             .transpose()?;
@@ -181,7 +194,8 @@ impl Processing {
                 media.height = seen.height;
                 media.codec = seen.codec;
                 media.frame_rate = seen.frame_rate;
-                media.duration_ms = media.duration_ms.max(seen.duration_ms);
+                // symphonia's, which counts only the samples there are, when it has one.
+                media.duration_ms = media.duration_ms.or(seen.duration_ms);
                 if media.sample_rate.is_none() {
                     media.audio_codec = seen.audio_codec;
                     media.sample_rate = seen.sample_rate;
@@ -368,7 +382,7 @@ impl Processing {
 struct Left {
     /// It could not read the file (a container, codec or structure it does not read): this is
     /// what it said.
-    refused: Option<crate::extract::Rejection>,
+    refused: Option<Rejection>,
     /// It read the file but not its video track.
     video: bool,
 }
