@@ -115,7 +115,8 @@ struct SyncArgs {
     /// Write chunk records here instead of stdout.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
-    /// Write events here instead of stderr.
+    /// Write events as JSON Lines here (`-`: stderr). By default they go to stderr, and on a
+    /// terminal only failed files are shown there, one readable line each.
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
     /// Maximum tokens per chunk [default: 1500, or the config's].
@@ -488,20 +489,8 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
         Some(location) => Some(runtime.block_on(incremental(location, &args, &config, exact))?),
         None => None,
     };
-    let chunks: Box<dyn Write + Send> = match &args.out {
-        Some(path) => Box::new(BufWriter::new(create(path)?)),
-        None => Box::new(BufWriter::new(std::io::stdout())),
-    };
-    let events_to_terminal = args.events.is_none() && std::io::stderr().is_terminal();
-    let events: Box<dyn Write + Send> = match &args.events {
-        Some(path) => Box::new(BufWriter::new(create(path)?)),
-        None => Box::new(std::io::stderr()),
-    };
     let progress = Progress::new(std::io::stderr().is_terminal());
-    let mut sink = JsonlSink::new(chunks, events);
-    if events_to_terminal {
-        sink = sink.with_event_wrapper(progress.suspender());
-    }
+    let mut sink = sink(&args, &progress)?;
     let bounds = bounds(&args);
     let request = Arc::new(Request {
         chunker: Arc::new(chunker),
@@ -559,6 +548,33 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
         eprint!("{}", summary.render());
     }
     Ok(summary.exit_code())
+}
+
+/// Where `sync` writes: records to stdout or `--out`; events to stderr or `--events`. On a
+/// terminal, events on stderr wait for the progress bar, and a person reads failures there,
+/// not every event's JSON (`--events -` asks for it).
+fn sink(args: &SyncArgs, progress: &Progress) -> Result<JsonlSink, Failure> {
+    let chunks: Box<dyn Write + Send> = match &args.out {
+        Some(path) => Box::new(BufWriter::new(create(path)?)),
+        None => Box::new(BufWriter::new(std::io::stdout())),
+    };
+    let terminal = std::io::stderr().is_terminal();
+    let to_stderr = args
+        .events
+        .as_ref()
+        .is_none_or(|path| path.as_os_str() == "-");
+    let events: Box<dyn Write + Send> = match &args.events {
+        Some(path) if !to_stderr => Box::new(BufWriter::new(create(path)?)),
+        _ => Box::new(std::io::stderr()),
+    };
+    let mut sink = JsonlSink::new(chunks, events);
+    if terminal && to_stderr {
+        sink = sink.with_event_wrapper(progress.suspender());
+    }
+    if terminal && args.events.is_none() {
+        sink = sink.with_readable_events();
+    }
+    Ok(sink)
 }
 
 /// `ingestd sync s3://`: one item record per bucket the key can see. A failure to list is the

@@ -691,6 +691,104 @@ fn broken_and_hostile_images_get_their_codes_and_the_next_file_is_chunked() {
     );
 }
 
+/// Runs `ingestd ARGS` in `dir` under a pseudo-terminal (util-linux's `script`), as a person
+/// at a terminal would; returns its exit code and what the terminal showed.
+fn on_a_terminal(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let quoted: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_ingestd"))
+        .chain(args.iter().copied())
+        .map(|arg| format!("'{}'", arg.replace('\'', "'\\''")))
+        .collect();
+    let out = std::process::Command::new("script")
+        .args([
+            "--quiet",
+            "--return",
+            "--command",
+            &quoted.join(" "),
+            "/dev/null",
+        ])
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("util-linux's `script` runs commands under a pseudo-terminal: install it");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn a_terminal_shows_failed_files_and_the_summary_not_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = fixture("media/bad");
+    let (code, shown) = on_a_terminal(
+        dir.path(),
+        &["sync", bad.to_str().unwrap(), "--out", "records.jsonl"],
+    );
+    assert_eq!(code, Some(3), "{shown}");
+    // One readable line per failed file: its key, code and sentence.
+    for (key, code) in [
+        ("truncated.png", "CORRUPT_FILE"),
+        ("bomb.png", "LIMIT_EXCEEDED"),
+        ("vast.svg", "LIMIT_EXCEEDED"),
+    ] {
+        let line = shown
+            .lines()
+            .find(|line| line.contains(&format!("failed: {key}: {code}: ")))
+            .unwrap_or_else(|| panic!("no line for {key} in {shown}"));
+        assert!(
+            line.len() > format!("failed: {key}: {code}: ").len() + 10,
+            "{line}"
+        );
+    }
+    assert!(
+        !shown.contains("\"schema_version\""),
+        "JSON on the terminal: {shown}"
+    );
+    assert!(
+        !shown.contains("phone.heic"),
+        "a skipped file is not a failure: {shown}"
+    );
+    assert!(
+        shown.contains("ingestd sync: ") && shown.contains("failed "),
+        "{shown}"
+    );
+    let records = std::fs::read_to_string(dir.path().join("records.jsonl")).unwrap();
+    assert_eq!(lines(records.as_bytes()).len(), 1, "the text file's record");
+    // `--events -` asks for the JSON events on the terminal; a file gets them whatever stderr is.
+    let (_, shown) = on_a_terminal(
+        dir.path(),
+        &[
+            "sync",
+            bad.to_str().unwrap(),
+            "--out",
+            "/dev/null",
+            "--events",
+            "-",
+        ],
+    );
+    assert!(shown.contains("\"event\":\"FILE_ERROR\""), "{shown}");
+    let (_, shown) = on_a_terminal(
+        dir.path(),
+        &[
+            "sync",
+            bad.to_str().unwrap(),
+            "--out",
+            "/dev/null",
+            "--events",
+            "events.jsonl",
+        ],
+    );
+    assert!(!shown.contains("\"schema_version\""), "{shown}");
+    let events = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+    assert!(
+        lines(events.as_bytes())
+            .iter()
+            .any(|e| e["event"] == "FILE_ERROR")
+    );
+}
+
 /// The words rendered into the OCR fixtures.
 fn rendered_words() -> Vec<String> {
     let listed: Value =

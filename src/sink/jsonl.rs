@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::SinkError;
 use super::spool::Stream;
-use crate::job::{ChunkRecord, Event, ItemRecord};
+use crate::job::{ChunkRecord, Event, EventKind, ItemRecord};
 
 /// Writes chunk records to one stream and events to another.
 pub struct JsonlSink {
@@ -16,6 +16,8 @@ pub struct JsonlSink {
     events: Box<dyn Write + Send>,
     /// Runs each event write, so a progress bar can be hidden while a line is printed.
     around_event: Box<EventWrapper>,
+    /// Events are for a person at a terminal: only failures, one readable line each.
+    readable: bool,
 }
 
 /// Something that runs a write, e.g. with a progress bar hidden.
@@ -29,7 +31,16 @@ impl JsonlSink {
             chunks,
             events,
             around_event: Box::new(|write| write()),
+            readable: false,
         }
+    }
+
+    /// Writes events for a person at a terminal instead of as JSON: one line per file that
+    /// failed (its key, code and sentence); the rest is for the progress bar and the summary.
+    #[must_use]
+    pub fn with_readable_events(mut self) -> Self {
+        self.readable = true;
+        self
     }
 
     /// Calls `around` with each event write (e.g. `ProgressBar::suspend`).
@@ -69,10 +80,41 @@ impl JsonlSink {
     /// # Errors
     /// When the output cannot be written.
     pub fn write_event(&mut self, event: &Event) -> Result<(), SinkError> {
+        if self.readable {
+            return self.write_readable(event);
+        }
         let mut result = Ok(());
         let events = &mut self.events;
         (self.around_event)(&mut || {
             result = write_line(events, event).and_then(|()| events.flush());
+        });
+        result.map_err(|source| SinkError {
+            what: "events",
+            source,
+        })
+    }
+
+    /// An event as a person reads it: a failed file's line, or nothing.
+    fn write_readable(&mut self, event: &Event) -> Result<(), SinkError> {
+        let EventKind::FileError {
+            error_code,
+            message,
+            ..
+        } = &event.kind
+        else {
+            return Ok(());
+        };
+        let key = event
+            .file
+            .as_ref()
+            .map_or("(the source)", |f| f.key.as_str());
+        let line = format!("failed: {key}: {error_code}: {message}\n");
+        let mut result = Ok(());
+        let events = &mut self.events;
+        (self.around_event)(&mut || {
+            result = events
+                .write_all(line.as_bytes())
+                .and_then(|()| events.flush());
         });
         result.map_err(|source| SinkError {
             what: "events",
@@ -91,6 +133,11 @@ impl JsonlSink {
                 what: "chunks",
                 source,
             }),
+            Stream::Events if self.readable => match serde_json::from_slice::<Event>(line) {
+                Ok(event) => self.write_readable(&event),
+                // Lines of events, as the sink wrote them: they read back.
+                Err(_) => Ok(()),
+            },
             Stream::Events => {
                 let mut result = Ok(());
                 let events = &mut self.events;
