@@ -1,4 +1,5 @@
-//! Diagnostics: tracing set-up, and the progress bar of one-shot runs.
+//! Diagnostics: tracing set-up, the time spent in each stage of the pipeline (shown by the
+//! worker's `/metrics`), and the progress bar of one-shot runs.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,4 +86,72 @@ impl Progress {
     pub fn finish(&self) {
         self.bar.finish_and_clear();
     }
+}
+
+/// The stages of the pipeline whose time is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Waiting for an object's bytes, read as a stream.
+    Download,
+    /// Parsing and decoding bytes to text or facts (text formats, documents, image headers,
+    /// media containers).
+    Extract,
+    /// Cutting text into chunk records.
+    Chunk,
+    /// A request to an embedding provider.
+    Embed,
+    /// Waiting for the broker's confirms of published outputs.
+    Publish,
+}
+
+impl Stage {
+    /// The stage's label on `ingestd_stage_duration_seconds`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Download => "download",
+            Stage::Extract => "extract",
+            Stage::Chunk => "chunk",
+            Stage::Embed => "embed",
+            Stage::Publish => "publish",
+        }
+    }
+}
+
+/// Labels of a stage's histogram.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelSet)]
+pub struct StageLabel {
+    stage: &'static str,
+}
+
+/// Time spent in each stage, in the process: one histogram per stage.
+pub type StageTimes = prometheus_client::metrics::family::Family<
+    StageLabel,
+    prometheus_client::metrics::histogram::Histogram,
+    fn() -> prometheus_client::metrics::histogram::Histogram,
+>;
+
+/// Upper bounds (seconds) of the stage histograms' buckets: a piece read or a small file's
+/// chunks take milliseconds, a document or a provider request seconds.
+const STAGE_BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0,
+];
+
+fn stage_histogram() -> prometheus_client::metrics::histogram::Histogram {
+    prometheus_client::metrics::histogram::Histogram::new(STAGE_BUCKETS)
+}
+
+/// The process's stage timings.
+pub fn stages() -> &'static StageTimes {
+    static STAGES: std::sync::OnceLock<StageTimes> = std::sync::OnceLock::new();
+    STAGES.get_or_init(|| StageTimes::new_with_constructor(stage_histogram))
+}
+
+/// Records `elapsed` in `stage`.
+pub fn timed(stage: Stage, elapsed: Duration) {
+    stages()
+        .get_or_create(&StageLabel {
+            stage: stage.name(),
+        })
+        .observe(elapsed.as_secs_f64());
 }

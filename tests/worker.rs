@@ -774,6 +774,38 @@ fn bad_messages_are_dead_lettered_with_reasons_and_good_jobs_complete() {
         metrics.contains("ingestd_files_total{media_type=\"TEXT\",outcome=\"ready\"} 2"),
         "{metrics}"
     );
+    assert_built_and_timed(&metrics);
+}
+
+/// `/metrics` says what the worker was built from (as git says of this checkout) and has
+/// timed each stage a job without embeddings goes through.
+fn assert_built_and_timed(metrics: &str) {
+    // What it was built from, as git says of this checkout.
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let commit = String::from_utf8(commit.stdout).unwrap();
+    let build = format!(
+        "ingestd_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        commit.trim()
+    );
+    assert!(metrics.contains(&build), "{build} in {metrics}");
+    // Each stage the jobs went through was timed.
+    for stage in ["download", "extract", "chunk", "publish"] {
+        let count = metrics
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(&format!(
+                    "ingestd_stage_duration_seconds_count{{stage=\"{stage}\"}} "
+                ))
+            })
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        assert!(count > 0, "{stage}: {metrics}");
+    }
 }
 
 #[test]

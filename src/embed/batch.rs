@@ -126,7 +126,10 @@ async fn send(
     batch: &[Pending],
 ) -> Result<Vec<Vec<f32>>, Failed> {
     let texts: Vec<&str> = batch.iter().map(|p| p.text.as_str()).collect();
-    provider.embed(model, &texts).await
+    let started = std::time::Instant::now();
+    let vectors = provider.embed(model, &texts).await;
+    crate::telemetry::timed(crate::telemetry::Stage::Embed, started.elapsed());
+    vectors
 }
 
 /// Fails every chunk of `batch` with `error`.

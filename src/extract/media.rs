@@ -281,6 +281,14 @@ impl Refused {
 /// not parse (a panic in the demuxer included); `LIMIT_EXCEEDED` for headers and tags over
 /// `max_metadata_bytes` or a duration over `max_duration_ms`; the source's own errors.
 pub fn probe(input: Input, format: &str, limits: MediaLimits) -> Result<Probed, Refused> {
+    let started = std::time::Instant::now();
+    let probed = open(input, format, limits);
+    crate::telemetry::timed(crate::telemetry::Stage::Extract, started.elapsed());
+    probed
+}
+
+/// [`probe`], untimed.
+fn open(input: Input, format: &str, limits: MediaLimits) -> Result<Probed, Refused> {
     if !readable(format) {
         return Err(Refused::reader(Rejection::Skip {
             reason: SkipReason::UnsupportedFormat,

@@ -70,7 +70,9 @@ impl Processing {
                 Some(file) => Input::File(file.path()),
                 None => Input::Bytes(&bytes),
             };
+            let started = std::time::Instant::now();
             let extracted = document::extract(input, format, &budget);
+            crate::telemetry::timed(crate::telemetry::Stage::Extract, started.elapsed());
             drop(slot);
             Ok(extracted)
         });

@@ -41,12 +41,14 @@ impl Processing {
                 (self.object.clone(), self.kind, Arc::clone(&self.request));
             let slot = self.cpu_slot().await;
             let work = tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
                 let described = extract::image::describe(
                     &head,
                     format,
                     request.max_image_pixels,
                     request.image_gps,
                 );
+                crate::telemetry::timed(crate::telemetry::Stage::Extract, started.elapsed());
                 drop(slot);
                 if object.etag.is_none() {
                     object.etag = Some(content_etag(&head));

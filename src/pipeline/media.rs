@@ -165,7 +165,9 @@ impl Processing {
         let input = Input::new(head, rest, self.object.size)
             .with_budget(self.request.media.max_metadata_bytes);
         let fetched = input.fetched();
+        let started = std::time::Instant::now();
         let described = self.request.ffprobe.describe(input, format).await;
+        crate::telemetry::timed(crate::telemetry::Stage::Extract, started.elapsed());
         self.bytes_read += fetched.load(Ordering::Relaxed);
         described
     }

@@ -9,6 +9,7 @@ mod text;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -27,6 +28,7 @@ use crate::job::{
     ChunkRecord, ChunkingInfo, Event, EventKind, FileInfo, FileRef, MediaInfo, SCHEMA_VERSION,
 };
 use crate::source::{ObjectMeta, Source, SourceKind};
+use crate::telemetry::{self, Stage};
 use crate::transcribe::{Ask, Transcriber};
 
 use records::{Cursor, Segment, Timed, chunk_id, cut, cut_whole};
@@ -428,7 +430,10 @@ impl Processing {
         up_to: usize,
     ) -> Result<bool, FileError> {
         while bytes.len() < up_to {
-            match body.next().await {
+            let started = Instant::now();
+            let piece = body.next().await;
+            telemetry::timed(Stage::Download, started.elapsed());
+            match piece {
                 Some(piece) => {
                     let piece = piece?;
                     self.bytes_read += piece.len() as u64;

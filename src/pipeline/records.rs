@@ -9,6 +9,7 @@ use super::{Emitted, Emitter, Request, closed};
 use crate::chunk::{Chunk, Chunker, Pieces, Structure};
 use crate::error::FileError;
 use crate::job::{ChunkRecord, ChunkingInfo, FileInfo, MediaInfo, SCHEMA_VERSION};
+use crate::telemetry::Stage;
 
 /// How far into a file's text the records have got.
 #[derive(Debug, Clone, Copy, Default)]
@@ -91,6 +92,7 @@ pub(super) fn cut(
         chunker.size().saturating_sub(chunker.count(p) + 1).max(1)
     });
     let chunking = request.chunking();
+    let started = std::time::Instant::now();
     let chunks = plan(segment, request, capacity);
     let keep = if last {
         chunks.len()
@@ -152,6 +154,7 @@ pub(super) fn cut(
     // The CPU work is done: free the slot before waiting for the writer, which may be busy
     // with another file that needs a slot to finish.
     drop(slot);
+    crate::telemetry::timed(Stage::Chunk, started.elapsed());
     for record in records {
         out.blocking_send(Emitted::Record(Box::new(record)))
             .map_err(|_| closed())?;

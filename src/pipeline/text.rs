@@ -88,12 +88,14 @@ impl Processing {
         let sender = out.clone();
         let slot = self.cpu_slot().await;
         let work = tokio::task::spawn_blocking(move || -> Result<Outcome, FileError> {
+            let started = std::time::Instant::now();
             let extracted =
-                match extract::extract(&head, detected, charset.as_deref(), request.max_text_bytes)
-                {
-                    Ok(extracted) => extracted,
-                    Err(rejection) => return Ok(rejection.into()),
-                };
+                extract::extract(&head, detected, charset.as_deref(), request.max_text_bytes);
+            crate::telemetry::timed(crate::telemetry::Stage::Extract, started.elapsed());
+            let extracted = match extracted {
+                Ok(extracted) => extracted,
+                Err(rejection) => return Ok(rejection.into()),
+            };
             let mut object = object;
             if object.etag.is_none() {
                 object.etag = Some(content_etag(&head));
@@ -225,7 +227,10 @@ impl Processing {
         decoder: &mut StreamDecoder,
         read: &mut Decoded,
     ) -> Result<(), FileError> {
-        if let Some(piece) = body.next().await {
+        let started = std::time::Instant::now();
+        let next = body.next().await;
+        crate::telemetry::timed(crate::telemetry::Stage::Download, started.elapsed());
+        if let Some(piece) = next {
             let piece = piece?;
             self.bytes_read += piece.len() as u64;
             read.push(decoder, &piece)

@@ -131,7 +131,10 @@ impl Confirms {
 }
 
 async fn settle(target: String, confirm: PublisherConfirm) -> Result<(), PublishError> {
-    match confirm.await? {
+    let started = std::time::Instant::now();
+    let confirmed = confirm.await;
+    crate::telemetry::timed(crate::telemetry::Stage::Publish, started.elapsed());
+    match confirmed? {
         // A returned message is acked too; only an ack without one was delivered.
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
         Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable(target)),

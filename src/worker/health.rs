@@ -1,16 +1,20 @@
 //! `/healthz` (the process answers), `/readyz` (connected to the broker and consuming) and
-//! `/metrics` over plain HTTP/1.1: enough for probes and scrapers, without a web framework.
+//! `/metrics`, served by hyper over HTTP/1.1 for probes and scrapers.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::CONTENT_TYPE;
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::net::TcpListener;
 
-use super::metrics::Metrics;
+use super::metrics::{self, Metrics};
 
-/// Time a client gets to send its request line.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a client gets to send its request and read the answer.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves the endpoints on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
@@ -22,46 +26,47 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
         };
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(READ_TIMEOUT, answer(stream, &metrics)).await;
+            let service = hyper::service::service_fn(move |request| {
+                let response = answer(&request, &metrics);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            // One request a connection: probes and scrapers open one each time.
+            let connection = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    let mut head = [0u8; 1024];
-    let mut len = 0;
-    // The request line is all we need; read until it is complete.
-    while !head[..len].contains(&b'\n') && len < head.len() {
-        let n = stream.read(&mut head[len..]).await?;
-        if n == 0 {
-            break;
-        }
-        len += n;
+/// The answer to one request.
+fn answer<B>(request: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, content_type: &'static str, body: String| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(content_type),
+        );
+        response
+    };
+    let plain = "text/plain; charset=utf-8";
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            plain,
+            "method not allowed\n".to_owned(),
+        );
     }
-    let line = String::from_utf8_lossy(&head[..len]);
-    let mut words = line.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
-        ("GET", "/readyz") if metrics.is_ready() => ("200 OK", "text/plain", "ready\n".to_owned()),
-        ("GET", "/readyz") => (
-            "503 Service Unavailable",
-            "text/plain",
+    match request.uri().path() {
+        "/healthz" => text(StatusCode::OK, plain, "ok\n".to_owned()),
+        "/readyz" if metrics.is_ready() => text(StatusCode::OK, plain, "ready\n".to_owned()),
+        "/readyz" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            plain,
             "not connected to the broker\n".to_owned(),
         ),
-        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "method not allowed\n".to_owned(),
-        ),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+        "/metrics" => text(StatusCode::OK, metrics::CONTENT_TYPE, metrics.render()),
+        _ => text(StatusCode::NOT_FOUND, plain, "not found\n".to_owned()),
+    }
 }

@@ -1,81 +1,177 @@
-//! Counters behind `/metrics`, in the Prometheus text format.
+//! What the worker has done, behind `/metrics`: a prometheus-client registry, encoded in the
+//! Prometheus text format. The providers' request counters and the pipeline's stage timings
+//! are read where they are kept, at each scrape.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
 
 use crate::embed::Stats;
 use crate::pipeline::{FileReport, Tally};
 use crate::transcribe;
 
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
 /// Upper bounds (seconds) of the job duration histogram's buckets.
 const DURATION_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0];
 
-/// What the worker has done since it started, and whether it is ready.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Connected and consuming.
-    ready: AtomicBool,
-    jobs: Mutex<BTreeMap<(String, &'static str), u64>>,
-    files: Mutex<BTreeMap<(String, &'static str), u64>>,
-    chunks: AtomicU64,
-    tokens: AtomicU64,
-    bytes_read: AtomicU64,
-    in_flight: AtomicI64,
-    reconnects: AtomicU64,
-    /// Counts per bucket of [`DURATION_BUCKETS`] (not cumulative), then the sum in µs.
-    durations: Mutex<([u64; DURATION_BUCKETS.len() + 1], u64)>,
-    /// Requests to embedding providers.
-    embedding: Arc<Stats>,
-    /// Requests to the transcription provider.
-    transcription: Arc<transcribe::Stats>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    r#type: String,
+    outcome: &'static str,
 }
 
-fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
-    let mut map = map
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    *map.entry(key).or_default() += 1;
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FileLabels {
+    media_type: &'static str,
+    outcome: &'static str,
+}
+
+/// What the worker has done since it started, and whether it is ready.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// 1 when connected and consuming.
+    ready: Gauge,
+    in_flight: Gauge,
+    reconnects: Counter,
+    chunks: Counter,
+    tokens: Counter,
+    bytes_read: Counter,
+    jobs: Family<JobLabels, Counter>,
+    files: Family<FileLabels, Counter>,
+    durations: Histogram,
 }
 
 impl Metrics {
-    /// Metrics that also show the embedding and transcription providers' stats.
+    /// Metrics that also show the embedding and transcription providers' requests and the
+    /// pipeline's stage timings ([`crate::telemetry::stages`]).
     #[must_use]
     pub fn new(embedding: Arc<Stats>, transcription: Arc<transcribe::Stats>) -> Self {
+        let mut registry = Registry::default();
+        let metrics = Metrics {
+            ready: Gauge::default(),
+            in_flight: Gauge::default(),
+            reconnects: Counter::default(),
+            chunks: Counter::default(),
+            tokens: Counter::default(),
+            bytes_read: Counter::default(),
+            jobs: Family::default(),
+            files: Family::default(),
+            durations: Histogram::new(DURATION_BUCKETS),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "ingestd_build",
+            "The version and git commit this worker was built from.",
+            Info::new([
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", env!("INGESTD_GIT_COMMIT")),
+            ]),
+        );
+        let gauges = [
+            (
+                "ingestd_ready",
+                "1 when connected to the broker and consuming.",
+                &metrics.ready,
+            ),
+            (
+                "ingestd_jobs_in_flight",
+                "Jobs being processed.",
+                &metrics.in_flight,
+            ),
+        ];
+        for (name, help, gauge) in gauges {
+            registry.register(name, help, gauge.clone());
+        }
+        let counters = [
+            (
+                "ingestd_reconnects",
+                "Broker connections lost and made again.",
+                &metrics.reconnects,
+            ),
+            (
+                "ingestd_chunks",
+                "Chunk records published.",
+                &metrics.chunks,
+            ),
+            (
+                "ingestd_tokens",
+                "Tokens in published chunk records.",
+                &metrics.tokens,
+            ),
+            (
+                "ingestd_bytes_read",
+                "Bytes read from sources.",
+                &metrics.bytes_read,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+        register_providers(&mut registry, embedding, transcription);
+        registry.register(
+            "ingestd_jobs",
+            "Jobs by type and outcome.",
+            metrics.jobs.clone(),
+        );
+        registry.register(
+            "ingestd_files",
+            "Files by media type and outcome.",
+            metrics.files.clone(),
+        );
+        registry.register(
+            "ingestd_job_duration_seconds",
+            "Time from delivery to ack.",
+            metrics.durations.clone(),
+        );
+        registry.register(
+            "ingestd_stage_duration_seconds",
+            "Time files spent in each stage: download (waiting for bytes read as a stream), \
+             extract (parsing and decoding to text or facts), chunk, embed (provider \
+             requests), publish (waiting for the broker's confirms).",
+            crate::telemetry::stages().clone(),
+        );
         Metrics {
-            embedding,
-            transcription,
-            ..Metrics::default()
+            registry,
+            ..metrics
         }
     }
-
     /// Marks the worker ready (consuming) or not.
     pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::SeqCst);
+        self.ready.set(i64::from(ready));
     }
 
     /// Whether the worker is connected and consuming.
     #[must_use]
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.get() == 1
     }
 
     /// A connection to the broker was lost and is being made again.
     pub fn reconnected(&self) {
-        self.reconnects.fetch_add(1, Ordering::Relaxed);
+        self.reconnects.inc();
     }
 
     /// A job started.
     pub fn job_started(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.inc();
     }
 
     /// A job of `job_type` ended with `outcome` after `elapsed`.
     pub fn job_done(&self, job_type: &str, outcome: &'static str, elapsed: Duration) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        // Types come from messages: keep the label set small and the exposition valid.
+        self.in_flight.dec();
+        // Types come from messages: keep the label set small.
         let label = if job_type.len() <= 32
             && job_type
                 .bytes()
@@ -85,183 +181,178 @@ impl Metrics {
         } else {
             "other".to_owned()
         };
-        bump(&self.jobs, (label, outcome));
-        let secs = elapsed.as_secs_f64();
-        let bucket = DURATION_BUCKETS
-            .iter()
-            .position(|&bound| secs <= bound)
-            .unwrap_or(DURATION_BUCKETS.len());
-        let mut durations = self
-            .durations
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        durations.0[bucket] += 1;
-        durations.1 += u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.jobs
+            .get_or_create(&JobLabels {
+                r#type: label,
+                outcome,
+            })
+            .inc();
+        self.durations.observe(elapsed.as_secs_f64());
     }
 
     /// A file was processed.
     pub fn file_done(&self, report: &FileReport) {
         let tally = report.tally();
         if let Tally::Ready { chunks, tokens } = tally {
-            self.chunks.fetch_add(chunks, Ordering::Relaxed);
-            self.tokens.fetch_add(tokens, Ordering::Relaxed);
+            self.chunks.inc_by(chunks);
+            self.tokens.inc_by(tokens);
         }
-        let (media, outcome) = (report.media_label().to_owned(), tally.label());
-        self.bytes_read
-            .fetch_add(report.bytes_read, Ordering::Relaxed);
-        bump(&self.files, (media, outcome));
+        self.bytes_read.inc_by(report.bytes_read);
+        let labels = FileLabels {
+            media_type: report.media_label(),
+            outcome: tally.label(),
+        };
+        self.files.get_or_create(&labels).inc();
     }
 
-    /// Everything, in the Prometheus text exposition format.
+    /// Everything, in the Prometheus text exposition format ([`CONTENT_TYPE`]).
     #[must_use]
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let mut scalar = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        scalar(
-            "ingestd_ready",
-            "gauge",
-            "1 when connected to the broker and consuming.",
-            u8::from(self.is_ready()).to_string(),
-        );
-        scalar(
-            "ingestd_jobs_in_flight",
-            "gauge",
-            "Jobs being processed.",
-            self.in_flight.load(Ordering::Relaxed).to_string(),
-        );
-        scalar(
-            "ingestd_reconnects_total",
-            "counter",
-            "Broker connections lost and made again.",
-            self.reconnects.load(Ordering::Relaxed).to_string(),
-        );
-        scalar(
-            "ingestd_chunks_total",
-            "counter",
-            "Chunk records published.",
-            self.chunks.load(Ordering::Relaxed).to_string(),
-        );
-        scalar(
-            "ingestd_tokens_total",
-            "counter",
-            "Tokens in published chunk records.",
-            self.tokens.load(Ordering::Relaxed).to_string(),
-        );
-        scalar(
-            "ingestd_bytes_read_total",
-            "counter",
-            "Bytes read from sources.",
-            self.bytes_read.load(Ordering::Relaxed).to_string(),
-        );
-        self.render_providers(&mut out);
-        let labelled = |out: &mut String,
-                        name: &str,
-                        help: &str,
-                        label: &str,
-                        map: &Mutex<BTreeMap<(String, &'static str), u64>>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            let map = map
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for ((first, outcome), count) in map.iter() {
-                let _ = writeln!(
-                    out,
-                    "{name}{{{label}=\"{first}\",outcome=\"{outcome}\"}} {count}"
-                );
-            }
-        };
-        labelled(
-            &mut out,
-            "ingestd_jobs_total",
-            "Jobs by type and outcome.",
-            "type",
-            &self.jobs,
-        );
-        labelled(
-            &mut out,
-            "ingestd_files_total",
-            "Files by media type and outcome.",
-            "media_type",
-            &self.files,
-        );
-        let (counts, sum_us) = *self
-            .durations
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let name = "ingestd_job_duration_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Time from delivery to ack.\n# TYPE {name} histogram"
-        );
-        let mut cumulative = 0;
-        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-            cumulative += counts[i];
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += counts[DURATION_BUCKETS.len()];
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count {cumulative}");
+        // Writing to a String does not fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
         out
     }
+}
 
-    /// The embedding providers' counters.
-    fn render_providers(&self, out: &mut String) {
-        let (embedding, transcription) = (&self.embedding, &self.transcription);
-        requests(
-            out,
-            "ingestd_embedding_requests_total",
-            "Requests to embedding providers by outcome (retried: failed and tried again; \
+/// The providers' request counters, read from their own stats at each scrape.
+fn register_providers(
+    registry: &mut Registry,
+    embedding: Arc<Stats>,
+    transcription: Arc<transcribe::Stats>,
+) {
+    registry.register(
+        "ingestd_embedding_requests",
+        "Requests to embedding providers by outcome (retried: failed and tried again; \
              failed: gave up).",
-            [&embedding.succeeded, &embedding.retried, &embedding.failed],
-        );
-        counter(
-            out,
-            "ingestd_embedding_inputs_total",
-            "Chunks embedded.",
-            embedding.inputs.load(Ordering::Relaxed),
-        );
-        requests(
-            out,
-            "ingestd_transcription_requests_total",
-            "Requests to the transcription provider by outcome (ok: a piece transcribed; \
-             retried: failed and tried again; failed: gave up).",
-            [
-                &transcription.succeeded,
-                &transcription.retried,
-                &transcription.failed,
-            ],
-        );
-        counter(
-            out,
-            "ingestd_transcription_audio_seconds_total",
-            "Seconds of audio transcribed.",
-            transcription.audio_ms.load(Ordering::Relaxed) as f64 / 1000.0,
-        );
-    }
-}
-
-/// A provider's requests by outcome: `ok`, `retried`, `failed`, in that order.
-fn requests(out: &mut String, name: &str, help: &str, counts: [&AtomicU64; 3]) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-    for (outcome, count) in ["ok", "retried", "failed"].into_iter().zip(counts) {
-        let _ = writeln!(
-            out,
-            "{name}{{outcome=\"{outcome}\"}} {}",
-            count.load(Ordering::Relaxed)
-        );
-    }
-}
-
-/// A counter without labels.
-fn counter(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        Read(Arc::clone(&embedding), |s: &Stats| {
+            Outcomes(load([&s.succeeded, &s.retried, &s.failed]))
+        }),
     );
+    registry.register(
+        "ingestd_embedding_inputs",
+        "Chunks embedded.",
+        Read(embedding, |s: &Stats| {
+            Plain(s.inputs.load(Ordering::Relaxed))
+        }),
+    );
+    registry.register(
+        "ingestd_transcription_requests",
+        "Requests to the transcription provider by outcome (ok: a piece transcribed; \
+             retried: failed and tried again; failed: gave up).",
+        Read(Arc::clone(&transcription), |s: &transcribe::Stats| {
+            Outcomes(load([&s.succeeded, &s.retried, &s.failed]))
+        }),
+    );
+    registry.register(
+        "ingestd_transcription_audio_seconds",
+        "Seconds of audio transcribed.",
+        Read(transcription, |s: &transcribe::Stats| {
+            Seconds(s.audio_ms.load(Ordering::Relaxed))
+        }),
+    );
+}
+
+/// A counter kept elsewhere, read at each scrape: `read` picks it out of `T`.
+struct Read<T, M>(Arc<T>, fn(&T) -> M);
+
+impl<T, M> std::fmt::Debug for Read<T, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Read")
+    }
+}
+
+/// What [`Read`] reads.
+trait Reading {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error>;
+}
+
+/// Requests by outcome: `ok`, `retried`, `failed`.
+struct Outcomes([u64; 3]);
+
+fn load(counters: [&AtomicU64; 3]) -> [u64; 3] {
+    counters.map(|counter| counter.load(Ordering::Relaxed))
+}
+
+/// A count.
+struct Plain(u64);
+
+/// Milliseconds, shown as seconds.
+struct Seconds(u64);
+
+impl Reading for Outcomes {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (outcome, count) in ["ok", "retried", "failed"].into_iter().zip(self.0) {
+            encoder
+                .encode_family(&[("outcome", outcome)])?
+                .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+        }
+        Ok(())
+    }
+}
+
+impl Reading for Plain {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.0, None)
+    }
+}
+
+impl Reading for Seconds {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        #[allow(clippy::cast_precision_loss)] // milliseconds of audio: far below 2^52
+        let seconds = self.0 as f64 / 1000.0;
+        encoder.encode_counter::<NoLabelSet, _, u64>(&seconds, None)
+    }
+}
+
+impl<T, M: Reading> EncodeMetric for Read<T, M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        (self.1)(&self.0).encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_rendered_under_its_name_in_the_prometheus_text_format() {
+        let embedding = Arc::new(Stats::default());
+        embedding.retried.fetch_add(2, Ordering::Relaxed);
+        let transcription = Arc::new(transcribe::Stats::default());
+        transcription.audio_ms.fetch_add(1500, Ordering::Relaxed);
+        let metrics = Metrics::new(embedding, transcription);
+        metrics.set_ready(true);
+        metrics.job_started();
+        metrics.job_done("sync_files", "done", Duration::from_millis(300));
+        metrics.job_started();
+        metrics.job_done("Weird Type!", "failed", Duration::from_secs(7));
+        crate::telemetry::timed(crate::telemetry::Stage::Embed, Duration::from_millis(20));
+        let text = metrics.render();
+        for line in [
+            "ingestd_ready 1",
+            "ingestd_jobs_in_flight 0",
+            "ingestd_reconnects_total 0",
+            "ingestd_jobs_total{type=\"sync_files\",outcome=\"done\"} 1",
+            "ingestd_jobs_total{type=\"other\",outcome=\"failed\"} 1",
+            "ingestd_job_duration_seconds_bucket{le=\"0.5\"} 1",
+            "ingestd_job_duration_seconds_count 2",
+            "ingestd_embedding_requests_total{outcome=\"retried\"} 2",
+            "ingestd_transcription_audio_seconds_total 1.5",
+            &format!(
+                "ingestd_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION"),
+                env!("INGESTD_GIT_COMMIT")
+            ),
+            "# TYPE ingestd_stage_duration_seconds histogram",
+            "ingestd_stage_duration_seconds_bucket{stage=\"embed\",le=\"0.05\"} ",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        assert!(!text.contains("# EOF"), "Prometheus text, not OpenMetrics");
+    }
 }
