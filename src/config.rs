@@ -2,7 +2,7 @@
 //! (`INGESTD__<TABLE>__<KEY>`, e.g. `INGESTD__CHUNKING__CHUNK_SIZE=512`), so deployments change
 //! settings and inject secrets without editing the file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 
@@ -14,42 +14,9 @@ pub const ENV_PREFIX: &str = "INGESTD__";
 /// The broker URL's own variable, same as `INGESTD__WORKER__AMQP_URL`.
 pub const AMQP_URL_ENV: &str = "INGESTD_AMQP_URL";
 
-/// Why configuration could not be loaded. Every variant names the file, variable or field.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("reading config {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The TOML is malformed or has unknown or mistyped fields.
-    #[error("parsing config {origin}: {message}")]
-    Parse {
-        /// The file, or "defaults".
-        origin: String,
-        /// What the parser said (it names the field).
-        message: String,
-    },
-    /// An override variable is malformed.
-    #[error("environment override {var}: {message}")]
-    Env {
-        /// The variable.
-        var: String,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// A value is out of range.
-    #[error("invalid config: {field}: {message}")]
-    Invalid {
-        /// The dotted field name, e.g. `chunking.chunk_overlap`.
-        field: &'static str,
-        /// What is wrong with it.
-        message: String,
-    },
-}
+pub use crate::error::ConfigError;
+pub use crate::source::S3Config;
+pub use crate::telemetry::{LogConfig, LogFormat};
 
 /// The whole configuration, one field per TOML table.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -112,6 +79,18 @@ pub struct ChunkingConfig {
     /// Prepend the file name to every chunk's text when a job or flag does not say.
     #[serde(default)]
     pub prepend_filename: bool,
+}
+
+impl ChunkingConfig {
+    /// The figures a job's chunking options are checked against.
+    #[must_use]
+    pub fn limits(&self) -> crate::job::ChunkLimits {
+        crate::job::ChunkLimits {
+            chunk_size: self.chunk_size,
+            chunk_overlap: self.chunk_overlap,
+            max_chunk_size: self.max_chunk_size,
+        }
+    }
 }
 
 /// Carbon's default chunk size, in tokens.
@@ -383,106 +362,13 @@ pub fn cpu_slots() -> usize {
     std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
 }
 
-/// `[s3]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct S3Config {
-    /// The endpoint used when a command or job gives none.
-    #[serde(default = "default_s3_endpoint")]
-    pub default_endpoint: String,
-    /// Hosts that may be contacted: exact names or `*.domain`.
-    #[serde(default = "default_allowed_hosts")]
-    pub allowed_hosts: Vec<String>,
-    /// Allow http and private or loopback addresses (local test servers only).
-    #[serde(default)]
-    pub allow_private_endpoints: bool,
-    /// Attempts per request including the first; throttling and 5xx are retried with backoff.
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
-    /// Seconds to establish a connection.
-    #[serde(default = "default_connect_timeout_secs")]
-    pub connect_timeout_secs: u64,
-    /// Seconds one operation (a listing page, an object read) may take, retries included.
-    #[serde(default = "default_operation_timeout_secs")]
-    pub operation_timeout_secs: u64,
-    /// Seconds a body may stall (below 1 byte/s) before the read is abandoned and resumed.
-    #[serde(default = "default_stall_timeout_secs")]
-    pub stall_timeout_secs: u64,
-    /// Requests per second this process sends at most, over all buckets; 0 = no cap.
-    #[serde(default = "default_max_requests_per_second")]
-    pub max_requests_per_second: u32,
-    /// Access key id of one-shot runs when neither `--access-key-id` nor `AWS_ACCESS_KEY_ID`
-    /// gives one (jobs carry their own).
-    #[serde(default)]
-    pub access_key_id: Option<String>,
-    /// Its secret, when `AWS_SECRET_ACCESS_KEY` is not set; better given as the environment
-    /// variable `INGESTD__S3__SECRET_ACCESS_KEY` than written in a file.
-    #[serde(default)]
-    pub secret_access_key: Option<crate::job::Secret>,
-}
-
-/// The SDK's own default grace period for stalled bodies.
-fn default_stall_timeout_secs() -> u64 {
-    20
-}
-
-/// Below DigitalOcean Spaces' limit of about 1500 requests per second per IP address.
-fn default_max_requests_per_second() -> u32 {
-    1000
-}
-
-/// AWS's global S3 endpoint.
-fn default_s3_endpoint() -> String {
-    "https://s3.amazonaws.com".to_owned()
-}
-
-/// The public S3 and Spaces domains.
-fn default_allowed_hosts() -> Vec<String> {
-    crate::source::endpoint::DEFAULT_ALLOWED_HOSTS
-        .iter()
-        .map(ToString::to_string)
-        .collect()
-}
-
-/// The SDK's standard retry mode default.
-fn default_max_attempts() -> u32 {
-    3
-}
-
-/// Long enough for a slow TLS handshake, short enough to fail over quickly.
-fn default_connect_timeout_secs() -> u64 {
-    5
-}
-
-/// Five minutes: a large text object read over a slow link.
-fn default_operation_timeout_secs() -> u64 {
-    300
-}
-
-impl Default for S3Config {
-    fn default() -> Self {
-        S3Config {
-            default_endpoint: default_s3_endpoint(),
-            allowed_hosts: default_allowed_hosts(),
-            allow_private_endpoints: false,
-            max_attempts: default_max_attempts(),
-            connect_timeout_secs: default_connect_timeout_secs(),
-            operation_timeout_secs: default_operation_timeout_secs(),
-            stall_timeout_secs: default_stall_timeout_secs(),
-            max_requests_per_second: default_max_requests_per_second(),
-            access_key_id: None,
-            secret_access_key: None,
-        }
-    }
-}
-
 /// `[worker]`: broker, topology names and delivery rules of `ingestd worker`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
     /// The broker, `amqp://user:password@host:port/vhost` (or `amqps://`); also
     /// `INGESTD_AMQP_URL`. Never logged: it holds a password.
-    pub amqp_url: crate::job::Secret,
+    pub amqp_url: crate::secret::Secret,
     /// Direct exchange jobs are published to, routing key = job type.
     pub jobs_exchange: String,
     /// Quorum queue the worker consumes; every job type is bound to it.
@@ -523,7 +409,7 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
-            amqp_url: crate::job::Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            amqp_url: crate::secret::Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
             jobs_exchange: "ingest.jobs".to_owned(),
             jobs_queue: "ingest.jobs".to_owned(),
             chunks_exchange: "ingest.chunks".to_owned(),
@@ -588,43 +474,6 @@ impl WorkerConfig {
         }
         Ok(())
     }
-}
-
-/// `[log]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct LogConfig {
-    /// A tracing filter (`info`, `ingestd=debug,warn`); `RUST_LOG` wins when set.
-    #[serde(default = "default_log_level")]
-    pub level: String,
-    /// `text` for people, `json` for log pipelines.
-    #[serde(default)]
-    pub format: LogFormat,
-}
-
-/// Warnings and errors only: one-shot output stays readable.
-fn default_log_level() -> String {
-    "warn".to_owned()
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            level: default_log_level(),
-            format: LogFormat::Text,
-        }
-    }
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 impl Config {
@@ -874,7 +723,7 @@ mod tests {
                 .s3
                 .secret_access_key
                 .as_ref()
-                .map(crate::job::Secret::expose),
+                .map(crate::secret::Secret::expose),
             Some("true")
         );
     }

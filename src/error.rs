@@ -1,7 +1,9 @@
 //! The stable, machine-readable codes that reach `FILE_ERROR` and `FILES_SKIPPED` events, and
-//! whether a failure is worth retrying.
+//! whether a failure is worth retrying; and why configuration could not be loaded. A leaf:
+//! every component uses these without importing upwards.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -200,4 +202,41 @@ mod tests {
             assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
         }
     }
+}
+
+/// Why configuration could not be loaded. Every variant names the file, variable or field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown or mistyped fields.
+    #[error("parsing config {origin}: {message}")]
+    Parse {
+        /// The file, or "defaults".
+        origin: String,
+        /// What the parser said (it names the field).
+        message: String,
+    },
+    /// An override variable is malformed.
+    #[error("environment override {var}: {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid config: {field}: {message}")]
+    Invalid {
+        /// The dotted field name, e.g. `chunking.chunk_overlap`.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
 }

@@ -19,7 +19,8 @@
 //!   synced objects and their chunk ids, auto-sync settings; SQLite or PostgreSQL.
 //! * [`sync`]      — the one-shot `ingestd sync` run over a whole source.
 //! * [`worker`]    — `ingestd worker`: jobs from RabbitMQ, retries, dead letters, health.
-//! * [`error`]     — stable error codes and skip reasons carried by events.
+//! * [`error`]     — stable error codes and skip reasons carried by events; configuration errors.
+//! * [`secret`]    — a value never shown (credentials in jobs and configuration).
 //! * [`telemetry`] — tracing set-up and the progress bar.
 
 pub mod chunk;
@@ -31,6 +32,7 @@ pub mod extract;
 pub mod job;
 pub mod pipeline;
 pub mod provider;
+pub mod secret;
 pub mod sink;
 pub mod source;
 pub mod state;

@@ -397,7 +397,7 @@ fn enqueue(path: &Path, config: Option<&Path>) -> Result<u8, Failure> {
             .with_context(|| format!("reading {}", path.display()))
             .map_err(usage)?
     };
-    let mut job = ingestd::job::Job::from_json(&bytes, &config.chunking)
+    let mut job = ingestd::job::Job::from_json(&bytes, config.chunking.limits())
         .map_err(|err| usage(anyhow!("{}: {err}", err.code())))?;
     let job_id = job
         .job_id

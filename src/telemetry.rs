@@ -6,8 +6,44 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Deserialize;
 
-use crate::config::{LogConfig, LogFormat};
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `ingestd=debug,warn`); `RUST_LOG` wins when set.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// `text` for people, `json` for log pipelines.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// Warnings and errors only: one-shot output stays readable.
+fn default_log_level() -> String {
+    "warn".to_owned()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_log_level(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Silences lapin's log of returned messages (which prints their bodies).
 const QUIET_RETURNS: &str = "lapin::returned_messages=off";

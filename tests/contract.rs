@@ -43,8 +43,11 @@ fn documented_examples_match_the_schemas() {
         if example.get("type").is_some() {
             assert_valid(&job, example);
             let bytes = serde_json::to_vec(example).unwrap();
-            ingestd::job::Job::from_json(&bytes, &ingestd::config::ChunkingConfig::default())
-                .unwrap_or_else(|e| panic!("{e}: {example}"));
+            ingestd::job::Job::from_json(
+                &bytes,
+                ingestd::config::ChunkingConfig::default().limits(),
+            )
+            .unwrap_or_else(|e| panic!("{e}: {example}"));
         } else if example.get("chunk_id").is_some() {
             assert_valid(&chunk, example);
         } else if example.get("item_type").is_some() {

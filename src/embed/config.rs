@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 
 /// The variable OpenAI's key is read from, by the shipped configuration and `ingestd sync`.
 pub const OPENAI_API_KEY: &str = "OPENAI_API_KEY";

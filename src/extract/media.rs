@@ -2,8 +2,8 @@
 //! rate, channels, picture size, tags), and the audio decoded, mixed to mono and resampled to
 //! 16 kHz in pieces for transcription.
 //!
-//! The bytes come from an [`Input`]: the head already read, then the object's own random
-//! access (a local file, or ranged GETs of an S3 object), so describing a large video reads its
+//! The bytes come from an [`Input`]: the head already read, then any [`Rest`] the pipeline hands
+//! it (a local file, or ranged GETs of an S3 object), so describing a large video reads its
 //! headers and index, not the whole of it. Everything here is blocking; run it off the runtime.
 
 use std::collections::BTreeMap;
@@ -24,7 +24,6 @@ use symphonia::core::units::{Duration, TimeBase};
 use super::Rejection;
 use crate::error::{ErrorCode, FileError, SkipReason};
 use crate::job::MediaInfo;
-use crate::source::RandomAccess;
 
 /// The sample rate transcription providers are sent.
 pub const TRANSCRIPTION_RATE: u32 = 16_000;
@@ -48,10 +47,24 @@ pub struct MediaLimits {
     pub max_metadata_bytes: u64,
 }
 
+/// The rest of an object after its head, read by random access: any `Read + Seek`, which may
+/// say what it fetched from its store when that is more than was read (whole blocks of ranged
+/// reads).
+pub trait Rest: Read + Seek + Send + Sync {
+    /// Bytes fetched so far when more than what was read; `None` when only what is read is.
+    fn bytes_fetched(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl Rest for std::fs::File {}
+
+impl Rest for io::Cursor<Vec<u8>> {}
+
 /// A media object as symphonia reads it: the head from memory, the rest through random access.
 pub struct Input {
     head: Vec<u8>,
-    rest: Option<Box<dyn RandomAccess>>,
+    rest: Option<Box<dyn Rest>>,
     len: u64,
     pos: u64,
     /// Where `rest` is, to seek it only when needed.
@@ -81,7 +94,7 @@ impl Input {
     /// An object of `len` bytes whose first bytes are `head`; `rest` reads the others (none
     /// when `head` is the whole object).
     #[must_use]
-    pub fn new(head: Vec<u8>, rest: Option<Box<dyn RandomAccess>>, len: u64) -> Self {
+    pub fn new(head: Vec<u8>, rest: Option<Box<dyn Rest>>, len: u64) -> Self {
         let len = if rest.is_some() {
             len.max(head.len() as u64)
         } else {
@@ -193,7 +206,17 @@ impl Read for Input {
 
 impl Seek for Input {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        self.pos = crate::source::ranged::seek_target(self.pos, self.len, to)?;
+        let target = match to {
+            SeekFrom::Start(at) => Some(at),
+            SeekFrom::End(delta) => self.len.checked_add_signed(delta),
+            SeekFrom::Current(delta) => self.pos.checked_add_signed(delta),
+        };
+        self.pos = target.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the file",
+            )
+        })?;
         Ok(self.pos)
     }
 }

@@ -5,17 +5,17 @@ mod event;
 mod record;
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::chunk::MIN_CHUNK_SIZE;
-use crate::config::ChunkingConfig;
 
 pub use event::{Event, EventKind, FileRef, ProcessedCounts};
 pub use record::{ChunkRecord, ChunkingInfo, Exif, FileInfo, ItemRecord, ItemType, MediaInfo};
+
+pub use crate::secret::Secret;
 
 /// The `schema_version` this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -78,35 +78,16 @@ impl JobKind {
     }
 }
 
-/// A secret string: serialized as itself (jobs carry it), never shown by `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    #[must_use]
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret itself, for the one place that must send it.
-    #[must_use]
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
+/// What a job's chunking options are checked against: the defaults it falls back to and the
+/// largest size allowed (the `[chunking]` configuration's figures).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkLimits {
+    /// Tokens per chunk when the job does not say.
+    pub chunk_size: usize,
+    /// Overlap when the job does not say.
+    pub chunk_overlap: usize,
+    /// The largest `chunk_size` a job may ask for.
+    pub max_chunk_size: usize,
 }
 
 /// Where objects come from: inline credentials, or a stored data source by `id`.
@@ -323,7 +304,7 @@ impl Job {
     ///
     /// # Errors
     /// A [`JobError`] saying what is wrong, without echoing secrets.
-    pub fn from_json(bytes: &[u8], chunking: &ChunkingConfig) -> Result<Job, JobError> {
+    pub fn from_json(bytes: &[u8], chunking: ChunkLimits) -> Result<Job, JobError> {
         let value: Value =
             serde_json::from_slice(bytes).map_err(|err| JobError::NotJson(err.to_string()))?;
         let Value::Object(object) = &value else {
@@ -353,7 +334,7 @@ impl Job {
     ///
     /// # Errors
     /// [`JobError::Invalid`] naming the field.
-    pub fn validate(&self, chunking: &ChunkingConfig) -> Result<(), JobError> {
+    pub fn validate(&self, chunking: ChunkLimits) -> Result<(), JobError> {
         let invalid = |message: String| Err(JobError::Invalid(message));
         match &self.kind {
             JobKind::SyncFiles(job) => {
@@ -433,7 +414,7 @@ impl SyncOptions {
     ///
     /// # Errors
     /// [`JobError::Invalid`] naming the field.
-    pub fn validate(&self, chunking: &ChunkingConfig) -> Result<(), JobError> {
+    pub fn validate(&self, chunking: ChunkLimits) -> Result<(), JobError> {
         let size = self.chunk_size.unwrap_or(chunking.chunk_size);
         let overlap = self.chunk_overlap.unwrap_or(chunking.chunk_overlap);
         let max = chunking.max_chunk_size;

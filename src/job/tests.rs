@@ -3,7 +3,10 @@
 use super::*;
 
 fn parse(json: &str) -> Result<Job, JobError> {
-    Job::from_json(json.as_bytes(), &crate::config::ChunkingConfig::default())
+    Job::from_json(
+        json.as_bytes(),
+        crate::config::ChunkingConfig::default().limits(),
+    )
 }
 
 const SYNC_FILES: &str = r#"{"schema_version": 1, "type": "sync_files", "job_id": "j1", "request_id": "req-42",

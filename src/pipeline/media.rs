@@ -12,7 +12,7 @@ use crate::error::ErrorCode;
 use crate::extract::media::{self, Cutter, Input, Piece};
 use crate::extract::{Rejection, ffmpeg};
 use crate::job::{FileInfo, MediaInfo};
-use crate::source::{ObjectMeta, Source, SourceKind};
+use crate::source::{ObjectMeta, RandomAccess, Source, SourceKind};
 use crate::transcribe::{Ask, Spoken, Transcriber};
 
 impl Processing {
@@ -160,7 +160,7 @@ impl Processing {
         format: &str,
     ) -> Result<MediaInfo, Rejection> {
         let rest = (!ended)
-            .then(|| source.random_access(&self.object))
+            .then(|| source.random_access(&self.object).map(rest))
             .transpose()?;
         let input = Input::new(head, rest, self.object.size)
             .with_budget(self.request.media.max_metadata_bytes);
@@ -223,7 +223,7 @@ impl Processing {
         let rest = source
             .random_access(&self.object)
             .map_err(Outcome::Failed)?;
-        let input = Input::new(Vec::new(), Some(rest), self.object.size);
+        let input = Input::new(Vec::new(), Some(self::rest(rest)), self.object.size);
         let fetched = input.fetched();
         let request = Arc::clone(&self.request);
         let cutter = Cutter::new(format, request.media, transcriber.max_piece_ms());
@@ -273,7 +273,7 @@ impl Processing {
     ) -> Result<(FileInfo, MediaInfo, Vec<Spoken>), Outcome> {
         let format = detected.format.name();
         let rest = (!ended)
-            .then(|| source.random_access(&self.object))
+            .then(|| source.random_access(&self.object).map(rest))
             .transpose()
             .map_err(Outcome::Failed)?;
         let input = Input::new(head, rest, self.object.size).cancelled_by(abandoned);
@@ -376,6 +376,31 @@ impl Processing {
             Err(err) => return Err(Outcome::Failed(err)),
         }
         Ok((file, media, segments))
+    }
+}
+
+/// The source's random access as the rest of an [`Input`], with what it fetched.
+fn rest(access: Box<dyn RandomAccess>) -> Box<dyn media::Rest> {
+    Box::new(Access(access))
+}
+
+struct Access(Box<dyn RandomAccess>);
+
+impl std::io::Read for Access {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl std::io::Seek for Access {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.0.seek(to)
+    }
+}
+
+impl media::Rest for Access {
+    fn bytes_fetched(&self) -> Option<u64> {
+        self.0.bytes_fetched()
     }
 }
 

@@ -5,10 +5,11 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde::Deserialize;
+
 use super::endpoint::{Endpoint, EndpointPolicy};
 use super::rate::RateLimiter;
 use super::{S3ClientSettings, S3Clients, S3Credentials, S3Source};
-use crate::config::S3Config;
 use crate::error::{ErrorCode, FileError};
 
 /// Opens [`S3Source`]s for endpoints that pass the policy, sharing clients and the rate cap.
@@ -98,5 +99,98 @@ impl S3Access {
             prefix,
             Arc::clone(&self.limiter),
         ))
+    }
+}
+
+/// `[s3]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// The endpoint used when a command or job gives none.
+    #[serde(default = "default_s3_endpoint")]
+    pub default_endpoint: String,
+    /// Hosts that may be contacted: exact names or `*.domain`.
+    #[serde(default = "default_allowed_hosts")]
+    pub allowed_hosts: Vec<String>,
+    /// Allow http and private or loopback addresses (local test servers only).
+    #[serde(default)]
+    pub allow_private_endpoints: bool,
+    /// Attempts per request including the first; throttling and 5xx are retried with backoff.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Seconds to establish a connection.
+    #[serde(default = "default_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+    /// Seconds one operation (a listing page, an object read) may take, retries included.
+    #[serde(default = "default_operation_timeout_secs")]
+    pub operation_timeout_secs: u64,
+    /// Seconds a body may stall (below 1 byte/s) before the read is abandoned and resumed.
+    #[serde(default = "default_stall_timeout_secs")]
+    pub stall_timeout_secs: u64,
+    /// Requests per second this process sends at most, over all buckets; 0 = no cap.
+    #[serde(default = "default_max_requests_per_second")]
+    pub max_requests_per_second: u32,
+    /// Access key id of one-shot runs when neither `--access-key-id` nor `AWS_ACCESS_KEY_ID`
+    /// gives one (jobs carry their own).
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// Its secret, when `AWS_SECRET_ACCESS_KEY` is not set; better given as the environment
+    /// variable `INGESTD__S3__SECRET_ACCESS_KEY` than written in a file.
+    #[serde(default)]
+    pub secret_access_key: Option<crate::secret::Secret>,
+}
+
+/// The SDK's own default grace period for stalled bodies.
+fn default_stall_timeout_secs() -> u64 {
+    20
+}
+
+/// Below DigitalOcean Spaces' limit of about 1500 requests per second per IP address.
+fn default_max_requests_per_second() -> u32 {
+    1000
+}
+
+/// AWS's global S3 endpoint.
+fn default_s3_endpoint() -> String {
+    "https://s3.amazonaws.com".to_owned()
+}
+
+/// The public S3 and Spaces domains.
+fn default_allowed_hosts() -> Vec<String> {
+    super::endpoint::DEFAULT_ALLOWED_HOSTS
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// The SDK's standard retry mode default.
+fn default_max_attempts() -> u32 {
+    3
+}
+
+/// Long enough for a slow TLS handshake, short enough to fail over quickly.
+fn default_connect_timeout_secs() -> u64 {
+    5
+}
+
+/// Five minutes: a large text object read over a slow link.
+fn default_operation_timeout_secs() -> u64 {
+    300
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            default_endpoint: default_s3_endpoint(),
+            allowed_hosts: default_allowed_hosts(),
+            allow_private_endpoints: false,
+            max_attempts: default_max_attempts(),
+            connect_timeout_secs: default_connect_timeout_secs(),
+            operation_timeout_secs: default_operation_timeout_secs(),
+            stall_timeout_secs: default_stall_timeout_secs(),
+            max_requests_per_second: default_max_requests_per_second(),
+            access_key_id: None,
+            secret_access_key: None,
+        }
     }
 }

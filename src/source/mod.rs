@@ -18,7 +18,7 @@ use futures::stream::BoxStream;
 
 use crate::error::FileError;
 
-pub use access::S3Access;
+pub use access::{S3Access, S3Config};
 pub use local::LocalSource;
 pub use ranged::RangedReader;
 pub use s3::{BucketMeta, S3ClientSettings, S3Clients, S3Credentials, S3Source};

@@ -122,7 +122,7 @@ async fn decide(
             ),
         });
     }
-    let job = match Job::from_json(&delivery.data, &ctx.config.chunking) {
+    let job = match Job::from_json(&delivery.data, ctx.config.chunking.limits()) {
         Ok(job) => job,
         Err(err) => {
             return Ok(Disposition::Refuse {
