@@ -21,12 +21,13 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin ingestd \
-    && cp target/release/ingestd /usr/local/bin/ingestd
+    && objcopy --strip-debug target/release/ingestd /usr/local/bin/ingestd
 
 # A binary built on the host instead (scripts/container-smoke.sh: no Rust image needed):
-#   --build-arg BINARY=prebuilt, with target/release/ingestd built.
+#   --build-arg BINARY=prebuilt, with the binary, its debug info stripped, at
+#   target/container/ingestd.
 FROM scratch AS prebuilt
-COPY target/release/ingestd /usr/local/bin/ingestd
+COPY target/container/ingestd /usr/local/bin/ingestd
 
 ARG BINARY=builder
 FROM ${BINARY} AS binary

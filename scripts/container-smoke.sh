@@ -14,7 +14,7 @@ media=${MEDIA_TOOLS:-true}
 tag=localhost/ingestd-smoke:$([ "$media" = true ] && echo full || echo text)
 base=${RUNTIME_IMAGE:-localhost/debian-bookworm-minbase}
 
-if ! "$engine" image exists "$base" 2>/dev/null && [ "$base" = localhost/debian-bookworm-minbase ]; then
+if ! "$engine" image inspect "$base" >/dev/null 2>&1 && [ "$base" = localhost/debian-bookworm-minbase ]; then
     echo "container-smoke: making $base with debootstrap" >&2
     root=$(mktemp -d)
     debootstrap --variant=minbase bookworm "$root" >/dev/null
@@ -23,6 +23,8 @@ if ! "$engine" image exists "$base" 2>/dev/null && [ "$base" = localhost/debian-
 fi
 
 cargo build --release --locked --bin ingestd
+mkdir -p target/container
+objcopy --strip-debug target/release/ingestd target/container/ingestd
 "$engine" build --network host --build-arg BINARY=prebuilt --build-arg RUNTIME_IMAGE="$base" \
     --build-arg MEDIA_TOOLS="$media" --target runtime -t "$tag" .
 "$engine" image inspect "$tag" --format 'image size: {{.Size}} bytes'
