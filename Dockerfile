@@ -13,8 +13,8 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 ARG BINARY=builder
 
 FROM ${RUST_IMAGE} AS builder
-# What ingestd_build_info says when the build context has no .git.
-ARG INGESTD_GIT_COMMIT=unknown
+# What ingestd_build_info names; empty: the HEAD of the .git in the build context.
+ARG INGESTD_GIT_COMMIT=
 ENV INGESTD_GIT_COMMIT=${INGESTD_GIT_COMMIT}
 WORKDIR /src
 COPY . .
@@ -38,7 +38,7 @@ FROM ${RUNTIME_IMAGE} AS runtime
 # their metadata record, as docs/operations.md says. Poppler reads PDFs in both.
 ARG MEDIA_TOOLS=true
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates poppler-utils \
+    && apt-get install -y --no-install-recommends ca-certificates poppler-utils tini \
     && if [ "$MEDIA_TOOLS" = "true" ]; then \
          apt-get install -y --no-install-recommends ffmpeg tesseract-ocr tesseract-ocr-eng; \
        fi \
@@ -50,5 +50,7 @@ USER 10001
 WORKDIR /var/lib/ingestd
 # /healthz, /readyz and /metrics (worker.listen).
 EXPOSE 9464
-ENTRYPOINT ["ingestd"]
+# tini as PID 1 reaps the children of child processes that were killed (a document reader's
+# pdftotext), which ingestd as PID 1 would leave as zombies.
+ENTRYPOINT ["/usr/bin/tini", "--", "ingestd"]
 CMD ["worker", "--config", "/etc/ingestd/pipeline.toml"]

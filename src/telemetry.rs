@@ -185,9 +185,22 @@ pub fn stages() -> &'static StageTimes {
 
 /// Records `elapsed` in `stage`.
 pub fn timed(stage: Stage, elapsed: Duration) {
-    stages()
-        .get_or_create(&StageLabel {
-            stage: stage.name(),
+    // Each stage's histogram, taken from the family once: no lookup on every piece read.
+    static EACH: std::sync::OnceLock<[prometheus_client::metrics::histogram::Histogram; 5]> =
+        std::sync::OnceLock::new();
+    let each = EACH.get_or_init(|| {
+        [
+            Stage::Download,
+            Stage::Extract,
+            Stage::Chunk,
+            Stage::Embed,
+            Stage::Publish,
+        ]
+        .map(|stage| {
+            stages().get_or_create_owned(&StageLabel {
+                stage: stage.name(),
+            })
         })
-        .observe(elapsed.as_secs_f64());
+    });
+    each[stage as usize].observe(elapsed.as_secs_f64());
 }

@@ -121,16 +121,38 @@ fn kubernetes_manifests_agree_with_the_code() {
         trigger["metadata"]["queueName"].as_str(),
         Some(config.worker.jobs_queue.as_str())
     );
-    // KEDA reads the broker from the same secret key the worker does.
+    // KEDA counts held jobs as well as waiting ones (the management API), from a key the
+    // example secret has.
+    assert_eq!(trigger["metadata"]["protocol"].as_str(), Some("http"));
     let auth = of_kind(&scaling, "TriggerAuthentication");
-    let broker_key = container["env"]
-        .as_vec()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"].as_str() == Some(AMQP_URL_ENV))
-        .map(|v| &v["valueFrom"]["secretKeyRef"]["key"])
-        .unwrap();
-    assert_eq!(&auth["spec"]["secretTargetRef"][0]["key"], broker_key);
+    let key = auth["spec"]["secretTargetRef"][0]["key"].as_str().unwrap();
+    assert_eq!(
+        auth["spec"]["secretTargetRef"][0]["parameter"].as_str(),
+        Some("host")
+    );
+    assert!(
+        !secret["stringData"][key].is_badvalue(),
+        "{key} not in the secret"
+    );
+    assert_eq!(
+        trigger["authenticationRef"]["name"],
+        auth["metadata"]["name"]
+    );
+    // Scraped where it serves, as the user the image runs as.
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(
+        annotations["prometheus.io/port"].as_str(),
+        Some(port.to_string().as_str())
+    );
+    let user = pod["securityContext"]["runAsUser"].as_i64().unwrap();
+    assert!(dockerfile.contains(&format!("USER {user}")), "USER {user}");
+    // The writable scratch space is where temporary files go.
+    let mounts = container["volumeMounts"].as_vec().unwrap();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["mountPath"].as_str() == Some("/tmp"))
+    );
 }
 
 #[test]

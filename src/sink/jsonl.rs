@@ -108,7 +108,14 @@ impl JsonlSink {
             .file
             .as_ref()
             .map_or("(the source)", |f| f.key.as_str());
-        let line = format!("failed: {key}: {error_code}: {message}\n");
+        // Keys and messages come from outside (object names, a decoder's words): control
+        // characters are shown escaped, never sent to the terminal.
+        let line = format!("failed: {}: {error_code}: {}\n", shown(key), shown(message));
+        self.write_raw(&line)
+    }
+
+    /// Writes `line` to the events stream as it is, and flushes it.
+    fn write_raw(&mut self, line: &str) -> Result<(), SinkError> {
         let mut result = Ok(());
         let events = &mut self.events;
         (self.around_event)(&mut || {
@@ -133,11 +140,15 @@ impl JsonlSink {
                 what: "chunks",
                 source,
             }),
-            Stream::Events if self.readable => match serde_json::from_slice::<Event>(line) {
-                Ok(event) => self.write_readable(&event),
-                // Lines of events, as the sink wrote them: they read back.
-                Err(_) => Ok(()),
-            },
+            Stream::Events if self.readable => {
+                if let Ok(event) = serde_json::from_slice::<Event>(line) {
+                    return self.write_readable(&event);
+                }
+                // Lines of events, as the sink wrote them, read back; one that did not would
+                // be shown as it is rather than lost.
+                let line = String::from_utf8_lossy(line);
+                self.write_raw(&format!("{}\n", shown(line.trim_end())))
+            }
             Stream::Events => {
                 let mut result = Ok(());
                 let events = &mut self.events;
@@ -166,6 +177,20 @@ impl JsonlSink {
             source,
         })
     }
+}
+
+/// `text` with its control characters escaped (`\n`, `\u{1b}`), for a terminal.
+fn shown(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 fn write_line(out: &mut dyn Write, value: &impl Serialize) -> std::io::Result<()> {

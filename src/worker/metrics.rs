@@ -73,7 +73,7 @@ impl Metrics {
         };
         registry.register(
             "ingestd_build",
-            "The version and git commit this worker was built from.",
+            "The version and git commit this worker was built from",
             Info::new([
                 ("version", env!("CARGO_PKG_VERSION")),
                 ("commit", env!("INGESTD_GIT_COMMIT")),
@@ -82,12 +82,12 @@ impl Metrics {
         let gauges = [
             (
                 "ingestd_ready",
-                "1 when connected to the broker and consuming.",
+                "1 when connected to the broker and consuming",
                 &metrics.ready,
             ),
             (
                 "ingestd_jobs_in_flight",
-                "Jobs being processed.",
+                "Jobs being processed",
                 &metrics.in_flight,
             ),
         ];
@@ -97,22 +97,18 @@ impl Metrics {
         let counters = [
             (
                 "ingestd_reconnects",
-                "Broker connections lost and made again.",
+                "Broker connections lost and made again",
                 &metrics.reconnects,
             ),
-            (
-                "ingestd_chunks",
-                "Chunk records published.",
-                &metrics.chunks,
-            ),
+            ("ingestd_chunks", "Chunk records published", &metrics.chunks),
             (
                 "ingestd_tokens",
-                "Tokens in published chunk records.",
+                "Tokens in published chunk records",
                 &metrics.tokens,
             ),
             (
                 "ingestd_bytes_read",
-                "Bytes read from sources.",
+                "Bytes read from sources",
                 &metrics.bytes_read,
             ),
         ];
@@ -122,24 +118,24 @@ impl Metrics {
         register_providers(&mut registry, embedding, transcription);
         registry.register(
             "ingestd_jobs",
-            "Jobs by type and outcome.",
+            "Jobs by type and outcome",
             metrics.jobs.clone(),
         );
         registry.register(
             "ingestd_files",
-            "Files by media type and outcome.",
+            "Files by media type and outcome",
             metrics.files.clone(),
         );
         registry.register(
             "ingestd_job_duration_seconds",
-            "Time from delivery to ack.",
+            "Time from delivery to ack",
             metrics.durations.clone(),
         );
         registry.register(
             "ingestd_stage_duration_seconds",
             "Time files spent in each stage: download (waiting for bytes read as a stream), \
              extract (parsing and decoding to text or facts), chunk, embed (provider \
-             requests), publish (waiting for the broker's confirms).",
+             requests), publish (waiting for the broker's confirms)",
             crate::telemetry::stages().clone(),
         );
         Metrics {
@@ -224,14 +220,14 @@ fn register_providers(
     registry.register(
         "ingestd_embedding_requests",
         "Requests to embedding providers by outcome (retried: failed and tried again; \
-             failed: gave up).",
+             failed: gave up)",
         Read(Arc::clone(&embedding), |s: &Stats| {
             Outcomes(load([&s.succeeded, &s.retried, &s.failed]))
         }),
     );
     registry.register(
         "ingestd_embedding_inputs",
-        "Chunks embedded.",
+        "Chunks embedded",
         Read(embedding, |s: &Stats| {
             Plain(s.inputs.load(Ordering::Relaxed))
         }),
@@ -239,14 +235,14 @@ fn register_providers(
     registry.register(
         "ingestd_transcription_requests",
         "Requests to the transcription provider by outcome (ok: a piece transcribed; \
-             retried: failed and tried again; failed: gave up).",
+             retried: failed and tried again; failed: gave up)",
         Read(Arc::clone(&transcription), |s: &transcribe::Stats| {
             Outcomes(load([&s.succeeded, &s.retried, &s.failed]))
         }),
     );
     registry.register(
         "ingestd_transcription_audio_seconds",
-        "Seconds of audio transcribed.",
+        "Seconds of audio transcribed",
         Read(transcription, |s: &transcribe::Stats| {
             Seconds(s.audio_ms.load(Ordering::Relaxed))
         }),
@@ -354,5 +350,6 @@ mod tests {
             assert!(text.contains(line), "{line} not in\n{text}");
         }
         assert!(!text.contains("# EOF"), "Prometheus text, not OpenMetrics");
+        assert!(!text.contains(".."), "a HELP text ends twice: {text}");
     }
 }
