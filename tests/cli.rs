@@ -757,29 +757,20 @@ fn a_terminal_shows_failed_files_and_the_summary_not_every_event() {
     let records = std::fs::read_to_string(dir.path().join("records.jsonl")).unwrap();
     assert_eq!(lines(records.as_bytes()).len(), 1, "the text file's record");
     // `--events -` asks for the JSON events on the terminal; a file gets them whatever stderr is.
-    let (_, shown) = on_a_terminal(
-        dir.path(),
-        &[
+    let with_events = |events: &str| {
+        let args = [
             "sync",
             bad.to_str().unwrap(),
             "--out",
             "/dev/null",
             "--events",
-            "-",
-        ],
-    );
+            events,
+        ];
+        on_a_terminal(dir.path(), &args).1
+    };
+    let shown = with_events("-");
     assert!(shown.contains("\"event\":\"FILE_ERROR\""), "{shown}");
-    let (_, shown) = on_a_terminal(
-        dir.path(),
-        &[
-            "sync",
-            bad.to_str().unwrap(),
-            "--out",
-            "/dev/null",
-            "--events",
-            "events.jsonl",
-        ],
-    );
+    let shown = with_events("events.jsonl");
     assert!(!shown.contains("\"schema_version\""), "{shown}");
     let events = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
     assert!(

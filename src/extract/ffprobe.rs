@@ -111,26 +111,27 @@ impl Ffprobe {
             ))
         };
         let output = match run {
-            // A read of the source that failed or stalled is the news, not the time it took.
-            Err(Run::TimedOut(_)) if served.failure().is_some() => {
-                return Err(Rejection::Error(served.failure().unwrap_or_else(|| {
-                    FileError::transient(ErrorCode::ReadFailed, "reading the object failed")
-                })));
-            }
-            Err(rejection) => return Err(rejection.into_skip(format, &self.program)),
-            Ok(output) if over() && !has_streams(&output.stdout) => {
-                return Err(Rejection::Error(FileError::permanent(
-                    ErrorCode::LimitExceeded,
-                    format!(
-                        "ffprobe read {budget} bytes of the {format} file without describing \
-                         it (the larger of limits.max_media_metadata_bytes and {PROBE_BYTES}): \
-                         {}",
-                        super::said(&output.stderr, 200)
-                    ),
-                )));
-            }
             Ok(output) => output,
+            // A read of the source that failed or stalled is the news, not the time it took.
+            Err(run) => {
+                return Err(match (run, served.failure()) {
+                    (Run::TimedOut(_), Some(failed)) => Rejection::Error(failed),
+                    (run, _) => run.into_skip(format, &self.program),
+                });
+            }
         };
+        // (Read at most MAX_ANSWER_BYTES + 1 bytes of it.)
+        let answer = serde_json::from_slice::<Answer>(&output.stdout).ok();
+        if over() && answer.as_ref().is_none_or(|a| a.streams.is_empty()) {
+            return Err(Rejection::Error(FileError::permanent(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "ffprobe read {budget} bytes of the {format} file without describing \
+                     it (the larger of limits.max_media_metadata_bytes and {PROBE_BYTES}): {}",
+                    super::said(&output.stderr, 200)
+                ),
+            )));
+        }
         if let Some(failed) = served.failure().filter(|_| !over()) {
             return Err(Rejection::Error(failed));
         }
@@ -145,10 +146,10 @@ impl Ffprobe {
         if output.stdout.len() > MAX_ANSWER_BYTES {
             return Err(corrupt("ffprobe's description is too large".to_owned()));
         }
-        let answer: Answer = serde_json::from_slice(&output.stdout).map_err(|_| {
+        let Some(answer) = answer else {
             let said = super::said(&output.stderr, 200);
-            corrupt(format!("ffprobe cannot read it ({said})"))
-        })?;
+            return Err(corrupt(format!("ffprobe cannot read it ({said})")));
+        };
         let plausible = answer.plausible(len);
         let mut media = media(answer)
             .ok_or_else(|| corrupt("ffprobe finds no audio or video stream in it".to_owned()))?;
@@ -299,11 +300,6 @@ impl Answer {
         let held = (len as f64 * 4.0 + 64.0 * 1024.0) * 8.0;
         bits <= 0.0 || seconds * bits <= held
     }
-}
-
-/// Whether ffprobe's answer names at least one stream (it read enough to describe the file).
-fn has_streams(stdout: &[u8]) -> bool {
-    serde_json::from_slice::<Answer>(stdout).is_ok_and(|answer| !answer.streams.is_empty())
 }
 
 /// The first `limit` bytes of a child's output, the rest read and dropped.

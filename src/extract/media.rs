@@ -382,13 +382,8 @@ fn open(input: Input, format: &str, limits: MediaLimits) -> Result<Probed, Refus
             format!("the {format} file claims a sample rate of {rate} Hz"),
         ))));
     }
-    if let Some(duration) = probed.media.duration_ms
-        && duration > limits.max_duration_ms
-    {
-        return Err(Refused::file(Rejection::Error(too_long(
-            format, duration, limits,
-        ))));
-    }
+    check_duration(format, &probed.media, limits)
+        .map_err(|err| Refused::file(Rejection::Error(err)))?;
     read_first_packet(&mut probed, format, limits)?;
     Ok(probed)
 }
@@ -724,6 +719,21 @@ fn crashed(format: &str) -> Refused {
         ErrorCode::CorruptFile,
         format!("the {format} file crashed the demuxer; it was not read"),
     )))
+}
+
+/// `LIMIT_EXCEEDED` when what `media` says of a `format` file lasts over `max_duration_ms`.
+///
+/// # Errors
+/// That one.
+pub fn check_duration(
+    format: &str,
+    media: &MediaInfo,
+    limits: MediaLimits,
+) -> Result<(), FileError> {
+    match media.duration_ms.filter(|ms| *ms > limits.max_duration_ms) {
+        Some(ms) => Err(too_long(format, ms, limits)),
+        None => Ok(()),
+    }
 }
 
 /// `LIMIT_EXCEEDED` for a `format` file lasting `duration_ms`, over `max_duration_ms`.

@@ -55,15 +55,9 @@ impl Processing {
                 (Ok((mut file, mut media, segments)), Left { video: true, .. }) => {
                     self.see_video(source, head, ended, detected, &mut file, &mut media)
                         .await;
-                    let limits = self.request.media;
-                    match media.duration_ms.filter(|d| *d > limits.max_duration_ms) {
-                        Some(ms) => Err(Outcome::Failed(media::too_long(
-                            detected.format.name(),
-                            ms,
-                            limits,
-                        ))),
-                        None => Ok((file, media, segments)),
-                    }
+                    media::check_duration(detected.format.name(), &media, self.request.media)
+                        .map_err(Outcome::Failed)?;
+                    Ok((file, media, segments))
                 }
                 (described, _) => described,
             }
@@ -121,10 +115,7 @@ impl Processing {
             }
             (Err(rejection), _) => return Err(rejection.into()),
         };
-        let limits = self.request.media;
-        if let Some(duration) = media.duration_ms.filter(|d| *d > limits.max_duration_ms) {
-            return Err(Outcome::Failed(media::too_long(format, duration, limits)));
-        }
+        media::check_duration(format, &media, self.request.media).map_err(Outcome::Failed)?;
         let mut file = file_info(&object, detected, self.kind);
         // Whatever its container, a file with a picture is video and one without is audio.
         file.media_type = Some(if media.width.is_some() {

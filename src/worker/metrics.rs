@@ -221,94 +221,73 @@ fn register_providers(
         "ingestd_embedding_requests",
         "Requests to embedding providers by outcome (retried: failed and tried again; \
              failed: gave up)",
-        Read(Arc::clone(&embedding), |s: &Stats| {
-            Outcomes(load([&s.succeeded, &s.retried, &s.failed]))
+        Read(Arc::clone(&embedding), |s: &Stats, e| {
+            outcomes(e, [&s.succeeded, &s.retried, &s.failed])
         }),
     );
     registry.register(
         "ingestd_embedding_inputs",
         "Chunks embedded",
-        Read(embedding, |s: &Stats| {
-            Plain(s.inputs.load(Ordering::Relaxed))
+        Read(embedding, |s: &Stats, e| {
+            counter(e, &s.inputs.load(Ordering::Relaxed))
         }),
     );
     registry.register(
         "ingestd_transcription_requests",
         "Requests to the transcription provider by outcome (ok: a piece transcribed; \
              retried: failed and tried again; failed: gave up)",
-        Read(Arc::clone(&transcription), |s: &transcribe::Stats| {
-            Outcomes(load([&s.succeeded, &s.retried, &s.failed]))
+        Read(Arc::clone(&transcription), |s: &transcribe::Stats, e| {
+            outcomes(e, [&s.succeeded, &s.retried, &s.failed])
         }),
     );
     registry.register(
         "ingestd_transcription_audio_seconds",
         "Seconds of audio transcribed",
-        Read(transcription, |s: &transcribe::Stats| {
-            Seconds(s.audio_ms.load(Ordering::Relaxed))
+        Read(transcription, |s: &transcribe::Stats, e| {
+            #[allow(clippy::cast_precision_loss)] // milliseconds of audio: far below 2^52
+            let seconds = s.audio_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+            counter(e, &seconds)
         }),
     );
 }
 
-/// A counter kept elsewhere, read at each scrape: `read` picks it out of `T`.
-struct Read<T, M>(Arc<T>, fn(&T) -> M);
+type Encoded = Result<(), std::fmt::Error>;
 
-impl<T, M> std::fmt::Debug for Read<T, M> {
+/// A counter kept elsewhere, read at each scrape: the function encodes it out of `T`.
+struct Read<T>(Arc<T>, fn(&T, MetricEncoder) -> Encoded);
+
+impl<T> std::fmt::Debug for Read<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Read")
     }
 }
 
-/// What [`Read`] reads.
-trait Reading {
-    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error>;
-}
-
-/// Requests by outcome: `ok`, `retried`, `failed`.
-struct Outcomes([u64; 3]);
-
-fn load(counters: [&AtomicU64; 3]) -> [u64; 3] {
-    counters.map(|counter| counter.load(Ordering::Relaxed))
-}
-
-/// A count.
-struct Plain(u64);
-
-/// Milliseconds, shown as seconds.
-struct Seconds(u64);
-
-impl Reading for Outcomes {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        for (outcome, count) in ["ok", "retried", "failed"].into_iter().zip(self.0) {
-            encoder
-                .encode_family(&[("outcome", outcome)])?
-                .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
-        }
-        Ok(())
-    }
-}
-
-impl Reading for Plain {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        encoder.encode_counter::<NoLabelSet, _, u64>(&self.0, None)
-    }
-}
-
-impl Reading for Seconds {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        #[allow(clippy::cast_precision_loss)] // milliseconds of audio: far below 2^52
-        let seconds = self.0 as f64 / 1000.0;
-        encoder.encode_counter::<NoLabelSet, _, u64>(&seconds, None)
-    }
-}
-
-impl<T, M: Reading> EncodeMetric for Read<T, M> {
-    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        (self.1)(&self.0).encode(encoder)
+impl<T> EncodeMetric for Read<T> {
+    fn encode(&self, encoder: MetricEncoder) -> Encoded {
+        (self.1)(&self.0, encoder)
     }
 
     fn metric_type(&self) -> MetricType {
         MetricType::Counter
     }
+}
+
+/// A counter's value.
+fn counter(
+    mut encoder: MetricEncoder,
+    value: &impl prometheus_client::encoding::EncodeCounterValue,
+) -> Encoded {
+    encoder.encode_counter::<NoLabelSet, _, u64>(value, None)
+}
+
+/// Requests by outcome: `ok`, `retried`, `failed`.
+fn outcomes(mut encoder: MetricEncoder, counts: [&AtomicU64; 3]) -> Encoded {
+    for (outcome, count) in ["ok", "retried", "failed"].into_iter().zip(counts) {
+        encoder
+            .encode_family(&[("outcome", outcome)])?
+            .encode_counter::<NoLabelSet, _, u64>(&count.load(Ordering::Relaxed), None)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
