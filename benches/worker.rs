@@ -36,7 +36,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::{Value, json};
 
-use common::{prose, vm_hwm};
+use common::{prose, vm_hwm, wait_ready};
 
 const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const PREFIX_OBJECTS: usize = 2000;
@@ -325,21 +325,4 @@ fn cpu_secs(pid: u32) -> f64 {
             Some(ticks as f64 / 100.0)
         })
         .unwrap_or(f64::NAN)
-}
-
-fn wait_ready(listen: SocketAddr) {
-    use std::io::Read as _;
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(30) {
-        if let Ok(mut stream) = std::net::TcpStream::connect(listen) {
-            let _ = stream.write_all(b"GET /readyz HTTP/1.1\r\n\r\n");
-            let mut response = String::new();
-            let _ = stream.read_to_string(&mut response);
-            if response.starts_with("HTTP/1.1 200") {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("a worker did not become ready");
 }

@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use common::fault::Proxy;
 use common::s3::{ACCESS_KEY, SECRET_KEY, Server};
 use common::{assert_exit, fixture, ingestd, lines, outcome};
 use serde_json::Value;
@@ -303,37 +304,6 @@ fn a_body_that_keeps_breaking_is_a_retryable_source_error() {
     assert_eq!(failed["retryable"], true);
 }
 
-/// A proxy that answers the first `refusals` connections with `503 SlowDown`, as S3 and Spaces
-/// do when throttling, and forwards the rest to `upstream`.
-fn throttling_proxy(upstream: SocketAddr, refusals: usize) -> (SocketAddr, Arc<AtomicUsize>) {
-    let refused = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&refused);
-    let addr = listen(move |mut client| {
-        if counter.load(Ordering::SeqCst) < refusals {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && client.read(&mut byte).unwrap_or(0) == 1 {
-                head.push(byte[0]);
-            }
-            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
-            let _ = write!(
-                client,
-                "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            return;
-        }
-        let Some(mut server) = open_upstream(&client, upstream) else {
-            return;
-        };
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut server, &mut client);
-        });
-    });
-    (addr, refused)
-}
-
 fn sync_through(proxy: SocketAddr, dir: &Path) -> Output {
     let args = ["sync", "s3://docs/formats/", "--allow-private-endpoint"];
     ingestd_s3(dir, &format!("http://{proxy}"), &args, SECRET_KEY)
@@ -346,15 +316,16 @@ fn throttling_is_retried_then_reported_as_retryable() {
     let dir = tempfile::tempdir().unwrap();
 
     // Two refusals: the client's standard retries (3 attempts) get through.
-    let (proxy, refused) = throttling_proxy(server.addr, 2);
-    let out = sync_through(proxy, dir.path());
+    let proxy = Proxy::start(server.addr);
+    proxy.slow_down_next(2);
+    let out = sync_through(proxy.addr, dir.path());
     assert_exit(&out, 0);
-    assert_eq!(refused.load(Ordering::SeqCst), 2);
+    assert_eq!(proxy.faults().slow_downs, 2);
     assert!(!lines(&out.stdout).is_empty());
 
     // Throttled for good: the listing fails as SOURCE_UNAVAILABLE, retryable.
-    let (proxy, _) = throttling_proxy(server.addr, usize::MAX);
-    let out = sync_through(proxy, dir.path());
+    proxy.slow_down(true);
+    let out = sync_through(proxy.addr, dir.path());
     assert_exit(&out, 3);
     let events = lines(&out.stderr);
     let failed = events

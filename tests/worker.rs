@@ -947,33 +947,12 @@ fn a_job_naming_ten_thousand_objects_completes() {
     assert!(drain(&names.dead()).is_empty());
 }
 
-/// A TCP proxy to `upstream` that drops its first `failures` connections unanswered, then
+/// A proxy to `upstream` that closes its first `failures` connections unanswered, then
 /// forwards; `failures` = `usize::MAX` never forwards.
 fn flaky_proxy(upstream: SocketAddr, failures: usize) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for (n, client) in listener.incoming().enumerate() {
-            let Ok(client) = client else { continue };
-            if n < failures {
-                drop(client);
-                continue;
-            }
-            let Ok(server) = TcpStream::connect(upstream) else {
-                continue;
-            };
-            for (mut from, mut to) in [
-                (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                (server, client),
-            ] {
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut from, &mut to);
-                    let _ = to.shutdown(std::net::Shutdown::Write);
-                });
-            }
-        }
-    });
-    addr
+    let proxy = common::fault::Proxy::start(upstream);
+    proxy.drop_next(failures);
+    proxy.addr
 }
 
 #[test]
@@ -1345,26 +1324,7 @@ fn records_of(records: &[Got], key: &str) -> Vec<Value> {
 /// A worker whose default embedding model `TEST` is served by `provider`, two attempts per
 /// batch.
 fn embedding_worker(names: &Names, provider: &common::embed::Provider) -> Worker {
-    let config = format!(
-        r#"
-[embedding]
-default_model = "TEST"
-batch_linger_ms = 5
-
-[embedding.providers.test]
-url = "{}"
-api_key_env = "INGESTD_TEST_EMBEDDING_KEY"
-max_attempts = 2
-
-[embedding.models.TEST]
-provider = "test"
-model = "test-embedder"
-dimensions = {}
-max_input_tokens = 1000
-"#,
-        provider.url(),
-        common::embed::DIMENSIONS
-    );
+    let config = provider.pipeline_toml();
     Worker::start_configured(
         names,
         BROKER,

@@ -196,3 +196,22 @@ pub fn repeat_to(text: &str, size: usize) -> String {
     out.truncate(cut);
     out
 }
+
+/// Waits until a worker answers 200 on `/readyz` at `listen`; panics (it is a benchmark) after
+/// 30 s.
+pub fn wait_ready(listen: std::net::SocketAddr) {
+    use std::io::{Read as _, Write as _};
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(30) {
+        if let Ok(mut stream) = std::net::TcpStream::connect(listen) {
+            let _ = stream.write_all(b"GET /readyz HTTP/1.1\r\n\r\n");
+            let mut response = String::new();
+            let _ = stream.read_to_string(&mut response);
+            if response.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("a worker did not become ready");
+}

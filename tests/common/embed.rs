@@ -71,6 +71,10 @@ struct State {
     always: Mutex<Option<Fault>>,
     /// Inputs containing this are refused with 400.
     poison: Mutex<Option<String>>,
+    /// A share of requests (percent) answered with these faults, in turn.
+    share: Mutex<Option<(u64, Vec<Fault>)>>,
+    /// Requests answered so far: the share's dice.
+    requests: std::sync::atomic::AtomicU64,
     /// Answer every input with the same vector, built once (benchmarks: a provider that
     /// costs next to nothing).
     constant: std::sync::atomic::AtomicBool,
@@ -100,6 +104,30 @@ impl Provider {
         format!("http://{}/v1", self.addr)
     }
 
+    /// The `[embedding]` of a `pipeline.toml` whose default model `TEST` is this provider, two
+    /// attempts a batch, its key in `INGESTD_TEST_EMBEDDING_KEY`.
+    pub fn pipeline_toml(&self) -> String {
+        format!(
+            r#"
+[embedding]
+default_model = "TEST"
+batch_linger_ms = 5
+
+[embedding.providers.test]
+url = "{}"
+api_key_env = "INGESTD_TEST_EMBEDDING_KEY"
+max_attempts = 2
+
+[embedding.models.TEST]
+provider = "test"
+model = "test-embedder"
+dimensions = {DIMENSIONS}
+max_input_tokens = 1000
+"#,
+            self.url()
+        )
+    }
+
     /// Answers the next requests with these faults, one each, then normally.
     pub fn fail_next(&self, faults: impl IntoIterator<Item = Fault>) {
         lock(&self.state.next).extend(faults);
@@ -109,6 +137,12 @@ impl Provider {
     /// answers normally again.
     pub fn fail_always(&self, fault: Option<Fault>) {
         *lock(&self.state.always) = fault;
+    }
+
+    /// Answers `percent` of the requests (chosen pseudo-randomly, the same ones on every run)
+    /// with `faults` in turn; an empty list answers normally again.
+    pub fn fail_share(&self, percent: u64, faults: Vec<Fault>) {
+        *lock(&self.state.share) = (!faults.is_empty()).then_some((percent, faults));
     }
 
     /// Refuses with 400 every request holding an input that contains `marker`.
@@ -196,9 +230,13 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     };
     let model = body["model"].as_str().unwrap_or_default().to_owned();
     let dimensions = body["dimensions"].as_u64().map(|n| n as usize);
+    let nth = state
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let fault = lock(&state.next)
         .pop_front()
-        .or_else(|| lock(&state.always).clone());
+        .or_else(|| lock(&state.always).clone())
+        .or_else(|| share(state, nth));
     let poisoned = lock(&state.poison)
         .as_ref()
         .is_some_and(|marker| inputs.iter().any(|i| i.contains(marker.as_str())));
@@ -246,6 +284,18 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         tokio::time::sleep(pause).await;
     }
     response
+}
+
+/// The fault of the share for the `nth` request, if it is one of them.
+fn share(state: &State, nth: u64) -> Option<Fault> {
+    let share = lock(&state.share);
+    let (percent, faults) = share.as_ref()?;
+    // splitmix64's finaliser: the dice.
+    let mut x = nth.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    (x % 100 < *percent).then(|| faults[(x / 100) as usize % faults.len()].clone())
 }
 
 /// A vector as the request asked for it: base64 of little-endian f32 values, or numbers.

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod embed;
+pub mod fault;
 pub mod http;
 pub mod s3;
 pub mod transcribe;
