@@ -31,7 +31,7 @@ use crate::source::{ObjectMeta, Source, SourceKind};
 use crate::telemetry::{self, Stage};
 use crate::transcribe::{Ask, Transcriber};
 
-use records::{Cursor, Segment, Timed, chunk_id, cut, cut_whole};
+use records::{Cursor, Segment, Timed, chunk_id, cut, cut_whole, records_of};
 
 /// Everything that is the same for every file of one request.
 #[derive(Debug, Clone)]
@@ -593,16 +593,23 @@ impl Processing {
         work: tokio::task::JoinHandle<Result<T, FileError>>,
     ) -> Result<T, FileError> {
         work.await.unwrap_or_else(|join| {
-            let message = if join.is_panic() {
-                format!(
-                    "processing {} crashed inside a decoder; the file was not processed",
-                    self.object.key
-                )
-            } else {
-                format!("processing {} was cancelled", self.object.key)
-            };
+            if join.is_panic() {
+                return Err(self.crashed());
+            }
+            let message = format!("processing {} was cancelled", self.object.key);
             Err(FileError::permanent(ErrorCode::Internal, message))
         })
+    }
+
+    /// The error of a file whose decoder or chunker panicked.
+    fn crashed(&self) -> FileError {
+        FileError::permanent(
+            ErrorCode::Internal,
+            format!(
+                "processing {} crashed inside a decoder; the file was not processed",
+                self.object.key
+            ),
+        )
     }
 }
 

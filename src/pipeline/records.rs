@@ -80,6 +80,26 @@ pub(super) fn cut(
     slot: Option<OwnedSemaphorePermit>,
     out: &Emitter,
 ) -> Result<usize, FileError> {
+    let (records, done) = records_of(segment, file, request, at);
+    // The CPU work is done: free the slot before waiting for the writer, which may be busy
+    // with another file that needs a slot to finish.
+    drop(slot);
+    for record in records {
+        out.blocking_send(Emitted::Record(Box::new(record)))
+            .map_err(|_| closed())?;
+    }
+    Ok(done)
+}
+
+/// The records of a segment (which starts at `at.offset` in the file's text), `at` moved past
+/// them, and how many bytes of the segment are done with. Unless the segment is the last, its
+/// final two chunks are held back: where they end depends on text not read yet.
+pub(super) fn records_of(
+    segment: &Segment<'_>,
+    file: &FileInfo,
+    request: &Request,
+    at: &mut Cursor,
+) -> (Vec<ChunkRecord>, usize) {
     let &Segment { text, last, .. } = segment;
     let chunker = &request.chunker;
     let prefix = request.prepend_filename.then(|| {
@@ -151,16 +171,9 @@ pub(super) fn cut(
         at.tokens += token_count;
         records.push(record);
     }
-    // The CPU work is done: free the slot before waiting for the writer, which may be busy
-    // with another file that needs a slot to finish.
-    drop(slot);
     crate::telemetry::timed(Stage::Chunk, started.elapsed());
-    for record in records {
-        out.blocking_send(Emitted::Record(Box::new(record)))
-            .map_err(|_| closed())?;
-    }
     at.offset += done;
-    Ok(done)
+    (records, done)
 }
 
 /// Cuts a whole text (a segment that is the last) into records under `slot`: how the file

@@ -7,9 +7,13 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::{
-    Cursor, Detected, Emitter, FileError, MAX_SEGMENT_BYTES, Outcome, Processing, Read,
-    SEGMENT_BYTES, Segment, content_etag, cut, cut_whole, file_info,
+    Cursor, Detected, Emitted, Emitter, FileError, MAX_SEGMENT_BYTES, Outcome, Processing, Read,
+    SEGMENT_BYTES, Segment, closed, content_etag, cut, cut_whole, file_info, records_of,
 };
+
+/// Texts up to this size are cut on the file's task rather than on a blocking thread (a cut
+/// of 64 KiB of prose takes about 2 ms).
+const INLINE_BYTES: usize = 64 * 1024;
 use crate::chunk::Pieces;
 use crate::detect::{Family, TextHint};
 use crate::error::SkipReason;
@@ -84,6 +88,11 @@ impl Processing {
         }
         drop(body);
         self.object.size = head.len() as u64;
+        if head.len() <= INLINE_BYTES {
+            return self
+                .cut_here(&head, detected, charset.as_deref(), out)
+                .await;
+        }
         let (object, kind, request) = (self.object.clone(), self.kind, Arc::clone(&self.request));
         let sender = out.clone();
         let slot = self.cpu_slot().await;
@@ -110,6 +119,52 @@ impl Processing {
             )
         });
         self.records_cut(work).await
+    }
+
+    /// Extracts and cuts a small text on this task, under a CPU slot: a blocking thread would
+    /// cost two wake-ups across cores, more than the cut itself. A panic costs this file, as
+    /// on a blocking thread.
+    async fn cut_here(
+        &mut self,
+        head: &[u8],
+        detected: Detected,
+        charset: Option<&str>,
+        out: &Emitter,
+    ) -> Outcome {
+        let slot = self.cpu_slot().await;
+        let request = Arc::clone(&self.request);
+        let mut object = self.object.clone();
+        let kind = self.kind;
+        let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let started = std::time::Instant::now();
+            let extracted = extract::extract(head, detected, charset, request.max_text_bytes);
+            crate::telemetry::timed(crate::telemetry::Stage::Extract, started.elapsed());
+            let extracted = extracted.map_err(Outcome::from)?;
+            if object.etag.is_none() {
+                object.etag = Some(content_etag(head));
+            }
+            let file = file_info(&object, detected, kind);
+            let mut at = Cursor::default();
+            let (records, _) =
+                records_of(&Segment::extracted(&extracted), &file, &request, &mut at);
+            Ok((records, at))
+        }));
+        drop(slot);
+        let (records, at) = match cut {
+            Ok(Ok(cut)) => cut,
+            Ok(Err(rejected)) => return rejected,
+            Err(_) => return Outcome::Failed(self.crashed()),
+        };
+        for record in records {
+            if out.send(Emitted::Record(Box::new(record))).await.is_err() {
+                return Outcome::Failed(closed());
+            }
+        }
+        self.emitted = at.index;
+        Outcome::Ready {
+            chunks: at.index,
+            tokens: at.tokens,
+        }
     }
 
     /// Streams text through the chunker segment by segment: memory is bounded by

@@ -92,11 +92,15 @@ impl Source for LocalSource {
         // and runs, and known before the first record leaves. A small file is hashed and read
         // in one pass on one blocking thread (most files are small: each hand-off costs).
         let hashed = path.clone();
-        let (etag, whole) = tokio::task::spawn_blocking(move || read_small(&hashed))
-            .await
-            .map_err(|err| std::io::Error::other(err.to_string()))
-            .and_then(|read| read)
-            .map_err(&failed)?;
+        let read = if object.size <= READ_HERE {
+            read_small(&hashed)
+        } else {
+            tokio::task::spawn_blocking(move || read_small(&hashed))
+                .await
+                .map_err(|err| std::io::Error::other(err.to_string()))
+                .and_then(|read| read)
+        };
+        let (etag, whole) = read.map_err(&failed)?;
         if let Some(bytes) = whole {
             let body = futures::stream::iter([Ok(Bytes::from(bytes))]);
             return Ok(Opened {
@@ -124,6 +128,10 @@ impl Source for LocalSource {
 
 /// Bytes read from a local file at a time.
 const READ_BUFFER: usize = 256 * 1024;
+
+/// Files up to this size (as listed) are read on the file's task: a blocking thread would cost
+/// two wake-ups across cores, more than the read.
+const READ_HERE: u64 = 64 * 1024;
 
 /// Files up to this size are read whole, in the same pass as their hash.
 const READ_WHOLE: usize = 1024 * 1024;
