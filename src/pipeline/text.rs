@@ -10,14 +10,14 @@ use super::{
     Cursor, Detected, Emitted, Emitter, FileError, MAX_SEGMENT_BYTES, Outcome, Processing, Read,
     SEGMENT_BYTES, Segment, closed, content_etag, cut, cut_whole, file_info, records_of,
 };
-
-/// Texts up to this size are cut on the file's task rather than on a blocking thread (a cut
-/// of 64 KiB of prose takes about 2 ms).
-const INLINE_BYTES: usize = 64 * 1024;
 use crate::chunk::Pieces;
 use crate::detect::{Family, TextHint};
 use crate::error::SkipReason;
 use crate::extract::{self, StreamDecoder};
+
+/// Texts up to this size are cut on the file's task rather than on a blocking thread (a cut
+/// of 64 KiB of prose takes about 2 ms).
+const INLINE_BYTES: usize = 64 * 1024;
 
 impl Processing {
     /// Text of a text format: streamed through the chunker when it can be decoded piece by

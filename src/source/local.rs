@@ -89,8 +89,10 @@ impl Source for LocalSource {
             FileError::permanent(ErrorCode::ReadFailed, format!("reading {key}: {err}"))
         };
         // Local files have no version tag: a hash of the content is one, stable across copies
-        // and runs, and known before the first record leaves. A small file is hashed and read
-        // in one pass on one blocking thread (most files are small: each hand-off costs).
+        // and runs, and known before the first record leaves. A file of up to 1 MiB is hashed
+        // and read in one pass: on this task when it was listed at most 64 KiB (most files;
+        // each hand-off to a blocking thread costs more than such a read), else on a blocking
+        // thread.
         let hashed = path.clone();
         let read = if object.size <= READ_HERE {
             read_small(&hashed)
