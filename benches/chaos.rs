@@ -214,7 +214,7 @@ fn follow_plan(
             // Into the fan-out of the bucket job.
             std::thread::sleep(Duration::from_millis(400));
         }
-        take(*step, fleet, store, ctl, &mut faults);
+        inject(*step, fleet, store, ctl, &mut faults);
         println!(
             "  {:>6.1} s  {step:?} at {} files settled",
             started.elapsed().as_secs_f64(),
@@ -494,23 +494,21 @@ async fn consume(
     Ok(())
 }
 
-/// The dead-lettered jobs: their `ingestd-error-code` headers.
+/// The dead-lettered jobs: their `ingestd-error-code` headers. Panics (it is a benchmark) when
+/// the queue cannot be read.
 fn dead_letters(url: &str, prefix: &str) -> Vec<String> {
-    let Ok(runtime) = tokio::runtime::Runtime::new() else {
-        return vec!["(the dead-letter queue could not be read)".to_owned()];
-    };
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     runtime.block_on(async {
-        let Ok(connection) = Connection::connect(url, ConnectionProperties::default()).await else {
-            return vec!["(the dead-letter queue could not be read)".to_owned()];
-        };
-        let Ok(channel) = connection.create_channel().await else {
-            return vec!["(the dead-letter queue could not be read)".to_owned()];
-        };
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .expect("the broker, for the dead letters");
+        let channel = connection.create_channel().await.expect("a channel");
         let mut dead = Vec::new();
         let queue = format!("{prefix}.dead");
-        while let Ok(Some(message)) = channel
+        while let Some(message) = channel
             .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
             .await
+            .expect("reading the dead-letter queue")
         {
             let code = message
                 .delivery
@@ -539,7 +537,7 @@ struct Injected {
     embedding_requests: usize,
 }
 
-fn take(step: Step, fleet: &mut Fleet, store: &fault::Proxy, ctl: &str, faults: &mut Injected) {
+fn inject(step: Step, fleet: &mut Fleet, store: &fault::Proxy, ctl: &str, faults: &mut Injected) {
     match step {
         Step::KillWorker(n) => {
             fleet.kill(n);

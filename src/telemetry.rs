@@ -141,6 +141,15 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Every stage, in the order of their declaration (`stage as usize` is its place).
+    pub const ALL: [Stage; 5] = [
+        Stage::Download,
+        Stage::Extract,
+        Stage::Chunk,
+        Stage::Embed,
+        Stage::Publish,
+    ];
+
     /// The stage's label on `ingestd_stage_duration_seconds`.
     #[must_use]
     pub fn name(self) -> &'static str {
@@ -189,14 +198,7 @@ pub fn timed(stage: Stage, elapsed: Duration) {
     static EACH: std::sync::OnceLock<[prometheus_client::metrics::histogram::Histogram; 5]> =
         std::sync::OnceLock::new();
     let each = EACH.get_or_init(|| {
-        [
-            Stage::Download,
-            Stage::Extract,
-            Stage::Chunk,
-            Stage::Embed,
-            Stage::Publish,
-        ]
-        .map(|stage| {
+        Stage::ALL.map(|stage| {
             stages().get_or_create_owned(&StageLabel {
                 stage: stage.name(),
             })

@@ -22,6 +22,16 @@ pub(super) struct Cursor {
     pub(super) tokens: usize,
 }
 
+impl Cursor {
+    /// How a file whose records all went out ends.
+    pub(super) fn ready(self) -> super::Outcome {
+        super::Outcome::Ready {
+            chunks: self.index,
+            tokens: self.tokens,
+        }
+    }
+}
+
 /// Text to cut: a whole file's, or a segment of a streamed one.
 pub(super) struct Segment<'a> {
     pub(super) text: &'a str,
@@ -84,11 +94,20 @@ pub(super) fn cut(
     // The CPU work is done: free the slot before waiting for the writer, which may be busy
     // with another file that needs a slot to finish.
     drop(slot);
+    send_blocking(records, out)?;
+    Ok(done)
+}
+
+/// Sends `records` in order, from a blocking thread.
+///
+/// # Errors
+/// When the output was closed.
+pub(super) fn send_blocking(records: Vec<ChunkRecord>, out: &Emitter) -> Result<(), FileError> {
     for record in records {
         out.blocking_send(Emitted::Record(Box::new(record)))
             .map_err(|_| closed())?;
     }
-    Ok(done)
+    Ok(())
 }
 
 /// The records of a segment (which starts at `at.offset` in the file's text), `at` moved past
@@ -190,10 +209,7 @@ pub(super) fn cut_whole(
 ) -> Result<super::Outcome, FileError> {
     let mut at = Cursor::default();
     cut(segment, file, request, &mut at, slot, out)?;
-    Ok(super::Outcome::Ready {
-        chunks: at.index,
-        tokens: at.tokens,
-    })
+    Ok(at.ready())
 }
 
 /// Same object version + same options + same place ⇒ same id.

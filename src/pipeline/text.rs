@@ -8,12 +8,15 @@ use futures::stream::BoxStream;
 
 use super::{
     Cursor, Detected, Emitted, Emitter, FileError, MAX_SEGMENT_BYTES, Outcome, Processing, Read,
-    SEGMENT_BYTES, Segment, closed, content_etag, cut, cut_whole, file_info, records_of,
+    Request, SEGMENT_BYTES, Segment, closed, content_etag, cut, file_info, records_of,
+    send_blocking,
 };
 use crate::chunk::Pieces;
 use crate::detect::{Family, TextHint};
 use crate::error::SkipReason;
 use crate::extract::{self, StreamDecoder};
+use crate::job::ChunkRecord;
+use crate::source::{ObjectMeta, SourceKind};
 
 /// Texts up to this size are cut on the file's task rather than on a blocking thread (a cut
 /// of 64 KiB of prose takes about 2 ms).
@@ -97,26 +100,14 @@ impl Processing {
         let sender = out.clone();
         let slot = self.cpu_slot().await;
         let work = tokio::task::spawn_blocking(move || -> Result<Outcome, FileError> {
-            let started = std::time::Instant::now();
-            let extracted =
-                extract::extract(&head, detected, charset.as_deref(), request.max_text_bytes);
-            crate::telemetry::timed(crate::telemetry::Stage::Extract, started.elapsed());
-            let extracted = match extracted {
-                Ok(extracted) => extracted,
-                Err(rejection) => return Ok(rejection.into()),
+            let cut = records_whole(&head, detected, charset.as_deref(), object, kind, &request);
+            drop(slot);
+            let (records, at) = match cut {
+                Ok(cut) => cut,
+                Err(ended) => return Ok(ended),
             };
-            let mut object = object;
-            if object.etag.is_none() {
-                object.etag = Some(content_etag(&head));
-            }
-            let file = file_info(&object, detected, kind);
-            cut_whole(
-                &Segment::extracted(&extracted),
-                &file,
-                &request,
-                slot,
-                &sender,
-            )
+            send_blocking(records, &sender)?;
+            Ok(at.ready())
         });
         self.records_cut(work).await
     }
@@ -132,27 +123,14 @@ impl Processing {
         out: &Emitter,
     ) -> Outcome {
         let slot = self.cpu_slot().await;
-        let request = Arc::clone(&self.request);
-        let mut object = self.object.clone();
-        let kind = self.kind;
         let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let started = std::time::Instant::now();
-            let extracted = extract::extract(head, detected, charset, request.max_text_bytes);
-            crate::telemetry::timed(crate::telemetry::Stage::Extract, started.elapsed());
-            let extracted = extracted.map_err(Outcome::from)?;
-            if object.etag.is_none() {
-                object.etag = Some(content_etag(head));
-            }
-            let file = file_info(&object, detected, kind);
-            let mut at = Cursor::default();
-            let (records, _) =
-                records_of(&Segment::extracted(&extracted), &file, &request, &mut at);
-            Ok((records, at))
+            let object = self.object.clone();
+            records_whole(head, detected, charset, object, self.kind, &self.request)
         }));
         drop(slot);
         let (records, at) = match cut {
             Ok(Ok(cut)) => cut,
-            Ok(Err(rejected)) => return rejected,
+            Ok(Err(ended)) => return ended,
             Err(_) => return Outcome::Failed(self.crashed()),
         };
         for record in records {
@@ -161,10 +139,7 @@ impl Processing {
             }
         }
         self.emitted = at.index;
-        Outcome::Ready {
-            chunks: at.index,
-            tokens: at.tokens,
-        }
+        at.ready()
     }
 
     /// Streams text through the chunker segment by segment: memory is bounded by
@@ -406,4 +381,27 @@ impl Decoded {
             finished: true,
         })
     }
+}
+
+/// The records of a text read whole: extracted, named by a hash of its content when it has no
+/// ETag, and cut; or how the file ends when it cannot be extracted.
+fn records_whole(
+    head: &[u8],
+    detected: Detected,
+    charset: Option<&str>,
+    mut object: ObjectMeta,
+    kind: SourceKind,
+    request: &Request,
+) -> Result<(Vec<ChunkRecord>, Cursor), Outcome> {
+    let started = std::time::Instant::now();
+    let extracted = extract::extract(head, detected, charset, request.max_text_bytes);
+    crate::telemetry::timed(crate::telemetry::Stage::Extract, started.elapsed());
+    let extracted = extracted.map_err(Outcome::from)?;
+    if object.etag.is_none() {
+        object.etag = Some(content_etag(head));
+    }
+    let file = file_info(&object, detected, kind);
+    let mut at = Cursor::default();
+    let (records, _) = records_of(&Segment::extracted(&extracted), &file, request, &mut at);
+    Ok((records, at))
 }

@@ -181,16 +181,15 @@ impl JsonlSink {
 
 /// `text` with its control characters escaped (`\n`, `\u{1b}`), for a terminal.
 fn shown(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
+    let mut shown = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
 }
 
 fn write_line(out: &mut dyn Write, value: &impl Serialize) -> std::io::Result<()> {
