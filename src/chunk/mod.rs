@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use text_splitter::{ChunkConfig, ChunkSizer, MarkdownSplitter, TextSplitter};
 
-pub use tokenizer::{DocumentIndex, Encoding, Pieces, Tokenizer, TokenizerError};
+pub use tokenizer::{DocumentIndex, Encoding, Pieces, Tokenizer, TokenizerError, safe_line_start};
 
 /// Why a chunker could not be built.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -137,6 +137,16 @@ impl Chunker {
     #[must_use]
     pub fn tokenize_ahead(&self, text: &str, spent: Pieces) -> Pieces {
         self.tokenizer.pieces_in(text, spent)
+    }
+
+    /// Tokenizes one part of a text read ahead, on any thread: the pieces of its first `until`
+    /// bytes, where `until` is a [`safe_line_start`] of `text`. Parts tokenized so, each from
+    /// where the last one's pieces stop, join into the pieces of the whole (see
+    /// [`Pieces::append_range`]). `None` when `until` did not end a piece (it always does).
+    /// The pieces are kept in the vectors of `spent`.
+    #[must_use]
+    pub fn tokenize_part(&self, text: &str, until: usize, spent: Pieces) -> Option<Pieces> {
+        self.tokenizer.pieces_until(text, until, spent)
     }
 
     /// [`Chunker::chunk_within`] for a text whose part from byte `from` on was tokenized ahead

@@ -257,6 +257,27 @@ impl Tokenizer {
         pieces
     }
 
+    /// The pieces of the first `until` bytes of `text`, where `until` is a safe line start of
+    /// `text` (see [`safe_line_start`]): the same as those of any longer text that begins with
+    /// the same `until` bytes, so that a stream can be tokenized in parts, each starting where
+    /// the last one's pieces stopped. `None` when `until` turned out not to end a piece (it
+    /// always does; checked, not assumed). Built in the vectors of `spent`.
+    #[must_use]
+    pub fn pieces_until(&self, text: &str, until: usize, spent: Pieces) -> Option<Pieces> {
+        let mut pieces = spent;
+        pieces.clear();
+        for vector in [&mut pieces.ends, &mut pieces.cumulative] {
+            vector.reserve(until / 4);
+        }
+        if until == 0 {
+            return Some(pieces);
+        }
+        self.extend(&mut pieces, 0, text, |end| end >= until)
+            .filter(|&end| end == until)?;
+        pieces.len = until;
+        Some(pieces)
+    }
+
     /// Tokenizes `text`, which starts at byte `offset` of the indexed text, onto the end of
     /// `pieces` until `stop` says so at a piece's end: where it stopped, if it did.
     fn extend(
@@ -375,16 +396,24 @@ fn trusted_end(text: &str, from: usize, ahead_end: usize, ahead: &Pieces) -> Opt
         return Some(ahead_end);
     }
     let near = ahead_end.min(text.len());
-    memchr::memrchr_iter(b'\n', &text.as_bytes()[from..near])
-        .map(|i| from + i + 1)
+    safe_line_start(&text[..near], from)
+        // Always a boundary of `ahead` by the same argument; checked, not assumed.
+        .filter(|&line| ahead.ends.binary_search(&to_u32(line - from)).is_ok())
+}
+
+/// The start of the last line of `text` after byte `after` that begins with neither blank nor
+/// `/` (its first character is in `text`). Up to such a line start, every text that begins
+/// with the same bytes splits into the same pieces, whatever follows: see [`trusted_end`].
+#[must_use]
+pub fn safe_line_start(text: &str, after: usize) -> Option<usize> {
+    memchr::memrchr_iter(b'\n', text.as_bytes().get(after..)?)
+        .map(|i| after + i + 1)
         .find(|&line| {
-            text[line..near]
+            text[line..]
                 .chars()
                 .next()
                 .is_some_and(|c| !c.is_whitespace() && c != '/')
         })
-        // Always a boundary of `ahead` by the same argument; checked, not assumed.
-        .filter(|&line| ahead.ends.binary_search(&to_u32(line - from)).is_ok())
 }
 
 fn to_u32(n: usize) -> u32 {
@@ -400,6 +429,65 @@ pub struct Pieces {
     ends: Vec<u32>,
     /// `cumulative[i]` is the number of tokens in pieces `0..=i`.
     cumulative: Vec<u32>,
+}
+
+impl Pieces {
+    /// Length of the text the pieces cover.
+    #[must_use]
+    pub fn text_len(&self) -> usize {
+        self.len
+    }
+
+    /// The first piece boundary at or after `at` (the text's end when `at` is past it).
+    #[must_use]
+    pub fn boundary_at_or_after(&self, at: usize) -> usize {
+        if at == 0 {
+            return 0;
+        }
+        let i = self.ends.partition_point(|&end| (end as usize) < at);
+        self.ends.get(i).map_or(self.len, |&end| end as usize)
+    }
+
+    /// The last piece boundary at or before `at`.
+    #[must_use]
+    pub fn boundary_at_or_before(&self, at: usize) -> usize {
+        let i = self.ends.partition_point(|&end| (end as usize) <= at);
+        i.checked_sub(1).map_or(0, |i| self.ends[i] as usize)
+    }
+
+    /// Tokens of the pieces that end at or before `at`.
+    fn tokens_to(&self, at: usize) -> u32 {
+        let i = self.ends.partition_point(|&end| (end as usize) <= at);
+        i.checked_sub(1).map_or(0, |i| self.cumulative[i])
+    }
+
+    /// Appends the pieces of `other` from its boundary `from` to its boundary `to`, as the
+    /// pieces of the text that follows this one. Exact when the text from `from` on splits as
+    /// `other` says, which no-look-behind matching gives at any boundary of `other`.
+    pub fn append_range(&mut self, other: &Pieces, from: usize, to: usize) {
+        let first = other.ends.partition_point(|&end| (end as usize) <= from);
+        let last = other.ends.partition_point(|&end| (end as usize) <= to);
+        let shift = to_u32(self.len).wrapping_sub(to_u32(from));
+        let base = self
+            .cumulative
+            .last()
+            .copied()
+            .unwrap_or(0)
+            .wrapping_sub(other.tokens_to(from));
+        let (ends, cumulative) = (&other.ends[first..last], &other.cumulative[first..last]);
+        self.ends
+            .extend(ends.iter().map(|end| end.wrapping_add(shift)));
+        self.cumulative
+            .extend(cumulative.iter().map(|n| n.wrapping_add(base)));
+        self.len += to.saturating_sub(from);
+    }
+
+    /// Empties the pieces, keeping the vectors' memory.
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.ends.clear();
+        self.cumulative.clear();
+    }
 }
 
 /// The pieces of one document: where each ends and how many tokens precede that end.
@@ -448,15 +536,7 @@ impl<'a> DocumentIndex<'a> {
 
     /// The last piece boundary at or before `at`.
     fn boundary_at_or_before(&self, at: usize) -> usize {
-        let i = self
-            .pieces
-            .ends
-            .partition_point(|&end| (end as usize) <= at);
-        if i == 0 {
-            0
-        } else {
-            self.pieces.ends[i - 1] as usize
-        }
+        self.pieces.boundary_at_or_before(at)
     }
 
     /// Exact token count of `text[start..end]` tokenized on its own.

@@ -1,5 +1,6 @@
 //! The text family through the stages: streamed when it can be, else read whole and parsed.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -143,12 +144,13 @@ impl Processing {
     }
 
     /// Streams text through the chunker segment by segment: memory is bounded by
-    /// [`SEGMENT_BYTES`], not by the object's size.
+    /// [`SEGMENT_BYTES`] and [`AHEAD_BYTES`], not by the object's size.
     ///
     /// A segment ends where the reading stopped once enough text was there, so its ends do not
-    /// depend on timing. When a second CPU slot is free while a segment is cut, the next
-    /// segment's text is read and tokenized on it meanwhile: its chunks are the same (see
-    /// [`crate::chunk::Chunker::chunk_after`]), they are only ready sooner.
+    /// depend on timing. While a segment is cut, the text after it is read ahead in parts, each
+    /// tokenized under a CPU slot of its own, so that every core has work: the cuts that follow
+    /// read their pieces instead of tokenizing (see [`crate::chunk::Chunker::chunk_after`]).
+    /// The chunks are the same; they are only ready sooner.
     async fn stream(
         &mut self,
         head: Vec<u8>,
@@ -167,15 +169,19 @@ impl Processing {
         // end (a segment of one or two chunks), up to a cap where the cut is forced. A segment
         // never ends before the previous one did (`floor`).
         let (mut want, mut floor) = (SEGMENT_BYTES, 0);
-        let mut ahead: Option<(usize, Pieces)> = None;
-        // The read-ahead's buffers, used again segment after segment.
-        let mut spare = Spare::default();
+        let mut ahead = Ahead::default();
+        // With one core there is none to tokenize on meanwhile: reading ahead would only take
+        // memory.
+        let read_ahead = crate::config::cpu_slots() > 1;
+        // The vectors of the last segment's index, lent to the next one's.
+        let mut spent = Pieces::default();
         loop {
             let cut_at = loop {
                 if let Some(cut_at) = read.segment_end(want, floor) {
                     break cut_at;
                 }
-                self.read_piece(&mut body, &mut decoder, &mut read).await?;
+                self.take_ahead(&mut ahead, &mut read, at.offset, &mut body, &mut decoder)
+                    .await?;
             };
             let SegmentEnd {
                 end,
@@ -186,42 +192,32 @@ impl Processing {
                 (Arc::clone(&self.request), Arc::clone(&file), out.clone());
             let slot = self.cpu_slot().await;
             let mut text = std::mem::take(&mut read.text);
-            // The next segment ends within SEGMENT_BYTES of this one's end.
-            let wanted = (end + SEGMENT_BYTES).saturating_sub(text.len());
-            let read_ahead =
-                !finished && !read.ended && wanted > 0 && self.request.cpu.available_permits() > 0;
-            // Nothing tokenized ahead: the segment's index is still built in the spare vectors.
-            let tokenized = ahead
-                .take()
-                .or_else(|| Some((end, std::mem::take(&mut spare.pieces))));
+            let (base, past_end) = (at.offset, text.len() - end);
+            let tokenized: Vec<Tokenized> = ahead.tokenized.iter().cloned().collect();
+            let lent = std::mem::take(&mut spent);
             let work = tokio::task::spawn_blocking(move || {
                 let segment = Segment {
                     last,
-                    ahead: std::cell::Cell::new(tokenized),
+                    ahead: std::cell::Cell::new(Some(run_of(&tokenized, base, end, lent))),
                     ..Segment::whole(&text[..end], structure)
                 };
                 let done = cut(&segment, &file, &request, &mut at, slot, &sender)?;
                 let spent = segment.ahead.take().map(|(_, pieces)| pieces);
                 text.drain(..done);
-                Ok((text, at, done, spent))
+                Ok((text, at, done, spent.unwrap_or_default()))
             });
-            // Meanwhile: the next segment's text, tokenized under a slot of its own. A read
+            // Meanwhile: the text after the segment, read ahead and tokenized in parts. A read
             // error is reported after this segment's records, as it would have been.
-            let next = if read_ahead {
-                let spare = std::mem::take(&mut spare);
-                Some(
-                    self.read_ahead(&mut body, &mut decoder, wanted, spare)
-                        .await,
-                )
-            } else {
-                None
-            };
-            let (done, spent);
+            let mut unread = None;
+            while read_ahead && !finished && !ahead.ended && ahead.bytes + past_end < AHEAD_BYTES {
+                if let Err(err) = self.read_part(&mut ahead, &mut body, &mut decoder).await {
+                    unread = Some(err);
+                    break;
+                }
+            }
+            let done;
             (read.text, at, done, spent) = self.blocking(work).await?;
             self.emitted = at.index;
-            if let Some(spent) = spent {
-                spare.pieces = spent;
-            }
             read.marks.retain_mut(|mark| match mark.checked_sub(done) {
                 Some(moved) => {
                     *mark = moved;
@@ -235,12 +231,15 @@ impl Processing {
                     tokens: at.tokens,
                 });
             }
-            if let Some(next) = next {
-                let (next, pieces) = self.blocking(next?).await?;
-                let from = read.text.len();
-                read.append(&next);
-                spare.text = next.text;
-                ahead = pieces.map(|pieces| (from, pieces));
+            if let Some(err) = unread {
+                return Err(err);
+            }
+            while let Some(part) = ahead.tokenized.front()
+                && part.start + part.len <= at.offset
+            {
+                if let Some(part) = ahead.tokenized.pop_front() {
+                    ahead.spare.give(part);
+                }
             }
             (want, floor) = if done == 0 {
                 (end + SEGMENT_BYTES, end)
@@ -248,6 +247,89 @@ impl Processing {
                 (SEGMENT_BYTES, end - done)
             };
         }
+    }
+
+    /// Adds the next text to `read` (which starts at `base` in the object's text): the oldest
+    /// part read ahead, else what was read past the parts, else a piece of the body.
+    async fn take_ahead(
+        &mut self,
+        ahead: &mut Ahead,
+        read: &mut Decoded,
+        base: usize,
+        body: &mut BoxStream<'static, Result<Bytes, FileError>>,
+        decoder: &mut StreamDecoder,
+    ) -> Result<(), FileError> {
+        if let Some(part) = ahead.parts.pop_front() {
+            let (text, pieces) = self.blocking(part.job).await?;
+            ahead.bytes -= text.text.len();
+            ahead.tokenized.push_back(Tokenized {
+                start: base + read.text.len(),
+                len: text.text.len(),
+                pieces: pieces.map(Arc::new),
+                joins: part.joins,
+            });
+            read.append(&text);
+            ahead.spare.give_text(text.text);
+            return Ok(());
+        }
+        // Text that joins `read` other than in a part has no pieces: the next part cannot
+        // continue the last one's.
+        ahead.joinable = false;
+        if !ahead.carry.text.is_empty() {
+            read.append(&std::mem::take(&mut ahead.carry));
+            return Ok(());
+        }
+        self.read_piece(body, decoder, read).await?;
+        ahead.ended |= read.ended;
+        Ok(())
+    }
+
+    /// Reads the next part of the body into `ahead`: once [`PART_BYTES`] are read, the text up
+    /// to the start of its last safe line (what follows stays for the next part), or all of
+    /// it at the end of the body; then tokenizes it on a blocking thread under a CPU slot.
+    async fn read_part(
+        &mut self,
+        ahead: &mut Ahead,
+        body: &mut BoxStream<'static, Result<Bytes, FileError>>,
+        decoder: &mut StreamDecoder,
+    ) -> Result<(), FileError> {
+        let carry = &mut ahead.carry;
+        let (part, until) = loop {
+            if carry.ended {
+                let until = carry.text.len();
+                ahead.ended = true;
+                break (std::mem::take(carry), Some(until));
+            }
+            if carry.text.len() >= PART_BYTES {
+                let rest = ahead.spare.text();
+                if let Some(line) = crate::chunk::safe_line_start(&carry.text, 0) {
+                    break (carry.take_until(line, rest), Some(line));
+                }
+                if carry.text.len() >= MAX_PART_BYTES {
+                    break (carry.take_until(carry.text.len(), rest), None);
+                }
+                ahead.spare.give_text(rest);
+            }
+            self.read_piece(body, decoder, carry).await?;
+        };
+        let joins = std::mem::replace(&mut ahead.joinable, until.is_some());
+        let len = until.unwrap_or(part.text.len());
+        ahead.bytes += len;
+        let (chunker, cpu) = (self.request.chunker.clone(), Arc::clone(&self.request.cpu));
+        let spent = ahead.spare.pieces.pop().unwrap_or_default();
+        let job = tokio::task::spawn_blocking(move || {
+            let mut part = part;
+            let pieces = until.and_then(|until| {
+                let slot = futures::executor::block_on(cpu.acquire_owned());
+                let pieces = chunker.tokenize_part(&part.text, until, spent);
+                drop(slot);
+                pieces
+            });
+            part.text.truncate(len);
+            Ok((part, pieces))
+        });
+        ahead.parts.push_back(Part { job, joins });
+        Ok(())
     }
 
     /// Reads one piece of the body into `read`; at the end, flushes the decoder instead.
@@ -270,64 +352,145 @@ impl Processing {
             Ok(())
         }
     }
+}
 
-    /// Reads text until it holds a place to end at least `want` bytes in (or the body ends),
-    /// then tokenizes it on a blocking thread under a CPU slot of its own, in `spare`'s
-    /// buffers.
-    async fn read_ahead(
-        &mut self,
-        body: &mut BoxStream<'static, Result<Bytes, FileError>>,
-        decoder: &mut StreamDecoder,
-        want: usize,
-        spare: Spare,
-    ) -> Result<tokio::task::JoinHandle<Result<(Decoded, Option<Pieces>), FileError>>, FileError>
-    {
-        let Spare { mut text, pieces } = spare;
-        text.clear();
-        text.reserve(want + want / 4);
-        let mut next = Decoded {
-            text,
-            marks: Vec::new(),
-            ended: false,
-        };
-        while !next.ended && next.marks.last().is_none_or(|&mark| mark < want) {
-            self.read_piece(body, decoder, &mut next).await?;
+/// Text read ahead of a streamed segment is tokenized in parts of about this size, each under
+/// a CPU slot of its own: while one core cuts a segment, the others tokenize what follows.
+const PART_BYTES: usize = 1024 * 1024;
+
+/// A part that holds no safe place to end (see [`crate::chunk::safe_line_start`]) by this
+/// size ends there all the same, untokenized: the cut of its segment tokenizes it.
+const MAX_PART_BYTES: usize = 4 * PART_BYTES;
+
+/// Text read ahead past the end of the segment being cut, at most (about two segments: the
+/// next one is tokenized by the time its cut can start, and the one after keeps the cores
+/// busy meanwhile).
+const AHEAD_BYTES: usize = SEGMENT_BYTES + SEGMENT_BYTES / 2;
+
+/// The text of a streamed object read past the segment being cut.
+#[derive(Default)]
+struct Ahead {
+    /// Parts read and being tokenized, in order; their text follows the text read.
+    parts: VecDeque<Part>,
+    /// Text read past the parts.
+    carry: Decoded,
+    /// Bytes in `parts`.
+    bytes: usize,
+    /// The body was read to its end.
+    ended: bool,
+    /// The last part's pieces stopped at its end: the next part's continue them.
+    joinable: bool,
+    /// Pieces of the parts whose text joined the text read, in order, until it is cut.
+    tokenized: VecDeque<Tokenized>,
+    spare: Spare,
+}
+
+/// Buffers of parts done with, used again by the next parts: a stream allocates its buffers
+/// once, on one thread, rather than a few megabytes per part on whichever thread tokenizes.
+#[derive(Default)]
+struct Spare {
+    pieces: Vec<Pieces>,
+    texts: Vec<String>,
+}
+
+/// Buffers of each kind kept, at most.
+const SPARE_BUFFERS: usize = 4;
+
+impl Spare {
+    fn give(&mut self, part: Tokenized) {
+        if let Some(pieces) = part.pieces.and_then(|pieces| Arc::try_unwrap(pieces).ok())
+            && self.pieces.len() < SPARE_BUFFERS
+        {
+            self.pieces.push(pieces);
         }
-        let slot = if next.text.len() >= AHEAD_MIN_BYTES {
-            Some(self.cpu_slot().await)
-        } else {
-            None
-        };
-        let chunker = self.request.chunker.clone();
-        Ok(tokio::task::spawn_blocking(move || {
-            let pieces = slot.map(|slot| {
-                let pieces = chunker.tokenize_ahead(&next.text, pieces);
-                drop(slot);
-                pieces
-            });
-            Ok((next, pieces))
-        }))
+    }
+
+    fn give_text(&mut self, mut text: String) {
+        if self.texts.len() < SPARE_BUFFERS {
+            text.clear();
+            self.texts.push(text);
+        }
+    }
+
+    fn text(&mut self) -> String {
+        self.texts.pop().unwrap_or_default()
     }
 }
 
-/// Text read ahead shorter than this is tokenized with its segment.
-const AHEAD_MIN_BYTES: usize = 64 * 1024;
+/// A part read ahead, being tokenized: its text comes back with its pieces (`None`: it had
+/// no safe place to end).
+struct Part {
+    job: tokio::task::JoinHandle<Result<(Decoded, Option<Pieces>), FileError>>,
+    /// Its pieces continue those of the part before it.
+    joins: bool,
+}
+
+/// The pieces of a part whose text joined the text read.
+#[derive(Clone)]
+struct Tokenized {
+    /// Where its text starts in the object's text.
+    start: usize,
+    /// Its length.
+    len: usize,
+    pieces: Option<Arc<Pieces>>,
+    /// Its pieces continue those of the part before it.
+    joins: bool,
+}
+
+/// What a segment (bytes `base..base + end` of the object's text) can read off the parts
+/// tokenized ahead, in `run`'s vectors: where in the segment the pieces start, and those of
+/// one unbroken run of parts from there to a boundary at or before the segment's end. From any
+/// boundary on, a text splits as its pieces say (the pre-tokenizer has no look-behind); the
+/// cut tokenizes the rest. With nothing to read off, the offset is the segment's end and the
+/// vectors are only lent.
+fn run_of(parts: &[Tokenized], base: usize, end: usize, mut run: Pieces) -> (usize, Pieces) {
+    run.clear();
+    let mut from = None;
+    // Where the run's text ends, in the object's text.
+    let mut reached = 0;
+    for part in parts {
+        let stop = part.start + part.len;
+        if stop <= base {
+            continue;
+        }
+        if part.start >= base + end {
+            break;
+        }
+        let (lo, pieces) = match (&part.pieces, from) {
+            (Some(pieces), None) => {
+                let lo = pieces.boundary_at_or_after(base.saturating_sub(part.start));
+                (lo, pieces)
+            }
+            (Some(pieces), Some(_)) if part.joins && part.start == reached => (0, pieces),
+            (None, None) => continue,
+            _ => break,
+        };
+        let hi = if stop <= base + end {
+            pieces.text_len()
+        } else {
+            pieces.boundary_at_or_before(base + end - part.start)
+        };
+        if hi > lo {
+            from.get_or_insert(part.start + lo - base);
+            run.append_range(pieces, lo, hi);
+            reached = part.start + hi;
+        }
+        if hi < pieces.text_len() {
+            break;
+        }
+    }
+    (from.unwrap_or(end), run)
+}
 
 /// Decoded text of a streamed object, and where the reading of each piece of the body ended
 /// in it: the places a segment may end.
+#[derive(Default)]
 struct Decoded {
     text: String,
     /// Offsets in `text` after each piece read (not after the final flush).
     marks: Vec<usize>,
     /// The body ended and the decoder was flushed: `text` is all there is.
     ended: bool,
-}
-
-/// Buffers a stream's read-ahead uses again: its text, and the pieces of a segment cut.
-#[derive(Default)]
-struct Spare {
-    text: String,
-    pieces: Pieces,
 }
 
 /// Where a segment ends.
@@ -354,6 +517,25 @@ impl Decoded {
         decoder.push(piece, false, &mut self.text)?;
         self.marks.push(self.text.len());
         Ok(())
+    }
+
+    /// Leaves the text from `at` on (and the marks past it) here, in `buffer`, and returns the
+    /// rest: all the text still, for a tokenizer to see what follows `at`, with the marks up
+    /// to it.
+    fn take_until(&mut self, at: usize, mut buffer: String) -> Decoded {
+        buffer.push_str(&self.text[at..]);
+        let rest = Decoded {
+            text: buffer,
+            marks: self
+                .marks
+                .iter()
+                .filter(|&&mark| mark > at)
+                .map(|mark| mark - at)
+                .collect(),
+            ended: false,
+        };
+        self.marks.retain(|&mark| mark <= at);
+        std::mem::replace(self, rest)
     }
 
     fn append(&mut self, next: &Decoded) {
@@ -404,4 +586,136 @@ fn records_whole(
     let mut at = Cursor::default();
     let (records, _) = records_of(&Segment::extracted(&extracted), &file, request, &mut at);
     Ok((records, at))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{Pieces, Tokenized, run_of};
+    use crate::chunk::{Chunker, Encoding, Structure, safe_line_start};
+
+    /// Words, blanks, line breaks and the characters a line may start with that matter to the
+    /// pre-tokenizer (blank, `/`, a combining mark, digits, contractions, CJK, emoji).
+    fn word() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "river",
+            "Stone",
+            " the",
+            "  ",
+            "\n",
+            "\n\n",
+            " \n",
+            "\t",
+            "/",
+            "//x",
+            "'ll",
+            "I'M",
+            "12345",
+            "3.14",
+            ".",
+            "?!",
+            "日本語",
+            "\u{301}",
+            "👩\u{200d}👧",
+            "\u{a0}",
+            "\r\n",
+            "- ",
+            "# ",
+            "\u{2028}",
+            "end.\n",
+        ])
+    }
+
+    /// Parts as `read_part` makes them: `part` bytes or more, up to the last safe line start
+    /// read (the reading goes on by `part` bytes at a time), untokenized when there is none by
+    /// four times that, and left untokenized when `skip` says so (text that joined the read
+    /// text directly).
+    fn parts_of(chunker: &Chunker, text: &str, part: usize, skip: &[bool]) -> Vec<Tokenized> {
+        let boundary = |mut i: usize| {
+            i = i.min(text.len());
+            while !text.is_char_boundary(i) {
+                i += 1;
+            }
+            i
+        };
+        let (mut parts, mut start, mut joinable) = (Vec::new(), 0, false);
+        while start < text.len() {
+            let mut read = boundary(start + part);
+            let (len, until) = loop {
+                if read == text.len() {
+                    break (read - start, Some(read - start));
+                }
+                if let Some(line) = safe_line_start(&text[start..read], 0) {
+                    break (line, Some(line));
+                }
+                if read - start >= 4 * part {
+                    break (read - start, None);
+                }
+                read = boundary(read + part);
+            };
+            let skipped = skip.get(parts.len()).copied().unwrap_or(false);
+            let pieces = until.filter(|_| !skipped).map(|until| {
+                chunker
+                    .tokenize_part(&text[start..read], until, Pieces::default())
+                    .unwrap()
+            });
+            let joins = std::mem::replace(&mut joinable, pieces.is_some());
+            parts.push(Tokenized {
+                start,
+                len,
+                pieces: pieces.map(std::sync::Arc::new),
+                joins,
+            });
+            start += len;
+        }
+        parts
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Parts tokenized on their own and joined are the pieces of the whole text.
+        #[test]
+        fn parts_join_into_the_pieces_of_the_whole(words in prop::collection::vec(word(), 0..300), part in 1usize..200, o200k in any::<bool>()) {
+            let encoding = if o200k { Encoding::O200kBase } else { Encoding::Cl100kBase };
+            let chunker = Chunker::new(encoding, 16, 4).unwrap();
+            let text = words.concat();
+            let parts = parts_of(&chunker, &text, part, &[]);
+            prop_assume!(parts.iter().all(|part| part.pieces.is_some()));
+            let mut joined = Pieces::default();
+            for part in parts {
+                let pieces = part.pieces.as_deref().unwrap();
+                joined.append_range(pieces, 0, pieces.text_len());
+            }
+            prop_assert_eq!(joined, chunker.tokenize_ahead(&text, Pieces::default()));
+        }
+
+        /// A segment anywhere in the text cut with the pieces `run_of` reads off the parts
+        /// (some untokenized, some that do not continue the one before) has the chunks of the
+        /// segment tokenized whole.
+        #[test]
+        fn a_segment_cut_with_pieces_read_off_the_parts_has_the_same_chunks(words in prop::collection::vec(word(), 1..300), part in 1usize..200, skip in prop::collection::vec(prop::bool::weighted(0.2), 0..20), start in 0usize..=1000, length in 0usize..=1000, markdown in any::<bool>(), o200k in any::<bool>()) {
+            let encoding = if o200k { Encoding::O200kBase } else { Encoding::Cl100kBase };
+            let chunker = Chunker::new(encoding, 16, 4).unwrap();
+            let structure = if markdown { Structure::Markdown } else { Structure::Plain };
+            let text = words.concat();
+            let parts = parts_of(&chunker, &text, part, &skip);
+            let at = |permille: usize| {
+                let mut i = text.len() * permille.min(1000) / 1000;
+                while !text.is_char_boundary(i) {
+                    i -= 1;
+                }
+                i
+            };
+            let base = at(start);
+            let end = at(start + length).max(base) - base;
+            let (from, run) = run_of(&parts, base, end, Pieces::default());
+            let segment = &text[base..base + end];
+            prop_assert_eq!(
+                chunker.chunk_after(segment, structure, 16, from, run).0,
+                chunker.chunk(segment, structure)
+            );
+        }
+    }
 }
