@@ -122,7 +122,51 @@ const LOOKAHEAD: [bool; 3] = [false, true, false];
 
 thread_local! {
     /// This thread's regex scratch space, per encoding.
-    static SCRATCH: RefCell<[Option<Cache>; 2]> = const { RefCell::new([None, None]) };
+    static SCRATCH: RefCell<[Option<Scratch>; 2]> = const { RefCell::new([None, None]) };
+}
+
+/// A thread's scratch space for one encoding: the regex's, and the token counts of short
+/// pieces seen lately (most pieces of prose recur: words, spaces, punctuation).
+struct Scratch {
+    cache: Cache,
+    memo: Memo,
+}
+
+/// Pieces of at most this many bytes are remembered.
+const MEMO_BYTES: usize = 15;
+
+/// Slots of a memo; a piece takes the slot its bytes hash to, replacing what was there.
+const MEMO_SLOTS: usize = 1 << 12;
+
+/// Token counts of short pieces, each slot holding a piece's bytes (zero-padded, its length in
+/// the last byte: a slot never answers for another piece) and its count.
+struct Memo {
+    keys: Box<[u128]>,
+    tokens: Box<[u8]>,
+}
+
+impl Memo {
+    fn new() -> Self {
+        Memo {
+            keys: vec![0; MEMO_SLOTS].into_boxed_slice(),
+            tokens: vec![0; MEMO_SLOTS].into_boxed_slice(),
+        }
+    }
+
+    /// The key of a piece of 2 to [`MEMO_BYTES`] bytes, and its slot.
+    fn slot(bytes: &[u8]) -> (u128, usize) {
+        let mut key = [0u8; 16];
+        key[..bytes.len()].copy_from_slice(bytes);
+        key[15] = u8::try_from(bytes.len()).unwrap_or(u8::MAX);
+        let key = u128::from_le_bytes(key);
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "the halves of the key, hashed"
+        )]
+        let hash = ((key as u64) ^ ((key >> 64) as u64).rotate_left(29))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (key, usize::try_from(hash >> 52).unwrap_or(0) % MEMO_SLOTS)
+    }
 }
 
 impl fmt::Debug for Tokenizer {
@@ -172,16 +216,22 @@ impl Tokenizer {
 
     /// Runs `f` over the pieces of `text` (in order, covering it) with their offsets, until it
     /// returns `false`.
-    fn for_each_piece(&self, text: &str, mut f: impl FnMut(usize, &str) -> bool) {
+    /// Runs `f` over the pieces of `text` (in order, covering it) with their offsets and token
+    /// counts, until it returns `false`.
+    fn for_each_piece(&self, text: &str, mut f: impl FnMut(usize, &str, usize) -> bool) {
         SCRATCH.with(|scratch| {
             let mut spare = None;
             let mut borrowed = scratch.try_borrow_mut();
-            let cache = match &mut borrowed {
-                Ok(caches) => {
-                    caches[self.encoding as usize].get_or_insert_with(|| self.pieces.create_cache())
-                }
+            let Scratch { cache, memo } = match &mut borrowed {
+                Ok(scratches) => scratches[self.encoding as usize].get_or_insert_with(|| Scratch {
+                    cache: self.pieces.create_cache(),
+                    memo: Memo::new(),
+                }),
                 // Only if `f` itself tokenized on this thread: a scratch space of its own.
-                Err(_) => spare.insert(self.pieces.create_cache()),
+                Err(_) => spare.insert(Scratch {
+                    cache: self.pieces.create_cache(),
+                    memo: Memo::new(),
+                }),
             };
             let mut at = 0;
             while at < text.len() {
@@ -199,7 +249,8 @@ impl Tokenizer {
                 };
                 // Never an empty piece: a look-ahead match always keeps a character.
                 let end = if end > at { end } else { text.len() };
-                if !f(at, &text[at..end]) {
+                let piece = &text[at..end];
+                if !f(at, piece, self.piece_tokens(piece, memo)) {
                     return;
                 }
                 at = end;
@@ -207,12 +258,29 @@ impl Tokenizer {
         });
     }
 
-    /// Tokens of one pre-tokenized piece.
-    fn piece_tokens(&self, piece: &str) -> usize {
+    /// Tokens of one pre-tokenized piece: from the memo when it was seen lately.
+    fn piece_tokens(&self, piece: &str, memo: &mut Memo) -> usize {
         let bytes = piece.as_bytes();
         if bytes.len() <= 1 {
-            bytes.len()
-        } else if self.vocabulary.contains(bytes) {
+            return bytes.len();
+        }
+        if bytes.len() > MEMO_BYTES {
+            return self.count_piece(bytes);
+        }
+        let (key, slot) = Memo::slot(bytes);
+        if memo.keys[slot] == key {
+            return usize::from(memo.tokens[slot]);
+        }
+        let tokens = self.count_piece(bytes);
+        // At most one token per byte, so at most MEMO_BYTES.
+        memo.keys[slot] = key;
+        memo.tokens[slot] = u8::try_from(tokens).unwrap_or(u8::MAX);
+        tokens
+    }
+
+    /// Tokens of a piece of two bytes or more, computed.
+    fn count_piece(&self, bytes: &[u8]) -> usize {
+        if self.vocabulary.contains(bytes) {
             1
         } else {
             self.bpe.count(bytes)
@@ -223,8 +291,8 @@ impl Tokenizer {
     #[must_use]
     pub fn count(&self, text: &str) -> usize {
         let mut total = 0;
-        self.for_each_piece(text, |_, piece| {
-            total += self.piece_tokens(piece);
+        self.for_each_piece(text, |_, _, tokens| {
+            total += tokens;
             true
         });
         total
@@ -289,8 +357,8 @@ impl Tokenizer {
     ) -> Option<usize> {
         let mut total = pieces.cumulative.last().copied().unwrap_or(0);
         let mut stopped = None;
-        self.for_each_piece(text, |start, piece| {
-            total = total.saturating_add(to_u32(self.piece_tokens(piece)));
+        self.for_each_piece(text, |start, piece, tokens| {
+            total = total.saturating_add(to_u32(tokens));
             let end = offset + start + piece.len();
             pieces.ends.push(to_u32(end));
             pieces.cumulative.push(total);
@@ -565,15 +633,16 @@ impl<'a> DocumentIndex<'a> {
             (synced_at, head_tokens) = (cached_sync, cached_tokens);
         } else if !self.is_boundary(start) {
             synced_at = end;
-            self.tokenizer.for_each_piece(slice, |offset, piece| {
-                head_tokens += self.tokenizer.piece_tokens(piece);
-                let piece_end = start + offset + piece.len();
-                if self.is_boundary(piece_end) {
-                    synced_at = piece_end;
-                    return false;
-                }
-                true
-            });
+            self.tokenizer
+                .for_each_piece(slice, |offset, piece, tokens| {
+                    head_tokens += tokens;
+                    let piece_end = start + offset + piece.len();
+                    if self.is_boundary(piece_end) {
+                        synced_at = piece_end;
+                        return false;
+                    }
+                    true
+                });
             if synced_at < end {
                 self.last_head.set((start, synced_at, head_tokens));
             }
@@ -635,7 +704,9 @@ mod tests {
 
     #[test]
     fn counts_match_tiktoken_rs() {
-        for encoding in Encoding::ALL {
+        // Twice over, the second time with the pieces in this thread's memo, the two
+        // encodings' memos both filled.
+        for encoding in Encoding::ALL.into_iter().chain(Encoding::ALL) {
             let ours = Tokenizer::shared(encoding).unwrap();
             let reference = encoding.core_bpe().unwrap();
             for text in SAMPLES {

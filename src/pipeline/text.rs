@@ -206,10 +206,18 @@ impl Processing {
                 text.drain(..done);
                 Ok((text, at, done, spent.unwrap_or_default()))
             });
-            // Meanwhile: the text after the segment, read ahead and tokenized in parts. A read
-            // error is reported after this segment's records, as it would have been.
+            // Meanwhile: the text after the segment, read ahead and tokenized in parts, when a
+            // CPU slot is free for them (other files' cuts come first: reading ahead for a file
+            // that would wait for a slot only takes memory). A read error is reported after this
+            // segment's records, as it would have been.
+            let spare = self.request.cpu.available_permits() > 0 || !ahead.parts.is_empty();
             let mut unread = None;
-            while read_ahead && !finished && !ahead.ended && ahead.bytes + past_end < AHEAD_BYTES {
+            while read_ahead
+                && spare
+                && !finished
+                && !ahead.ended
+                && ahead.bytes + past_end < AHEAD_BYTES
+            {
                 if let Err(err) = self.read_part(&mut ahead, &mut body, &mut decoder).await {
                     unread = Some(err);
                     break;
