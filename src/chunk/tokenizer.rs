@@ -214,8 +214,6 @@ impl Tokenizer {
         self.encoding
     }
 
-    /// Runs `f` over the pieces of `text` (in order, covering it) with their offsets, until it
-    /// returns `false`.
     /// Runs `f` over the pieces of `text` (in order, covering it) with their offsets and token
     /// counts, until it returns `false`.
     fn for_each_piece(&self, text: &str, mut f: impl FnMut(usize, &str, usize) -> bool) {

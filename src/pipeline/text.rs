@@ -370,9 +370,9 @@ const PART_BYTES: usize = 1024 * 1024;
 /// size ends there all the same, untokenized: the cut of its segment tokenizes it.
 const MAX_PART_BYTES: usize = 4 * PART_BYTES;
 
-/// Text read ahead past the end of the segment being cut, at most (about two segments: the
-/// next one is tokenized by the time its cut can start, and the one after keeps the cores
-/// busy meanwhile).
+/// Text read ahead past the end of the segment being cut, at most: a segment and a half, so
+/// that the next segment is tokenized by the time its cut can start and part of the one after
+/// keeps the other cores busy meanwhile.
 const AHEAD_BYTES: usize = SEGMENT_BYTES + SEGMENT_BYTES / 2;
 
 /// The text of a streamed object read past the segment being cut.
