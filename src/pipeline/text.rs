@@ -325,16 +325,23 @@ impl Processing {
         ahead.bytes += len;
         let (chunker, cpu) = (self.request.chunker.clone(), Arc::clone(&self.request.cpu));
         let spent = ahead.spare.pieces.pop().unwrap_or_default();
-        let job = tokio::task::spawn_blocking(move || {
-            let mut part = part;
-            let pieces = until.and_then(|until| {
-                let slot = futures::executor::block_on(cpu.acquire_owned());
-                let pieces = chunker.tokenize_part(&part.text, until, spent);
+        let crashed = self.crashed();
+        // The slot is waited for here, not on a blocking thread: parts waiting for a slot do
+        // not each hold a thread (and its allocator arena).
+        let job = tokio::spawn(async move {
+            let slot = match until {
+                Some(_) => cpu.acquire_owned().await.ok(),
+                None => None,
+            };
+            let work = tokio::task::spawn_blocking(move || {
+                let mut part = part;
+                let pieces =
+                    until.and_then(|until| chunker.tokenize_part(&part.text, until, spent));
                 drop(slot);
-                pieces
+                part.text.truncate(len);
+                (part, pieces)
             });
-            part.text.truncate(len);
-            Ok((part, pieces))
+            work.await.map_err(|_| crashed)
         });
         ahead.parts.push_back(Part { job, joins });
         Ok(())
