@@ -131,19 +131,13 @@ impl Chunker {
         self.chunk_indexed(&self.tokenizer.index(text), structure, capacity)
     }
 
-    /// Tokenizes text read ahead, on any thread, so that chunking it later (as the end of a
-    /// longer text, see [`Chunker::chunk_after`]) need not. The pieces are kept in the vectors
-    /// of `spent` (pieces no longer needed, or [`Pieces::default`]).
-    #[must_use]
-    pub fn tokenize_ahead(&self, text: &str, spent: Pieces) -> Pieces {
-        self.tokenizer.pieces_in(text, spent)
-    }
-
-    /// Tokenizes one part of a text read ahead, on any thread: the pieces of its first `until`
-    /// bytes, where `until` is a [`safe_line_start`] of `text`. Parts tokenized so, each from
+    /// Tokenizes one part of a text read ahead, on any thread, so that chunking it later (as
+    /// the end of a longer text, see [`Chunker::chunk_after`]) need not: the pieces of its
+    /// first `until` bytes, where `until` is a [`safe_line_start`] of `text` or its end. Parts tokenized so, each from
     /// where the last one's pieces stop, join into the pieces of the whole (see
     /// [`Pieces::append_range`]). `None` when `until` did not end a piece (it always does).
-    /// The pieces are kept in the vectors of `spent`.
+    /// The pieces are kept in the vectors of `spent` (pieces no longer needed, or
+    /// [`Pieces::default`]).
     #[must_use]
     pub fn tokenize_part(&self, text: &str, until: usize, spent: Pieces) -> Option<Pieces> {
         self.tokenizer.pieces_until(text, until, spent)
@@ -151,7 +145,7 @@ impl Chunker {
 
     /// [`Chunker::chunk_within`] for a text whose part from byte `from` on was tokenized ahead
     /// as `ahead`. The chunks are the same; only the tokenizing is saved. Also returns the
-    /// text's pieces, spent, for the next [`Chunker::tokenize_ahead`].
+    /// text's pieces, spent, for the next [`Chunker::tokenize_part`].
     #[must_use]
     pub fn chunk_after(
         &self,

@@ -146,8 +146,8 @@ proptest! {
         let from = at(cut).min(end);
         let ahead_end = at(cut + over).max(from).max(if stop < 100 { end } else { from });
         // Vectors spent on another text first, as a stream of segments hands them on.
-        let spent = chunker.tokenize_ahead(&text[..from], Pieces::default());
-        let ahead = chunker.tokenize_ahead(&text[from..ahead_end], spent);
+        let spent = chunker.tokenize_part(&text[..from], from, Pieces::default()).unwrap();
+        let ahead = chunker.tokenize_part(&text[from..ahead_end], ahead_end - from, spent).unwrap();
         let segment = &text[..end];
         prop_assert_eq!(
             chunker.chunk_after(segment, structure, size, from, ahead).0,

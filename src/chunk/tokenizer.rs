@@ -326,8 +326,9 @@ impl Tokenizer {
     /// The pieces of the first `until` bytes of `text`, where `until` is a safe line start of
     /// `text` (see [`safe_line_start`]): the same as those of any longer text that begins with
     /// the same `until` bytes, so that a stream can be tokenized in parts, each starting where
-    /// the last one's pieces stopped. `None` when `until` turned out not to end a piece (it
-    /// always does; checked, not assumed). Built in the vectors of `spent`.
+    /// the last one's pieces stopped; with `until` at the end of `text`, its own pieces.
+    /// `None` when `until` turned out not to end a piece (it always does; checked, not
+    /// assumed). Built in the vectors of `spent`.
     #[must_use]
     pub fn pieces_until(&self, text: &str, until: usize, spent: Pieces) -> Option<Pieces> {
         let mut pieces = spent;
@@ -589,11 +590,7 @@ impl<'a> DocumentIndex<'a> {
 
     /// Tokens before byte offset `at`, where `at` is a piece boundary.
     fn tokens_before(&self, at: usize) -> usize {
-        if at == 0 {
-            return 0;
-        }
-        let i = self.pieces.ends.partition_point(|&end| (end as usize) < at);
-        self.pieces.cumulative[i] as usize
+        self.pieces.tokens_to(at) as usize
     }
 
     fn is_boundary(&self, at: usize) -> bool {

@@ -703,7 +703,7 @@ mod tests {
                 let pieces = part.pieces.as_deref().unwrap();
                 joined.append_range(pieces, 0, pieces.text_len());
             }
-            prop_assert_eq!(joined, chunker.tokenize_ahead(&text, Pieces::default()));
+            prop_assert_eq!(Some(joined), chunker.tokenize_part(&text, text.len(), Pieces::default()));
         }
 
         /// A segment anywhere in the text cut with the pieces `run_of` reads off the parts
