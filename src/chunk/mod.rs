@@ -7,6 +7,7 @@
 //! re-tokenizing candidate chunks. Long documents are fed to text-splitter in windows, because its
 //! per-chunk bookkeeping grows with the length of the remaining text.
 
+mod ascii;
 mod tokenizer;
 
 use std::ops::Range;
@@ -302,30 +303,39 @@ const BLANK_RUN_BYTES: usize = 256;
 
 /// The stretches of `text` between blank runs of [`BLANK_RUN_BYTES`] or more (ASCII
 /// whitespace), in order; blank runs themselves are left out.
+///
+/// A run that long takes one of every [`BLANK_RUN_BYTES`] bytes, so only those are looked at,
+/// and the run around one that is blank measured.
 fn blocks(text: &str) -> Vec<Range<usize>> {
     let bytes = text.as_bytes();
     let mut blocks = Vec::new();
-    let (mut block_start, mut run_start) = (0, None);
-    for (i, &b) in bytes.iter().enumerate() {
-        if b.is_ascii_whitespace() {
-            run_start.get_or_insert(i);
+    let mut block_start = 0;
+    // Every long run that starts after `probe - BLANK_RUN_BYTES` takes `probe` or a later
+    // probe; the ones before were found.
+    let mut probe = BLANK_RUN_BYTES - 1;
+    while probe < bytes.len() {
+        if !bytes[probe].is_ascii_whitespace() {
+            probe += BLANK_RUN_BYTES;
             continue;
         }
-        if let Some(run) = run_start.take()
-            && i - run >= BLANK_RUN_BYTES
-        {
-            if run > block_start {
-                blocks.push(block_start..run);
+        let run_start = bytes[..probe]
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace())
+            .map_or(0, |i| i + 1);
+        let run_end = bytes[probe..]
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .map_or(bytes.len(), |i| probe + i);
+        if run_end - run_start >= BLANK_RUN_BYTES {
+            if run_start > block_start {
+                blocks.push(block_start..run_start);
             }
-            block_start = i;
+            block_start = run_end;
         }
+        probe = run_end + BLANK_RUN_BYTES;
     }
-    let end = match run_start {
-        Some(run) if bytes.len() - run >= BLANK_RUN_BYTES => run,
-        _ => bytes.len(),
-    };
-    if end > block_start {
-        blocks.push(block_start..end);
+    if bytes.len() > block_start {
+        blocks.push(block_start..bytes.len());
     }
     blocks
 }

@@ -259,6 +259,48 @@ fn long_blank_runs_are_boundaries_and_cost_little() {
     assert_eq!(short[0], 0..5);
 }
 
+/// [`super::blocks`] as it was first written, looking at every byte: the reference.
+fn blocks_byte_by_byte(text: &str) -> Vec<Range<usize>> {
+    let bytes = text.as_bytes();
+    let mut blocks = Vec::new();
+    let (mut block_start, mut run_start) = (0, None);
+    for (i, &b) in bytes.iter().enumerate() {
+        if b.is_ascii_whitespace() {
+            run_start.get_or_insert(i);
+            continue;
+        }
+        if let Some(run) = run_start.take()
+            && i - run >= super::BLANK_RUN_BYTES
+        {
+            if run > block_start {
+                blocks.push(block_start..run);
+            }
+            block_start = i;
+        }
+    }
+    let end = match run_start {
+        Some(run) if bytes.len() - run >= super::BLANK_RUN_BYTES => run,
+        _ => bytes.len(),
+    };
+    if end > block_start {
+        blocks.push(block_start..end);
+    }
+    blocks
+}
+
+proptest! {
+    /// Blank runs of every length around the threshold, at the start, the end and next to
+    /// each other, with blanks that are not ASCII whitespace (vertical tab, no-break space).
+    #[test]
+    fn blocks_are_found_as_by_looking_at_every_byte(parts in prop::collection::vec((0usize..600, "[ \t\n\r\x0c]", "[a\x0b\u{a0}]{0,3}"), 0..12)) {
+        let text: String = parts
+            .iter()
+            .map(|(run, blank, word)| blank.repeat(*run) + word)
+            .collect();
+        prop_assert_eq!(super::blocks(&text), blocks_byte_by_byte(&text));
+    }
+}
+
 #[test]
 fn a_chunk_never_grows_past_its_size_when_its_leading_space_is_dropped() {
     // Found by the markdown proptest: this text is 173 tokens after a space and 174 without

@@ -25,6 +25,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tiktoken_rs::CoreBPE;
 
+use super::ascii;
+
 /// A tiktoken encoding that chunk sizes are measured in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -154,11 +156,39 @@ impl Memo {
     }
 
     /// The key of a piece of 2 to [`MEMO_BYTES`] bytes, and its slot.
+    ///
+    /// The bytes are read as two words that overlap (of 8, 4 or 2 bytes, as the length
+    /// allows), the second shifted to drop what the first holds: copying them into a padded
+    /// buffer instead stalled every look-up on loading the buffer back (half the time of a
+    /// memo hit).
     fn slot(bytes: &[u8]) -> (u128, usize) {
-        let mut key = [0u8; 16];
-        key[..bytes.len()].copy_from_slice(bytes);
-        key[15] = u8::try_from(bytes.len()).unwrap_or(u8::MAX);
-        let key = u128::from_le_bytes(key);
+        let len = bytes.len();
+        // Each pair: the first word, and the bytes after it, zero-extended. A shift by
+        // `8 * (WORD - (len - WORD))` is done in two steps so that it may be the whole word.
+        let padded = match len {
+            8.. => {
+                let (first, last) = (
+                    u64::from_le_bytes(head(bytes)),
+                    u64::from_le_bytes(tail(bytes)),
+                );
+                u128::from(first) | u128::from((last >> 1) >> (8 * (16 - len) - 1)) << 64
+            }
+            4.. => {
+                let (first, last) = (
+                    u32::from_le_bytes(head(bytes)),
+                    u32::from_le_bytes(tail(bytes)),
+                );
+                u128::from(first) | u128::from((last >> 1) >> (8 * (8 - len) - 1)) << 32
+            }
+            _ => {
+                let (first, last) = (
+                    u16::from_le_bytes(head(bytes)),
+                    u16::from_le_bytes(tail(bytes)),
+                );
+                u128::from(first) | u128::from((last >> 1) >> (8 * (4 - len) - 1)) << 16
+            }
+        };
+        let key = padded | u128::try_from(len).unwrap_or(0) << 120;
         #[expect(
             clippy::cast_possible_truncation,
             reason = "the halves of the key, hashed"
@@ -167,6 +197,16 @@ impl Memo {
             .wrapping_mul(0x9e37_79b9_7f4a_7c15);
         (key, usize::try_from(hash >> 52).unwrap_or(0) % MEMO_SLOTS)
     }
+}
+
+/// The first `N` bytes of `bytes` (which has at least `N`).
+fn head<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    bytes.first_chunk::<N>().copied().unwrap_or([0; N])
+}
+
+/// The last `N` bytes of `bytes` (which has at least `N`).
+fn tail<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    bytes.last_chunk::<N>().copied().unwrap_or([0; N])
 }
 
 impl fmt::Debug for Tokenizer {
@@ -233,20 +273,10 @@ impl Tokenizer {
             };
             let mut at = 0;
             while at < text.len() {
-                let input = Input::new(&text[at..]).anchored(Anchored::Yes);
-                let end = match self.pieces.search_with(cache, &input) {
-                    Some(found) if LOOKAHEAD[found.pattern().as_usize()] => {
-                        let matched = &text[at..at + found.end()];
-                        let last = matched.chars().next_back().map_or(0, char::len_utf8);
-                        at + found.end() - last
-                    }
-                    Some(found) => at + found.end(),
-                    // The patterns match at every position; if one ever did not, the rest is
-                    // one piece (byte-pair encoding still counts it) rather than lost.
-                    None => text.len(),
+                let end = match ascii::piece_end(self.encoding, &text.as_bytes()[at..]) {
+                    Some(length) => at + length,
+                    None => self.regex_piece_end(cache, text, at),
                 };
-                // Never an empty piece: a look-ahead match always keeps a character.
-                let end = if end > at { end } else { text.len() };
                 let piece = &text[at..end];
                 if !f(at, piece, self.piece_tokens(piece, memo)) {
                     return;
@@ -254,6 +284,24 @@ impl Tokenizer {
                 at = end;
             }
         });
+    }
+
+    /// Where the piece of `text` that starts at `at` ends, as the pre-tokenizer regex finds it.
+    fn regex_piece_end(&self, cache: &mut Cache, text: &str, at: usize) -> usize {
+        let input = Input::new(&text[at..]).anchored(Anchored::Yes);
+        let end = match self.pieces.search_with(cache, &input) {
+            Some(found) if LOOKAHEAD[found.pattern().as_usize()] => {
+                let matched = &text[at..at + found.end()];
+                let last = matched.chars().next_back().map_or(0, char::len_utf8);
+                at + found.end() - last
+            }
+            Some(found) => at + found.end(),
+            // The patterns match at every position; if one ever did not, the rest is one
+            // piece (byte-pair encoding still counts it) rather than lost.
+            None => text.len(),
+        };
+        // Never an empty piece: a look-ahead match always keeps a character.
+        if end > at { end } else { text.len() }
     }
 
     /// Tokens of one pre-tokenized piece: from the memo when it was seen lately.
@@ -562,18 +610,54 @@ pub struct DocumentIndex<'a> {
     tokenizer: &'a Tokenizer,
     text: &'a str,
     pieces: Pieces,
+    /// `coarse[k]` is the number of pieces that end before byte `k * COARSE_BYTES`: a look-up
+    /// narrows to the few pieces of one stretch, where a binary search over all of them would
+    /// miss the cache at most of its steps (text-splitter's probes make millions of them).
+    coarse: Vec<u32>,
     /// The last head re-count: (slice start, where it synced, tokens before that).
     last_head: Cell<(usize, usize, usize)>,
 }
 
+/// Bytes of text per entry of [`DocumentIndex::coarse`]: about 30 pieces of prose, two cache
+/// lines of piece ends, for a table of a 32nd of the text's size.
+const COARSE_BYTES: usize = 128;
+
 impl<'a> DocumentIndex<'a> {
     fn new(tokenizer: &'a Tokenizer, text: &'a str, pieces: Pieces) -> Self {
+        let stretches = pieces.len / COARSE_BYTES + 2;
+        let mut coarse = Vec::with_capacity(stretches);
+        let mut ended = 0;
+        for k in 0..stretches {
+            let bound = k * COARSE_BYTES;
+            while pieces
+                .ends
+                .get(ended)
+                .is_some_and(|&end| (end as usize) < bound)
+            {
+                ended += 1;
+            }
+            coarse.push(to_u32(ended));
+        }
         DocumentIndex {
             tokenizer,
             text,
             pieces,
+            coarse,
             last_head: Cell::new((usize::MAX, 0, 0)),
         }
+    }
+
+    /// How many pieces end at or before byte `at`.
+    fn ended_by(&self, at: usize) -> usize {
+        let ends = &self.pieces.ends;
+        if at >= self.pieces.len {
+            return ends.len();
+        }
+        // Pieces that end before the stretch of `at` end before it; those that end at or
+        // after the next stretch end after it.
+        let k = at / COARSE_BYTES;
+        let (from, to) = (self.coarse[k] as usize, self.coarse[k + 1] as usize);
+        from + ends[from..to].partition_point(|&end| (end as usize) <= at)
     }
 
     /// The index's vectors, for [`Tokenizer::pieces_in`] to use again.
@@ -590,16 +674,20 @@ impl<'a> DocumentIndex<'a> {
 
     /// Tokens before byte offset `at`, where `at` is a piece boundary.
     fn tokens_before(&self, at: usize) -> usize {
-        self.pieces.tokens_to(at) as usize
+        self.ended_by(at)
+            .checked_sub(1)
+            .map_or(0, |i| self.pieces.cumulative[i] as usize)
     }
 
     fn is_boundary(&self, at: usize) -> bool {
-        at == 0 || self.pieces.ends.binary_search(&to_u32(at)).is_ok()
+        at == 0 || self.boundary_at_or_before(at) == at
     }
 
     /// The last piece boundary at or before `at`.
     fn boundary_at_or_before(&self, at: usize) -> usize {
-        self.pieces.boundary_at_or_before(at)
+        self.ended_by(at)
+            .checked_sub(1)
+            .map_or(0, |i| self.pieces.ends[i] as usize)
     }
 
     /// Exact token count of `text[start..end]` tokenized on its own.
@@ -783,6 +871,119 @@ mod tests {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// A memo key holds a piece's bytes zero-padded, its length in the last byte: the key of
+    /// no other piece.
+    #[test]
+    fn memo_keys_are_the_padded_bytes_and_length() {
+        let mut state = 7u64;
+        for len in 2..=MEMO_BYTES {
+            for _ in 0..64 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        state = state
+                            .wrapping_mul(6_364_136_223_846_793_005)
+                            .wrapping_add(1);
+                        (state >> 56) as u8
+                    })
+                    .collect();
+                let mut padded = [0u8; 16];
+                padded[..len].copy_from_slice(&bytes);
+                padded[15] = len as u8;
+                assert_eq!(
+                    Memo::slot(&bytes).0,
+                    u128::from_le_bytes(padded),
+                    "{bytes:?}"
+                );
+            }
+        }
+    }
+
+    /// Text made mostly of what the ASCII pieces decide (contractions in both cases, blank
+    /// and line-break runs, punctuation with `/`, digit runs, camel case) and the characters
+    /// outside ASCII that would change their answer if they took them.
+    fn ascii_heavy() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let fragments = vec![
+            "a",
+            "Ab",
+            "HTTPServer",
+            "xYZ",
+            "don't",
+            "I'LL",
+            "'s",
+            "'S",
+            "'re",
+            "'Ve",
+            "'m",
+            "'ll",
+            "'d",
+            "'x",
+            "'",
+            "''",
+            "12",
+            "3456",
+            "7",
+            " ",
+            "  ",
+            "\t",
+            "\n",
+            "\r\n",
+            " \n ",
+            "\n\n",
+            "\x0b",
+            "\x0c",
+            ".",
+            ", ",
+            "(",
+            "...",
+            "/",
+            "//",
+            "-\n/",
+            "_",
+            "\0",
+            "é",
+            "É",
+            "ſ",
+            "日",
+            "\u{a0}",
+            "\u{85}",
+            "\u{3000}",
+            "’",
+            "\u{301}",
+            "٣",
+            "ǅ",
+            "²",
+            "👍",
+        ];
+        prop::collection::vec(prop::sample::select(fragments), 0..40)
+            .prop_map(|parts| parts.concat())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        /// Wherever the ASCII pieces answer, at every character of the text, they end where
+        /// the regex's do.
+        #[test]
+        fn ascii_pieces_end_where_the_regex_pieces_do(text in ascii_heavy(), o200k in proptest::prelude::any::<bool>()) {
+            let encoding = if o200k { Encoding::O200kBase } else { Encoding::Cl100kBase };
+            let tokenizer = Tokenizer::shared(encoding).unwrap();
+            let mut cache = tokenizer.pieces.create_cache();
+            for at in (0..text.len()).filter(|&at| text.is_char_boundary(at)) {
+                if let Some(length) = ascii::piece_end(encoding, &text.as_bytes()[at..]) {
+                    proptest::prop_assert_eq!(
+                        at + length,
+                        tokenizer.regex_piece_end(&mut cache, &text, at),
+                        "{:?} at {}", text, at
+                    );
+                } else {
+                    // Only a character outside ASCII sends a piece to the regex.
+                    proptest::prop_assert!(!text.is_ascii(), "{:?} at {}", text, at);
                 }
             }
         }
