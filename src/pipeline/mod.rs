@@ -31,7 +31,7 @@ use crate::source::{ObjectMeta, Source, SourceKind};
 use crate::telemetry::{self, Stage};
 use crate::transcribe::{Ask, Transcriber};
 
-use records::{Cursor, Segment, Timed, chunk_id, cut, cut_whole, records_of, send_blocking};
+use records::{Cursor, Segment, Timed, chunk_id, cut_whole, records_of, send, send_blocking};
 
 /// Everything that is the same for every file of one request.
 #[derive(Debug, Clone)]

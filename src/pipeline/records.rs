@@ -78,26 +78,6 @@ impl<'a> Segment<'a> {
     }
 }
 
-/// Cuts a segment (which starts at `at.offset` in the file's text) under a CPU `slot`, frees
-/// the slot, then sends one record per chunk (from a blocking thread). Unless the segment is
-/// the last, its final two chunks are held back: where they end depends on text not read yet.
-/// Returns how many bytes of the segment are done with.
-pub(super) fn cut(
-    segment: &Segment<'_>,
-    file: &FileInfo,
-    request: &Request,
-    at: &mut Cursor,
-    slot: Option<OwnedSemaphorePermit>,
-    out: &Emitter,
-) -> Result<usize, FileError> {
-    let (records, done) = records_of(segment, file, request, at);
-    // The CPU work is done: free the slot before waiting for the writer, which may be busy
-    // with another file that needs a slot to finish.
-    drop(slot);
-    send_blocking(records, out)?;
-    Ok(done)
-}
-
 /// Sends `records` in order, from a blocking thread.
 ///
 /// # Errors
@@ -108,6 +88,20 @@ pub(super) fn send_blocking(records: Vec<ChunkRecord>, out: &Emitter) -> Result<
             .map_err(|_| closed())?;
     }
     Ok(())
+}
+
+/// Sends `records` in order, from the file's task: how many.
+///
+/// # Errors
+/// When the output was closed.
+pub(super) async fn send(records: Vec<ChunkRecord>, out: &Emitter) -> Result<usize, FileError> {
+    let sent = records.len();
+    for record in records {
+        out.send(Emitted::Record(Box::new(record)))
+            .await
+            .map_err(|_| closed())?;
+    }
+    Ok(sent)
 }
 
 /// The records of a segment (which starts at `at.offset` in the file's text), `at` moved past
@@ -208,7 +202,11 @@ pub(super) fn cut_whole(
     out: &Emitter,
 ) -> Result<super::Outcome, FileError> {
     let mut at = Cursor::default();
-    cut(segment, file, request, &mut at, slot, out)?;
+    let (records, _) = records_of(segment, file, request, &mut at);
+    // The CPU work is done: free the slot before waiting for the writer, which may be busy
+    // with another file that needs a slot to finish.
+    drop(slot);
+    send_blocking(records, out)?;
     Ok(at.ready())
 }
 

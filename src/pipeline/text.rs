@@ -8,9 +8,8 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::{
-    Cursor, Detected, Emitted, Emitter, FileError, MAX_SEGMENT_BYTES, Outcome, Processing, Read,
-    Request, SEGMENT_BYTES, Segment, closed, content_etag, cut, file_info, records_of,
-    send_blocking,
+    Cursor, Detected, Emitter, FileError, MAX_SEGMENT_BYTES, Outcome, Processing, Read, Request,
+    SEGMENT_BYTES, Segment, content_etag, file_info, records_of, send, send_blocking,
 };
 use crate::chunk::Pieces;
 use crate::detect::{Family, TextHint};
@@ -134,10 +133,8 @@ impl Processing {
             Ok(Err(ended)) => return ended,
             Err(_) => return Outcome::Failed(self.crashed()),
         };
-        for record in records {
-            if out.send(Emitted::Record(Box::new(record))).await.is_err() {
-                return Outcome::Failed(closed());
-            }
+        if let Err(err) = send(records, out).await {
+            return Outcome::Failed(err);
         }
         self.emitted = at.index;
         at.ready()
@@ -150,7 +147,9 @@ impl Processing {
     /// depend on timing. While a segment is cut, the text after it is read ahead in parts, each
     /// tokenized under a CPU slot of its own, so that every core has work: the cuts that follow
     /// read their pieces instead of tokenizing (see [`crate::chunk::Chunker::chunk_after`]).
-    /// The chunks are the same; they are only ready sooner.
+    /// The chunks are the same; they are only ready sooner. A segment's records are sent
+    /// while the next one is cut, so that the cut, which the stream waits for, does not also
+    /// wait for the writer.
     async fn stream(
         &mut self,
         head: Vec<u8>,
@@ -175,21 +174,28 @@ impl Processing {
         let read_ahead = crate::config::cpu_slots() > 1;
         // The vectors of the last segment's index, lent to the next one's.
         let mut spent = Pieces::default();
+        // The records of the last segment cut, not sent yet. They leave before anything that
+        // ends the stream, an error included.
+        let mut unsent = Vec::new();
         loop {
             let cut_at = loop {
                 if let Some(cut_at) = read.segment_end(want, floor) {
                     break cut_at;
                 }
-                self.take_ahead(&mut ahead, &mut read, at.offset, &mut body, &mut decoder)
-                    .await?;
+                let taken = self
+                    .take_ahead(&mut ahead, &mut read, at.offset, &mut body, &mut decoder)
+                    .await;
+                if let Err(err) = taken {
+                    self.emitted += send(std::mem::take(&mut unsent), out).await?;
+                    return Err(err);
+                }
             };
             let SegmentEnd {
                 end,
                 last,
                 finished,
             } = cut_at;
-            let (request, file, sender) =
-                (Arc::clone(&self.request), Arc::clone(&file), out.clone());
+            let (request, file) = (Arc::clone(&self.request), Arc::clone(&file));
             let slot = self.cpu_slot().await;
             let mut text = std::mem::take(&mut read.text);
             let (base, past_end) = (at.offset, text.len() - end);
@@ -201,31 +207,32 @@ impl Processing {
                     ahead: std::cell::Cell::new(Some(run_of(&tokenized, base, end, lent))),
                     ..Segment::whole(&text[..end], structure)
                 };
-                let done = cut(&segment, &file, &request, &mut at, slot, &sender)?;
+                let (records, done) = records_of(&segment, &file, &request, &mut at);
+                drop(slot);
                 let spent = segment.ahead.take().map(|(_, pieces)| pieces);
                 text.drain(..done);
-                Ok((text, at, done, spent.unwrap_or_default()))
+                Ok((text, at, done, spent.unwrap_or_default(), records))
             });
             // Meanwhile: the text after the segment, read ahead and tokenized in parts, when a
             // CPU slot is free for them (other files' cuts come first: reading ahead for a file
             // that would wait for a slot only takes memory). A read error is reported after this
             // segment's records, as it would have been.
             let spare = self.request.cpu.available_permits() > 0 || !ahead.parts.is_empty();
-            let mut unread = None;
-            while read_ahead
-                && spare
-                && !finished
-                && !ahead.ended
-                && ahead.bytes + past_end < AHEAD_BYTES
-            {
-                if let Err(err) = self.read_part(&mut ahead, &mut body, &mut decoder).await {
-                    unread = Some(err);
-                    break;
+            let reading = async {
+                while read_ahead
+                    && spare
+                    && !finished
+                    && !ahead.ended
+                    && ahead.bytes + past_end < AHEAD_BYTES
+                {
+                    self.read_part(&mut ahead, &mut body, &mut decoder).await?;
                 }
-            }
+                Ok(())
+            };
+            let (unread, delivered) = tokio::join!(reading, send(std::mem::take(&mut unsent), out));
+            self.emitted += delivered?;
             let done;
-            (read.text, at, done, spent) = self.blocking(work).await?;
-            self.emitted = at.index;
+            (read.text, at, done, spent, unsent) = self.blocking(work).await?;
             read.marks.retain_mut(|mark| match mark.checked_sub(done) {
                 Some(moved) => {
                     *mark = moved;
@@ -233,14 +240,13 @@ impl Processing {
                 }
                 None => false,
             });
-            if finished {
+            if finished || unread.is_err() {
+                self.emitted += send(std::mem::take(&mut unsent), out).await?;
+                unread?;
                 return Ok(Outcome::Ready {
                     chunks: at.index,
                     tokens: at.tokens,
                 });
-            }
-            if let Some(err) = unread {
-                return Err(err);
             }
             while let Some(part) = ahead.tokenized.front()
                 && part.start + part.len <= at.offset
