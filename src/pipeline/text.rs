@@ -160,35 +160,32 @@ impl Processing {
         out: &Emitter,
     ) -> Result<Outcome, FileError> {
         let file = Arc::new(file_info(&self.object, detected, self.kind));
-        // With one core there is none to tokenize on meanwhile: reading ahead would only take
-        // memory.
-        let read_ahead = crate::config::cpu_slots() > 1;
-        let (mut read, mut ahead) = Ahead::begin(&head, &mut decoder, read_ahead)?;
+        let mut read = Decoded::with_capacity(SEGMENT_BYTES + SEGMENT_BYTES / 4);
+        read.push(&mut decoder, &head)?;
         drop(head);
         let mut at = Cursor::default();
         // Text to gather before cutting; it grows when a cut could not tell where its chunks
         // end (a segment of one or two chunks), up to a cap where the cut is forced. A segment
         // never ends before the previous one did (`floor`).
         let (mut want, mut floor) = (SEGMENT_BYTES, 0);
+        let mut ahead = Ahead::default();
+        // With one core there is none to tokenize on meanwhile: reading ahead would only take
+        // memory.
+        let read_ahead = crate::config::cpu_slots() > 1;
         // The vectors of the last segment's index, lent to the next one's.
         let mut spent = Pieces::default();
         // The records of the last segment cut, not sent yet. They leave before anything that
         // ends the stream, an error included.
         let mut unsent = Vec::new();
         loop {
-            let gathered = self
-                .gather(
-                    &mut ahead,
-                    &mut read,
-                    (at.offset, want, floor),
-                    &mut body,
-                    &mut decoder,
-                    read_ahead,
-                )
-                .await;
-            let cut_at = match gathered {
-                Ok(cut_at) => cut_at,
-                Err(err) => {
+            let cut_at = loop {
+                if let Some(cut_at) = read.segment_end(want, floor) {
+                    break cut_at;
+                }
+                let taken = self
+                    .take_ahead(&mut ahead, &mut read, at.offset, &mut body, &mut decoder)
+                    .await;
+                if let Err(err) = taken {
                     self.emitted += send(std::mem::take(&mut unsent), out).await?;
                     return Err(err);
                 }
@@ -263,30 +260,6 @@ impl Processing {
             } else {
                 (SEGMENT_BYTES, end - done)
             };
-        }
-    }
-
-    /// Reads until `read` (which starts at `base` in the object's text) holds the next
-    /// segment of `want` bytes, not ending before `floor`: where it ends. With cores to spare
-    /// (`read_ahead`), what it still lacks is read in parts, tokenized on every free CPU slot
-    /// rather than by its cut.
-    async fn gather(
-        &mut self,
-        ahead: &mut Ahead,
-        read: &mut Decoded,
-        (base, want, floor): (usize, usize, usize),
-        body: &mut BoxStream<'static, Result<Bytes, FileError>>,
-        decoder: &mut StreamDecoder,
-        read_ahead: bool,
-    ) -> Result<SegmentEnd, FileError> {
-        loop {
-            if let Some(cut_at) = read.segment_end(want, floor) {
-                return Ok(cut_at);
-            }
-            while read_ahead && !ahead.ended && read.text.len() + ahead.bytes < want {
-                self.read_part(ahead, body, decoder).await?;
-            }
-            self.take_ahead(ahead, read, base, body, decoder).await?;
         }
     }
 
@@ -431,27 +404,6 @@ struct Ahead {
     /// Pieces of the parts whose text joined the text read, in order, until it is cut.
     tokenized: VecDeque<Tokenized>,
     spare: Spare,
-}
-
-impl Ahead {
-    /// The text read, and the text read ahead of it, with the object's first bytes in one of
-    /// them: with cores to spare, they are tokenized in parts as text read ahead, so that the
-    /// first cut, like the others, reads its pieces.
-    fn begin(
-        head: &[u8],
-        decoder: &mut StreamDecoder,
-        read_ahead: bool,
-    ) -> Result<(Decoded, Ahead), FileError> {
-        let mut read = Decoded::with_capacity(SEGMENT_BYTES + SEGMENT_BYTES / 4);
-        let mut ahead = Ahead::default();
-        let first = if read_ahead {
-            &mut ahead.carry
-        } else {
-            &mut read
-        };
-        first.push(decoder, head)?;
-        Ok((read, ahead))
-    }
 }
 
 /// Buffers of parts done with, used again by the next parts: a stream allocates its buffers
