@@ -134,11 +134,11 @@ impl Chunker {
 
     /// Tokenizes one part of a text read ahead, on any thread, so that chunking it later (as
     /// the end of a longer text, see [`Chunker::chunk_after`]) need not: the pieces of its
-    /// first `until` bytes, where `until` is a [`safe_line_start`] of `text` or its end. Parts tokenized so, each from
-    /// where the last one's pieces stop, join into the pieces of the whole (see
-    /// [`Pieces::append_range`]). `None` when `until` did not end a piece (it always does).
-    /// The pieces are kept in the vectors of `spent` (pieces no longer needed, or
-    /// [`Pieces::default`]).
+    /// first `until` bytes, where `until` is a [`safe_line_start`] of `text` or its end.
+    /// Parts tokenized so, each from where the last one's pieces stop, join into the pieces of
+    /// the whole (see [`Pieces::append_range`]). `None` when `until` did not end a piece (it
+    /// always does). The pieces are kept in the vectors of `spent` (pieces no longer needed,
+    /// or [`Pieces::default`]).
     #[must_use]
     pub fn tokenize_part(&self, text: &str, until: usize, spent: Pieces) -> Option<Pieces> {
         self.tokenizer.pieces_until(text, until, spent)
