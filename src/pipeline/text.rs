@@ -240,6 +240,8 @@ impl Processing {
                 }
                 None => false,
             });
+            // Whatever ends the stream (its end, or an error met reading ahead), the records of
+            // the segment just cut leave first.
             if finished || unread.is_err() {
                 self.emitted += send(std::mem::take(&mut unsent), out).await?;
                 unread?;
