@@ -473,18 +473,12 @@ impl Tokenizer {
         let mut pieces = ahead;
         pieces.len = text.len();
         let from_u32 = to_u32(from);
-        for vector in [&mut pieces.ends, &mut pieces.cumulative] {
-            vector.truncate(last);
-            vector.drain(..first);
-        }
-        for end in &mut pieces.ends {
-            *end = end.saturating_add(from_u32);
-        }
-        for n in &mut pieces.cumulative {
-            *n = n.wrapping_add(base);
-        }
-        pieces.ends.splice(0..0, head.ends);
-        pieces.cumulative.splice(0..0, head.cumulative);
+        shift_after(&mut pieces.ends, &head.ends, first..last, |end| {
+            end.saturating_add(from_u32)
+        });
+        shift_after(&mut pieces.cumulative, &head.cumulative, first..last, |n| {
+            n.wrapping_add(base)
+        });
         // The rest, on its own: `trusted` is a boundary of `text`'s own split.
         self.extend(&mut pieces, trusted, &text[trusted..], |_| false);
         DocumentIndex::new(self, text, pieces)
@@ -529,6 +523,33 @@ pub fn safe_line_start(text: &str, after: usize) -> Option<usize> {
                 .next()
                 .is_some_and(|c| !c.is_whitespace() && c != '/')
         })
+}
+
+/// `vector` becomes `head` followed by `vector[kept]` with `f` applied to each: in one pass
+/// over the kept values when they move toward the start (`head` is the few pieces before the
+/// first boundary met, so they nearly always do), else moved first.
+fn shift_after(
+    vector: &mut Vec<u32>,
+    head: &[u32],
+    kept: std::ops::Range<usize>,
+    f: impl Fn(u32) -> u32,
+) {
+    let len = head.len() + kept.len();
+    if head.len() <= kept.start {
+        for (to, from) in (head.len()..len).zip(kept) {
+            vector[to] = f(vector[from]);
+        }
+        vector.truncate(len);
+    } else {
+        vector.truncate(kept.end);
+        vector.resize(len.max(kept.end), 0);
+        vector.copy_within(kept, head.len());
+        vector.truncate(len);
+        for value in &mut vector[head.len()..] {
+            *value = f(*value);
+        }
+    }
+    vector[..head.len()].copy_from_slice(head);
 }
 
 fn to_u32(n: usize) -> u32 {
@@ -870,6 +891,25 @@ mod tests {
                                 "{encoding}: {sample:?}, text ..{end}, ahead {from}..{ahead_end}"
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `shift_after` gives `head` then the kept values mapped, whichever way they move.
+    #[test]
+    fn shift_after_is_head_then_the_kept_values_mapped() {
+        for len in 0..7u32 {
+            for head_len in 0..5u32 {
+                for start in 0..=len as usize {
+                    for end in start..=len as usize {
+                        let mut vector: Vec<u32> = (0..len).map(|n| n * 10).collect();
+                        let head: Vec<u32> = (0..head_len).map(|n| 1000 + n).collect();
+                        let mut expected = head.clone();
+                        expected.extend(vector[start..end].iter().map(|n| n + 1));
+                        shift_after(&mut vector, &head, start..end, |n| n + 1);
+                        assert_eq!(vector, expected, "{len} {head_len} {start}..{end}");
                     }
                 }
             }
