@@ -52,7 +52,8 @@ impl Source for LocalSource {
 
     fn list(&self) -> impl Stream<Item = Listed> + Send + 'static {
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Listed>>(LISTED_BATCHES);
-        let (root, follow) = (self.root.clone(), self.follow_symlinks);
+        let (root, follow, single_file) =
+            (self.root.clone(), self.follow_symlinks, self.single_file);
         // walkdir is blocking; it feeds a bounded channel so the listing is never all in memory.
         // Entries go in batches: one at a time, the walking thread slept and was woken for
         // every file taken once the channel was full (a sync of 3,168 files on two cores:
@@ -62,7 +63,7 @@ impl Source for LocalSource {
         let name = root.display().to_string();
         let walker = tokio::task::spawn_blocking(move || {
             let mut batch = Vec::with_capacity(LISTED_BATCH);
-            walk(&root, follow, |item| {
+            walk(&root, follow, single_file, |item| {
                 batch.push(item);
                 if batch.len() < LISTED_BATCH && tx.capacity() < tx.max_capacity() {
                     return true;
@@ -191,9 +192,9 @@ fn etag_of(hash: &blake3::Hash) -> String {
     format!("\"{}\"", &hash.to_hex()[..32])
 }
 
-/// Walks `root`, calling `emit` for each entry until it returns false.
-fn walk(root: &Path, follow: bool, mut emit: impl FnMut(Listed) -> bool) {
-    let single_file = root.is_file();
+/// Walks `root` (a file when `single_file`), calling `emit` for each entry until it returns
+/// false.
+fn walk(root: &Path, follow: bool, single_file: bool, mut emit: impl FnMut(Listed) -> bool) {
     // Keys come out in byte order, as S3 lists them (the state store merges a listing with
     // what it remembers in that order): a folder sorts as its name and a `/`.
     let walker = walkdir::WalkDir::new(root)
