@@ -58,6 +58,32 @@ pub struct Config {
     /// `[log]`: diagnostics.
     #[serde(default)]
     pub log: LogConfig,
+    /// `[cpu]`: where CPU work runs.
+    #[serde(default)]
+    pub cpu: CpuConfig,
+}
+
+/// `[cpu]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CpuConfig {
+    /// While a CPU slot's work runs on a blocking thread, run that thread on a core of its own,
+    /// where the process may run on exactly as many cores as it has CPU slots (see
+    /// [`crate::cores`]); `false` leaves every thread to the kernel.
+    #[serde(default = "default_pin_slots")]
+    pub pin_slots: bool,
+}
+
+fn default_pin_slots() -> bool {
+    true
+}
+
+impl Default for CpuConfig {
+    fn default() -> Self {
+        CpuConfig {
+            pin_slots: default_pin_slots(),
+        }
+    }
 }
 
 /// `[chunking]`.

@@ -25,6 +25,7 @@
 
 pub mod chunk;
 pub mod config;
+pub mod cores;
 pub mod detect;
 pub mod embed;
 pub mod error;

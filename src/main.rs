@@ -351,6 +351,7 @@ fn main() -> ExitCode {
 fn worker(args: &WorkerArgs) -> Result<u8, Failure> {
     let config = load_config(args.config.as_deref())?;
     init_tracing(&config.log);
+    pin_cpu_slots(&config);
     let runtime = tokio::runtime::Runtime::new()
         .context("starting the async runtime")
         .map_err(fatal)?;
@@ -452,6 +453,15 @@ fn print_schema(message: SchemaArg) -> Result<u8, Failure> {
     Ok(0)
 }
 
+/// Gives CPU slots cores of their own when the configuration lets it and the machine suits it
+/// (see `ingestd::cores`); before the runtime starts any thread.
+fn pin_cpu_slots(config: &Config) {
+    if config.cpu.pin_slots {
+        let cores = ingestd::cores::pin_cpu_slots();
+        tracing::debug!(?cores, "CPU slots' cores");
+    }
+}
+
 fn load_config(explicit: Option<&Path>) -> Result<Config, Failure> {
     let default = Path::new("pipeline.toml");
     let path = explicit.or_else(|| default.is_file().then_some(default));
@@ -462,6 +472,7 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
     // Everything that can be wrong with the request is checked before anything is written.
     let config = load_config(args.config.as_deref())?;
     init_tracing(&config.log);
+    pin_cpu_slots(&config);
     let chunking = &config.chunking;
     let size = args.chunk_size.unwrap_or(chunking.chunk_size);
     let overlap = args.chunk_overlap.unwrap_or(chunking.chunk_overlap);

@@ -189,8 +189,8 @@ pub(super) fn records_of(
     (records, done)
 }
 
-/// Cuts a whole text (a segment that is the last) into records under `slot`: how the file
-/// ends, with its counts.
+/// Cuts a whole text (a segment that is the last) into records under `slot`, on a core of its
+/// own where slots have them ([`crate::cores`]): how the file ends, with its counts.
 ///
 /// # Errors
 /// When the output was closed.
@@ -201,10 +201,12 @@ pub(super) fn cut_whole(
     slot: Option<OwnedSemaphorePermit>,
     out: &Emitter,
 ) -> Result<super::Outcome, FileError> {
+    let core = crate::cores::on_core();
     let mut at = Cursor::default();
     let (records, _) = records_of(segment, file, request, &mut at);
     // The CPU work is done: free the slot before waiting for the writer, which may be busy
     // with another file that needs a slot to finish.
+    drop(core);
     drop(slot);
     send_blocking(records, out)?;
     Ok(at.ready())

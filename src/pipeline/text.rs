@@ -100,7 +100,9 @@ impl Processing {
         let sender = out.clone();
         let slot = self.cpu_slot().await;
         let work = tokio::task::spawn_blocking(move || -> Result<Outcome, FileError> {
+            let core = crate::cores::on_core();
             let cut = records_whole(&head, detected, charset.as_deref(), object, kind, &request);
+            drop(core);
             drop(slot);
             let (records, at) = match cut {
                 Ok(cut) => cut,
@@ -202,12 +204,14 @@ impl Processing {
             let tokenized: Vec<Tokenized> = ahead.tokenized.iter().cloned().collect();
             let lent = std::mem::take(&mut spent);
             let work = tokio::task::spawn_blocking(move || {
+                let core = crate::cores::on_core();
                 let segment = Segment {
                     last,
                     ahead: std::cell::Cell::new(Some(run_of(&tokenized, base, end, lent))),
                     ..Segment::whole(&text[..end], structure)
                 };
                 let (records, done) = records_of(&segment, &file, &request, &mut at);
+                drop(core);
                 drop(slot);
                 let spent = segment.ahead.take().map(|(_, pieces)| pieces);
                 text.drain(..done);
@@ -343,8 +347,10 @@ impl Processing {
             };
             let work = tokio::task::spawn_blocking(move || {
                 let mut part = part;
+                let core = slot.as_ref().and_then(|_| crate::cores::on_core());
                 let pieces =
                     until.and_then(|until| chunker.tokenize_part(&part.text, until, spent));
+                drop(core);
                 drop(slot);
                 part.text.truncate(len);
                 (part, pieces)
