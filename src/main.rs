@@ -456,10 +456,13 @@ fn print_schema(message: SchemaArg) -> Result<u8, Failure> {
 /// Gives CPU slots cores of their own when the configuration lets it and the machine suits it
 /// (see `ingestd::cores`); before the runtime starts any thread.
 fn pin_cpu_slots(config: &Config) {
-    if config.cpu.pin_slots {
-        let cores = ingestd::cores::pin_cpu_slots();
-        tracing::debug!(?cores, "CPU slots' cores");
-    }
+    let pin_slots = config.cpu.pin_slots;
+    let cores = if pin_slots {
+        ingestd::cores::pin_cpu_slots()
+    } else {
+        None
+    };
+    tracing::debug!(pin_slots, ?cores, "CPU slots' cores");
 }
 
 fn load_config(explicit: Option<&Path>) -> Result<Config, Failure> {

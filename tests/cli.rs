@@ -1050,3 +1050,58 @@ fn sync_with_state_skips_what_is_unchanged_and_reports_what_was_deleted() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("STATE_CORRUPT"), "{stderr}");
 }
+
+/// The cores `ingestd` may run on, as its own threads see them: slots get cores of their own
+/// only when these are as many as its CPU slots (the CPU quota), two or more.
+#[cfg(target_os = "linux")]
+fn expected_slot_cores() -> Option<usize> {
+    let mine = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    let cores = (0..nix::sched::CpuSet::count())
+        .filter(|&cpu| mine.is_set(cpu).unwrap())
+        .count();
+    let slots = std::thread::available_parallelism().unwrap().get();
+    (cores >= 2 && cores == slots).then_some(cores)
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn cpu_pin_slots_decides_whether_slots_get_cores_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = fixture("text");
+    let said = |pin: &str| {
+        let out = common::ingestd_with(
+            dir.path(),
+            &[
+                "sync",
+                text.to_str().unwrap(),
+                "--out",
+                "/dev/null",
+                "--events",
+                "/dev/null",
+            ],
+            &[
+                ("RUST_LOG", "ingestd=debug"),
+                ("INGESTD__CPU__PIN_SLOTS", pin),
+            ],
+        );
+        assert_exit(&out, 0);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        stderr
+            .lines()
+            .find(|line| line.contains("CPU slots' cores"))
+            .unwrap_or_else(|| panic!("no line about the slots' cores in {stderr}"))
+            .to_owned()
+    };
+    let on = said("true");
+    assert!(on.contains("pin_slots=true"), "{on}");
+    let expected = match expected_slot_cores() {
+        Some(cores) => format!("cores=Some({cores})"),
+        None => "cores=None".to_owned(),
+    };
+    assert!(on.contains(&expected), "expected {expected}: {on}");
+    let off = said("false");
+    assert!(
+        off.contains("pin_slots=false") && off.contains("cores=None"),
+        "{off}"
+    );
+}
