@@ -13,7 +13,8 @@
 //! many cores as it has CPU slots (a machine or container of its own, its affinity mask as
 //! large as its CPU quota). A share of a larger host (a quota below the cores it may run on)
 //! or a single core is left to the kernel, as is everything else the process runs (the
-//! runtime's workers, small texts cut on them, reads). `[cpu] pin_slots = false` turns it off.
+//! runtime's workers, small texts cut on them, reads, and work that may start a process:
+//! documents, OCR, media, whose children would inherit the core). `[cpu] pin_slots = false` turns it off.
 
 use std::sync::OnceLock;
 
@@ -84,6 +85,7 @@ mod imp {
             }
         }
 
+        /// Cores no slot's work holds now (all of them before any is taken).
         pub(super) fn count(&self) -> usize {
             self.free.lock().map_or(0, |free| free.len())
         }
@@ -185,7 +187,7 @@ mod tests {
                     "the thread runs on its core alone"
                 );
                 held.push(on.core);
-                // The guard is kept without moving back: `forget` would leak the core.
+                // Forgotten, not dropped: the core stays held and the thread on it.
                 std::mem::forget(on);
             }
             held.sort_unstable();
