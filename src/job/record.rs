@@ -24,7 +24,8 @@ pub struct ChunkRecord {
     /// The data source the object came from.
     pub data_source_id: Option<String>,
     /// The object.
-    pub file: FileInfo,
+    // Shared by the records of one file: each record would otherwise copy its strings.
+    pub file: std::sync::Arc<FileInfo>,
     /// Position of the chunk in its file, from 0.
     pub chunk_index: usize,
     /// The chunk's text (with the file name prepended when asked).

@@ -116,7 +116,7 @@ impl Processing {
         file.format = format.to_owned();
         file.media_type = Some(crate::detect::MediaType::Text);
         self.file_ref.media_type = file.media_type;
-        let (request, sender) = (Arc::clone(&self.request), out.clone());
+        let (request, sender, file) = (Arc::clone(&self.request), out.clone(), Arc::new(file));
         let slot = self.cpu_slot().await;
         let work = tokio::task::spawn_blocking(move || {
             cut_whole(

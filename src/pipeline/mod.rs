@@ -525,7 +525,7 @@ impl Processing {
             request_id: request.request_id.clone(),
             customer_id: request.customer_id.clone(),
             data_source_id: request.data_source_id.clone(),
-            file,
+            file: Arc::new(file),
             chunk_index: 0,
             text: String::new(),
             token_count: 0,
@@ -552,7 +552,7 @@ impl Processing {
         times: Vec<Timed>,
         out: &Emitter,
     ) -> Outcome {
-        let (request, sender) = (Arc::clone(&self.request), out.clone());
+        let (request, sender, file) = (Arc::clone(&self.request), out.clone(), Arc::new(file));
         let slot = self.cpu_slot().await;
         let work = tokio::task::spawn_blocking(move || {
             let segment = Segment {

@@ -2,6 +2,7 @@
 
 use std::cell::Cell;
 use std::ops::Range;
+use std::sync::Arc;
 
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -109,7 +110,7 @@ pub(super) async fn send(records: Vec<ChunkRecord>, out: &Emitter) -> Result<usi
 /// final two chunks are held back: where they end depends on text not read yet.
 pub(super) fn records_of(
     segment: &Segment<'_>,
-    file: &FileInfo,
+    file: &Arc<FileInfo>,
     request: &Request,
     at: &mut Cursor,
 ) -> (Vec<ChunkRecord>, usize) {
@@ -163,7 +164,7 @@ pub(super) fn records_of(
             request_id: request.request_id.clone(),
             customer_id: request.customer_id.clone(),
             data_source_id: request.data_source_id.clone(),
-            file: file.clone(),
+            file: Arc::clone(file),
             chunk_index: at.index,
             text,
             token_count,
@@ -196,7 +197,7 @@ pub(super) fn records_of(
 /// When the output was closed.
 pub(super) fn cut_whole(
     segment: &Segment<'_>,
-    file: &FileInfo,
+    file: &Arc<FileInfo>,
     request: &Request,
     slot: Option<OwnedSemaphorePermit>,
     out: &Emitter,

@@ -611,7 +611,7 @@ fn records_whole(
     if object.etag.is_none() {
         object.etag = Some(content_etag(head));
     }
-    let file = file_info(&object, detected, kind);
+    let file = Arc::new(file_info(&object, detected, kind));
     let mut at = Cursor::default();
     let (records, _) = records_of(&Segment::extracted(&extracted), &file, request, &mut at);
     Ok((records, at))
