@@ -67,7 +67,7 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CpuConfig {
-    /// While a CPU slot's work runs on a blocking thread, run that thread on a core of its own,
+    /// While a thread does a CPU slot's chunking work, run it on a core of its own,
     /// where the process may run on exactly as many cores as it has CPU slots (see
     /// [`crate::cores`]); `false` leaves every thread to the kernel.
     #[serde(default = "default_pin_slots")]

@@ -5,16 +5,18 @@
 //! machine the kernel often wakes such a thread on the core of the thread that woke it and
 //! leaves the two sharing that core for tens of milliseconds while the other core idles:
 //! `perf sched` of one 200 MB object on two cores showed the cut and a part being tokenized
-//! ahead, the two slot holders, on one core for stretches of up to 30 ms. While a blocking
-//! thread does a slot's work it can instead hold a core of its own ([`on_core`]): the thread
-//! runs there and nowhere else until the work is done, then may run anywhere again.
+//! ahead, the two slot holders, on one core for stretches of up to 30 ms, and over many small
+//! files the runtime's two worker threads, which cut small texts themselves, sharing one core
+//! for up to 20 ms. While a thread does a slot's chunking work it can instead hold a core of
+//! its own ([`on_core`]): the thread runs there and nowhere else until the work is done, then
+//! may run anywhere again.
 //!
 //! Only where that cannot take a core from anyone: when the process may run on exactly as
 //! many cores as it has CPU slots (a machine or container of its own, its affinity mask as
 //! large as its CPU quota). A share of a larger host (a quota below the cores it may run on)
 //! or a single core is left to the kernel, as is everything else the process runs (the
-//! runtime's workers, small texts cut on them, reads, and work that may start a process:
-//! documents, OCR, media, whose children would inherit the core). `[cpu] pin_slots = false` turns it off.
+//! runtime's workers between cuts, reads, and work that may start a process: documents, OCR,
+//! media, whose children would inherit the core). `[cpu] pin_slots = false` turns it off.
 
 use std::sync::OnceLock;
 
@@ -32,9 +34,11 @@ pub fn pin_cpu_slots() -> Option<usize> {
 }
 
 /// Runs the calling thread on a free core of the slots' until the guard is dropped, when
-/// [`pin_cpu_slots`] gave them cores; else does nothing. Taken on the blocking thread that
-/// does a slot's work, right after the slot, and dropped before the slot: the slots' holders
-/// never outnumber the cores, so a free core is there.
+/// [`pin_cpu_slots`] gave them cores; else does nothing. Taken on the thread that does a
+/// slot's work, right after the slot, and dropped before the slot: the slots' holders never
+/// outnumber the cores, so a free core is there. Between the two, the thread does that work
+/// and nothing else (no `.await`, nothing that starts a thread or a process: they would
+/// inherit the core).
 #[must_use]
 pub fn on_core() -> Option<OnCore> {
     CORES.get()?.take()

@@ -125,10 +125,12 @@ impl Processing {
         out: &Emitter,
     ) -> Outcome {
         let slot = self.cpu_slot().await;
+        let core = crate::cores::on_core();
         let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let object = self.object.clone();
             records_whole(head, detected, charset, object, self.kind, &self.request)
         }));
+        drop(core);
         drop(slot);
         let (records, at) = match cut {
             Ok(Ok(cut)) => cut,
