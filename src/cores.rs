@@ -35,10 +35,10 @@ pub fn pin_cpu_slots() -> Option<usize> {
 
 /// Runs the calling thread on a free core of the slots' until the guard is dropped, when
 /// [`pin_cpu_slots`] gave them cores; else does nothing. Taken on the thread that does a
-/// slot's work, right after the slot, and dropped before the slot: the slots' holders never
-/// outnumber the cores, so a free core is there. Between the two, the thread does that work
-/// and nothing else (no `.await`, nothing that starts a thread or a process: they would
-/// inherit the core).
+/// slot's work, right after the slot, and dropped before the slot (the pipeline's `Working`
+/// holds both in that order): the slots' holders never outnumber the cores, so a free core is
+/// there. Between the two, the thread does that work and nothing else (no `.await`, nothing
+/// that starts a thread or a process: they would inherit the core).
 #[must_use]
 pub fn on_core() -> Option<OnCore> {
     CORES.get()?.take()

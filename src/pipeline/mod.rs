@@ -112,6 +112,24 @@ pub enum Emitted {
 /// records pile up in memory.
 pub type Emitter = mpsc::Sender<Emitted>;
 
+/// A CPU slot held by the thread doing its chunking work, with a core of its own for that
+/// thread where slots have them ([`crate::cores`]). Made on that thread; between its making
+/// and its drop the thread does the work and nothing else. The core is given back before the
+/// slot (fields drop in order).
+pub(super) struct Working {
+    _core: Option<crate::cores::OnCore>,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Working {
+    pub(super) fn on_core(slot: Option<OwnedSemaphorePermit>) -> Working {
+        Working {
+            _core: slot.as_ref().and_then(|_| crate::cores::on_core()),
+            _slot: slot,
+        }
+    }
+}
+
 /// The tally of one processed file (its outcome event has been emitted too).
 #[derive(Debug, Clone)]
 pub struct FileReport {

@@ -202,13 +202,12 @@ pub(super) fn cut_whole(
     slot: Option<OwnedSemaphorePermit>,
     out: &Emitter,
 ) -> Result<super::Outcome, FileError> {
-    let core = crate::cores::on_core();
+    let working = super::Working::on_core(slot);
     let mut at = Cursor::default();
     let (records, _) = records_of(segment, file, request, &mut at);
     // The CPU work is done: free the slot before waiting for the writer, which may be busy
     // with another file that needs a slot to finish.
-    drop(core);
-    drop(slot);
+    drop(working);
     send_blocking(records, out)?;
     Ok(at.ready())
 }

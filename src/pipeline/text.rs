@@ -9,7 +9,7 @@ use futures::stream::BoxStream;
 
 use super::{
     Cursor, Detected, Emitter, FileError, MAX_SEGMENT_BYTES, Outcome, Processing, Read, Request,
-    SEGMENT_BYTES, Segment, content_etag, file_info, records_of, send, send_blocking,
+    SEGMENT_BYTES, Segment, Working, content_etag, file_info, records_of, send, send_blocking,
 };
 use crate::chunk::Pieces;
 use crate::detect::{Family, TextHint};
@@ -100,10 +100,9 @@ impl Processing {
         let sender = out.clone();
         let slot = self.cpu_slot().await;
         let work = tokio::task::spawn_blocking(move || -> Result<Outcome, FileError> {
-            let core = crate::cores::on_core();
+            let working = Working::on_core(slot);
             let cut = records_whole(&head, detected, charset.as_deref(), object, kind, &request);
-            drop(core);
-            drop(slot);
+            drop(working);
             let (records, at) = match cut {
                 Ok(cut) => cut,
                 Err(ended) => return Ok(ended),
@@ -124,14 +123,12 @@ impl Processing {
         charset: Option<&str>,
         out: &Emitter,
     ) -> Outcome {
-        let slot = self.cpu_slot().await;
-        let core = crate::cores::on_core();
+        let working = Working::on_core(self.cpu_slot().await);
         let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let object = self.object.clone();
             records_whole(head, detected, charset, object, self.kind, &self.request)
         }));
-        drop(core);
-        drop(slot);
+        drop(working);
         let (records, at) = match cut {
             Ok(Ok(cut)) => cut,
             Ok(Err(ended)) => return ended,
@@ -206,15 +203,14 @@ impl Processing {
             let tokenized: Vec<Tokenized> = ahead.tokenized.iter().cloned().collect();
             let lent = std::mem::take(&mut spent);
             let work = tokio::task::spawn_blocking(move || {
-                let core = crate::cores::on_core();
+                let working = Working::on_core(slot);
                 let segment = Segment {
                     last,
                     ahead: std::cell::Cell::new(Some(run_of(&tokenized, base, end, lent))),
                     ..Segment::whole(&text[..end], structure)
                 };
                 let (records, done) = records_of(&segment, &file, &request, &mut at);
-                drop(core);
-                drop(slot);
+                drop(working);
                 let spent = segment.ahead.take().map(|(_, pieces)| pieces);
                 text.drain(..done);
                 Ok((text, at, done, spent.unwrap_or_default(), records))
@@ -349,11 +345,10 @@ impl Processing {
             };
             let work = tokio::task::spawn_blocking(move || {
                 let mut part = part;
-                let core = slot.as_ref().and_then(|_| crate::cores::on_core());
+                let working = Working::on_core(slot);
                 let pieces =
                     until.and_then(|until| chunker.tokenize_part(&part.text, until, spent));
-                drop(core);
-                drop(slot);
+                drop(working);
                 part.text.truncate(len);
                 (part, pieces)
             });
