@@ -1104,4 +1104,15 @@ fn cpu_pin_slots_decides_whether_slots_get_cores_of_their_own() {
         off.contains("pin_slots=false") && off.contains("cores=None"),
         "{off}"
     );
+
+    // A value that is not a boolean is refused before anything runs.
+    let out = common::ingestd_with(
+        dir.path(),
+        &["sync", text.to_str().unwrap()],
+        &[("INGESTD__CPU__PIN_SLOTS", "maybe")],
+    );
+    assert_exit(&out, 2);
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cpu.pin_slots"), "{stderr}");
 }
