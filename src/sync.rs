@@ -253,6 +253,10 @@ impl Writer<'_> {
                 file.records += 1;
                 self.sink.write_record(&record)
             }
+            Emitted::Encoded(record) if first => {
+                file.records += 1;
+                self.sink.write_line(Stream::Records, record.line())
+            }
             Emitted::Event(event) => {
                 let line = to_line(&event)?;
                 self.spools.push(&mut file.spool, Stream::Events, line)
@@ -261,6 +265,11 @@ impl Writer<'_> {
                 file.records += 1;
                 let line = to_line(&record)?;
                 self.spools.push(&mut file.spool, Stream::Records, line)
+            }
+            Emitted::Encoded(record) => {
+                file.records += 1;
+                self.spools
+                    .push(&mut file.spool, Stream::Records, record.into_line())
             }
         }
     }

@@ -13,7 +13,9 @@ use serde_json::Value;
 use crate::chunk::MIN_CHUNK_SIZE;
 
 pub use event::{Event, EventKind, FileRef, ProcessedCounts};
-pub use record::{ChunkRecord, ChunkingInfo, Exif, FileInfo, ItemRecord, ItemType, MediaInfo};
+pub use record::{
+    ChunkRecord, ChunkingInfo, EncodedRecord, Exif, FileInfo, ItemRecord, ItemType, MediaInfo,
+};
 
 pub use crate::secret::Secret;
 

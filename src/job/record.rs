@@ -151,6 +151,56 @@ pub struct FileInfo {
     pub file_metadata: String,
 }
 
+/// A chunk record as both outputs carry it: its JSON, written once, on the thread that made the
+/// record. What keeps the output in order (one writer for a whole run) then only copies bytes,
+/// and the record's strings are freed where they were allocated.
+#[derive(Debug, Clone)]
+pub struct EncodedRecord {
+    /// The record's `chunk_id`.
+    pub chunk_id: String,
+    /// The record's `file.media_type` (chunks are routed by it).
+    pub media_type: Option<MediaType>,
+    /// The JSON and a newline.
+    line: Vec<u8>,
+}
+
+impl EncodedRecord {
+    /// `record` as JSON.
+    ///
+    /// # Errors
+    /// When serde_json cannot write it (records have string keys only: it can).
+    pub fn new(record: &ChunkRecord) -> Result<EncodedRecord, serde_json::Error> {
+        // The text is most of a record; its other fields take well under 1 KiB, unless it
+        // has a vector.
+        let mut line = Vec::with_capacity(record.text.len() + 1024);
+        serde_json::to_writer(&mut line, record)?;
+        line.push(b'\n');
+        Ok(EncodedRecord {
+            chunk_id: record.chunk_id.clone(),
+            media_type: record.file.media_type,
+            line,
+        })
+    }
+
+    /// The JSON alone (a message body).
+    #[must_use]
+    pub fn json(&self) -> &[u8] {
+        self.line.strip_suffix(b"\n").unwrap_or(&self.line)
+    }
+
+    /// The JSON and a newline (a line of JSON Lines).
+    #[must_use]
+    pub fn line(&self) -> &[u8] {
+        &self.line
+    }
+
+    /// The JSON and a newline, taken.
+    #[must_use]
+    pub fn into_line(self) -> Vec<u8> {
+        self.line
+    }
+}
+
 /// The chunking options a record was made with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ChunkingInfo {

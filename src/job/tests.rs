@@ -119,3 +119,27 @@ fn every_job_type_parses() {
     let delete_prefix = r#"{"schema_version": 1, "type": "delete_files", "data_source": {}, "ids": [{"bucket": "b", "prefix": "p/"}]}"#;
     assert!(parse(delete_prefix).is_err());
 }
+
+#[test]
+fn an_encoded_record_is_the_json_the_outputs_wrote_of_it() {
+    let pinned = include_str!("../../fixtures/pinned/documents-64-8.jsonl");
+    let mut seen = 0;
+    for (index, line) in pinned.lines().enumerate() {
+        let mut record: ChunkRecord = serde_json::from_str(line).unwrap();
+        // Every other one with a vector, as the embedding stage encodes it (a number JSON
+        // cannot hold is written as null, as it always was).
+        if index % 2 == 1 {
+            record.embedding = Some(vec![0.25, -1.5e-7, f32::NAN]);
+            record.embedding_model = Some("a-model".to_owned());
+        }
+        let encoded = EncodedRecord::new(&record).unwrap();
+        let json = serde_json::to_vec(&record).unwrap();
+        assert_eq!(encoded.json(), json.as_slice());
+        assert_eq!(encoded.line(), [json.as_slice(), b"\n"].concat());
+        assert_eq!(encoded.chunk_id, record.chunk_id);
+        assert_eq!(encoded.media_type, record.file.media_type);
+        assert_eq!(encoded.clone().into_line(), encoded.line());
+        seen += 1;
+    }
+    assert!(seen > 1, "{seen} records");
+}

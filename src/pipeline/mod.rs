@@ -25,13 +25,16 @@ use crate::error::{ErrorCode, FileError, SkipReason};
 use crate::extract::Rejection;
 use crate::extract::media::MediaLimits;
 use crate::job::{
-    ChunkRecord, ChunkingInfo, Event, EventKind, FileInfo, FileRef, MediaInfo, SCHEMA_VERSION,
+    ChunkRecord, ChunkingInfo, EncodedRecord, Event, EventKind, FileInfo, FileRef, MediaInfo,
+    SCHEMA_VERSION,
 };
 use crate::source::{ObjectMeta, Source, SourceKind};
 use crate::telemetry::{self, Stage};
 use crate::transcribe::{Ask, Transcriber};
 
-use records::{Cursor, Segment, Timed, chunk_id, cut_whole, records_of, send, send_blocking};
+use records::{
+    Cursor, Segment, Timed, chunk_id, cut_whole, outgoing, records_of, send, send_blocking,
+};
 
 /// Everything that is the same for every file of one request.
 #[derive(Debug, Clone)]
@@ -104,8 +107,11 @@ pub struct Bounds {
 pub enum Emitted {
     /// A status event.
     Event(Box<Event>),
-    /// A chunk record.
+    /// A chunk record on its way to a later stage of the pipeline (embedding, which adds its
+    /// vector). Records leave the pipeline encoded.
     Record(Box<ChunkRecord>),
+    /// A chunk record as it leaves the pipeline: serialized where it was made final.
+    Encoded(Box<EncodedRecord>),
 }
 
 /// Where a file's output goes. Bounded: a slow consumer slows the file down instead of letting
@@ -322,7 +328,8 @@ async fn embed_records(
     mut chunked: mpsc::Receiver<Emitted>,
     out: &Emitter,
 ) -> Result<(), FileError> {
-    let mut waiting: FuturesOrdered<BoxFuture<'static, Result<Emitted, FileError>>> =
+    // Each with the bytes of text it holds.
+    let mut waiting: FuturesOrdered<BoxFuture<'static, Result<(usize, Emitted), FileError>>> =
         FuturesOrdered::new();
     let mut open = true;
     let mut held = 0;
@@ -330,25 +337,28 @@ async fn embed_records(
         let room = waiting.len() < EMBEDDING_WINDOW && held < EMBEDDING_WINDOW_BYTES;
         tokio::select! {
             Some(done) = waiting.next(), if !waiting.is_empty() => {
-                let done = done?;
-                if let Emitted::Record(record) = &done {
-                    held -= record.text.len();
-                }
+                let (text, done) = done?;
+                held -= text;
                 out.send(done).await.map_err(|_| closed())?;
             }
             item = chunked.recv(), if open && room => match item {
-                // Records without text (media files without a transcript) have no vector.
                 Some(Emitted::Record(mut record)) if !record.text.is_empty() => {
-                    held += record.text.len();
+                    let text = record.text.len();
+                    held += text;
                     let vector = route.submit(record.text.clone(), record.token_count).await?;
                     let model = route.name().to_owned();
                     waiting.push_back(Box::pin(async move {
                         record.embedding = Some(vector.await?);
                         record.embedding_model = Some(model);
-                        Ok(Emitted::Record(record))
+                        Ok((text, records::encoded(&record)?))
                     }));
                 }
-                Some(other) => waiting.push_back(Box::pin(std::future::ready(Ok(other)))),
+                // Records without text (media files without a transcript) have no vector.
+                Some(Emitted::Record(record)) => {
+                    let done = records::encoded(&record).map(|done| (0, done));
+                    waiting.push_back(Box::pin(std::future::ready(done)));
+                }
+                Some(other) => waiting.push_back(Box::pin(std::future::ready(Ok((0, other))))),
                 None => open = false,
             },
             else => return Ok(()),
@@ -523,8 +533,12 @@ impl Processing {
 
     /// Sends a file's only record.
     async fn send_one(&mut self, record: ChunkRecord, out: &Emitter) -> Outcome {
-        if out.send(Emitted::Record(Box::new(record))).await.is_err() {
-            return Outcome::Failed(closed());
+        let sent = match outgoing(vec![record], &self.request) {
+            Ok(records) => send(records, out).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = sent {
+            return Outcome::Failed(err);
         }
         self.emitted = 1;
         Outcome::Ready {
@@ -674,6 +688,13 @@ fn split_content_type(content_type: Option<&str>) -> (Option<String>, Option<Str
 const RECORDS_VERSION: &str = "records-v1";
 
 impl Request {
+    /// Whether a record is final as it is cut: no later stage changes it (it gets no vector),
+    /// so it leaves the pipeline encoded by the thread that cut it. Else it goes on to the
+    /// embedding stage, which encodes it with its vector ([`process`]).
+    fn final_at_cut(&self) -> bool {
+        !matches!(self.embedding, Embedding::Model(_))
+    }
+
     /// A hash of every option that shapes this request's records: two requests with the same
     /// fingerprint make the same records of the same object. `request_id` is left out: it
     /// correlates, it does not shape.

@@ -8,8 +8,8 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::{Emitted, Emitter, Request, closed};
 use crate::chunk::{Chunk, Chunker, Pieces, Structure};
-use crate::error::FileError;
-use crate::job::{ChunkRecord, ChunkingInfo, FileInfo, MediaInfo, SCHEMA_VERSION};
+use crate::error::{ErrorCode, FileError};
+use crate::job::{ChunkRecord, ChunkingInfo, EncodedRecord, FileInfo, MediaInfo, SCHEMA_VERSION};
 use crate::telemetry::Stage;
 
 /// How far into a file's text the records have got.
@@ -79,14 +79,45 @@ impl<'a> Segment<'a> {
     }
 }
 
+/// `records` as they go on from the cut, on the thread that cut them: encoded when they are
+/// final ([`Request::final_at_cut`]), else as they are, for the embedding stage.
+///
+/// # Errors
+/// When a record cannot be encoded.
+pub(super) fn outgoing(
+    records: Vec<ChunkRecord>,
+    request: &Request,
+) -> Result<Vec<Emitted>, FileError> {
+    if !request.final_at_cut() {
+        return Ok(records
+            .into_iter()
+            .map(|record| Emitted::Record(Box::new(record)))
+            .collect());
+    }
+    records.iter().map(encoded).collect()
+}
+
+/// `record` as it leaves the pipeline.
+///
+/// # Errors
+/// When it cannot be encoded.
+pub(super) fn encoded(record: &ChunkRecord) -> Result<Emitted, FileError> {
+    match EncodedRecord::new(record) {
+        Ok(encoded) => Ok(Emitted::Encoded(Box::new(encoded))),
+        Err(err) => Err(FileError::permanent(
+            ErrorCode::Internal,
+            format!("encoding chunk {} as JSON: {err}", record.chunk_id),
+        )),
+    }
+}
+
 /// Sends `records` in order, from a blocking thread.
 ///
 /// # Errors
 /// When the output was closed.
-pub(super) fn send_blocking(records: Vec<ChunkRecord>, out: &Emitter) -> Result<(), FileError> {
+pub(super) fn send_blocking(records: Vec<Emitted>, out: &Emitter) -> Result<(), FileError> {
     for record in records {
-        out.blocking_send(Emitted::Record(Box::new(record)))
-            .map_err(|_| closed())?;
+        out.blocking_send(record).map_err(|_| closed())?;
     }
     Ok(())
 }
@@ -95,12 +126,10 @@ pub(super) fn send_blocking(records: Vec<ChunkRecord>, out: &Emitter) -> Result<
 ///
 /// # Errors
 /// When the output was closed.
-pub(super) async fn send(records: Vec<ChunkRecord>, out: &Emitter) -> Result<usize, FileError> {
+pub(super) async fn send(records: Vec<Emitted>, out: &Emitter) -> Result<usize, FileError> {
     let sent = records.len();
     for record in records {
-        out.send(Emitted::Record(Box::new(record)))
-            .await
-            .map_err(|_| closed())?;
+        out.send(record).await.map_err(|_| closed())?;
     }
     Ok(sent)
 }
@@ -205,6 +234,7 @@ pub(super) fn cut_whole(
     let working = super::Working::on_core(slot);
     let mut at = Cursor::default();
     let (records, _) = records_of(segment, file, request, &mut at);
+    let records = outgoing(records, request)?;
     // The CPU work is done: free the slot before waiting for the writer, which may be busy
     // with another file that needs a slot to finish.
     drop(working);

@@ -8,14 +8,14 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::{
-    Cursor, Detected, Emitter, FileError, MAX_SEGMENT_BYTES, Outcome, Processing, Read, Request,
-    SEGMENT_BYTES, Segment, Working, content_etag, file_info, records_of, send, send_blocking,
+    Cursor, Detected, Emitted, Emitter, FileError, MAX_SEGMENT_BYTES, Outcome, Processing, Read,
+    Request, SEGMENT_BYTES, Segment, Working, content_etag, file_info, outgoing, records_of, send,
+    send_blocking,
 };
 use crate::chunk::Pieces;
 use crate::detect::{Family, TextHint};
 use crate::error::SkipReason;
 use crate::extract::{self, StreamDecoder};
-use crate::job::ChunkRecord;
 use crate::source::{ObjectMeta, SourceKind};
 
 /// Texts up to this size are cut on the file's task rather than on a blocking thread (a cut
@@ -210,6 +210,7 @@ impl Processing {
                     ..Segment::whole(&text[..end], structure)
                 };
                 let (records, done) = records_of(&segment, &file, &request, &mut at);
+                let records = outgoing(records, &request)?;
                 drop(working);
                 let spent = segment.ahead.take().map(|(_, pieces)| pieces);
                 text.drain(..done);
@@ -591,8 +592,9 @@ impl Decoded {
     }
 }
 
-/// The records of a text read whole: extracted, named by a hash of its content when it has no
-/// ETag, and cut; or how the file ends when it cannot be extracted.
+/// The records of a text read whole, as they go on ([`outgoing`]): extracted, named by a hash
+/// of its content when it has no ETag, and cut; or how the file ends when it cannot be
+/// extracted.
 fn records_whole(
     head: &[u8],
     detected: Detected,
@@ -600,7 +602,7 @@ fn records_whole(
     mut object: ObjectMeta,
     kind: SourceKind,
     request: &Request,
-) -> Result<(Vec<ChunkRecord>, Cursor), Outcome> {
+) -> Result<(Vec<Emitted>, Cursor), Outcome> {
     let started = std::time::Instant::now();
     let extracted = extract::extract(head, detected, charset, request.max_text_bytes);
     crate::telemetry::timed(crate::telemetry::Stage::Extract, started.elapsed());
@@ -611,6 +613,7 @@ fn records_whole(
     let file = Arc::new(file_info(&object, detected, kind));
     let mut at = Cursor::default();
     let (records, _) = records_of(&Segment::extracted(&extracted), &file, request, &mut at);
+    let records = outgoing(records, request).map_err(Outcome::Failed)?;
     Ok((records, at))
 }
 

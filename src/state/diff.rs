@@ -166,6 +166,7 @@ impl Tracker {
     pub fn see(&mut self, item: &mut Emitted) {
         match item {
             Emitted::Record(record) => self.new.push(record.chunk_id.clone()),
+            Emitted::Encoded(record) => self.new.push(record.chunk_id.clone()),
             Emitted::Event(event) => {
                 if let EventKind::FileReady {
                     removed_chunk_ids, ..

@@ -16,7 +16,7 @@ use crate::detect::MediaType;
 use crate::embed::Embedder;
 use crate::error::{ErrorCode, FileError, SkipReason};
 use crate::job::{
-    AutoSyncSources, ChunkRecord, ConnectDataSource, DataSource, DeleteFiles, Event, EventKind,
+    AutoSyncSources, ConnectDataSource, DataSource, DeleteFiles, EncodedRecord, Event, EventKind,
     FileRef, ItemRecord, ItemType, Job, JobKind, ObjectSelector, SCHEMA_VERSION, SyncFiles,
     SyncObject, SyncOptions, UpdateUsers,
 };
@@ -128,10 +128,19 @@ impl<'a> Outputs<'a> {
         value: &impl Serialize,
     ) -> Result<(), PublishError> {
         let payload = serde_json::to_vec(value).map_err(PublishError::Encode)?;
+        self.publish_json(exchange, routing_key, &payload).await
+    }
+
+    async fn publish_json(
+        &mut self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+    ) -> Result<(), PublishError> {
         let message = Message {
             exchange,
             routing_key,
-            payload: &payload,
+            payload,
             headers: FieldTable::default(),
         };
         self.publisher.send(message, &mut self.confirms).await
@@ -143,10 +152,10 @@ impl<'a> Outputs<'a> {
             .await
     }
 
-    async fn record(&mut self, record: &ChunkRecord) -> Result<(), PublishError> {
+    async fn encoded(&mut self, record: &EncodedRecord) -> Result<(), PublishError> {
         let config = self.config;
-        let routing_key = record.file.media_type.map_or("OTHER", MediaType::as_str);
-        self.publish(&config.chunks_exchange, routing_key, record)
+        let routing_key = record.media_type.map_or("OTHER", MediaType::as_str);
+        self.publish_json(&config.chunks_exchange, routing_key, record.json())
             .await
     }
 
@@ -784,7 +793,12 @@ async fn process(
             }
             match item {
                 Emitted::Event(event) => out.event(&event).await?,
-                Emitted::Record(record) => out.record(&record).await?,
+                // Records leave the pipeline encoded; one that did not is encoded here.
+                Emitted::Record(record) => {
+                    let record = EncodedRecord::new(&record).map_err(PublishError::Encode)?;
+                    out.encoded(&record).await?;
+                }
+                Emitted::Encoded(record) => out.encoded(&record).await?,
             }
         }
         Ok::<(), PublishError>(())
