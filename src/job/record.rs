@@ -170,9 +170,13 @@ impl EncodedRecord {
     /// # Errors
     /// When serde_json cannot write it (records have string keys only: it can).
     pub fn new(record: &ChunkRecord) -> Result<EncodedRecord, serde_json::Error> {
-        // The text is most of a record; its other fields take well under 1 KiB, unless it
-        // has a vector.
-        let mut line = Vec::with_capacity(record.text.len() + 1024);
+        // The text is most of a record; its other fields take well under 1 KiB, and a
+        // vector's numbers at most 16 bytes each.
+        let vector = record
+            .embedding
+            .as_ref()
+            .map_or(0, |vector| vector.len() * 16);
+        let mut line = Vec::with_capacity(record.text.len() + vector + 1024);
         serde_json::to_writer(&mut line, record)?;
         line.push(b'\n');
         Ok(EncodedRecord {

@@ -32,9 +32,7 @@ use crate::source::{ObjectMeta, Source, SourceKind};
 use crate::telemetry::{self, Stage};
 use crate::transcribe::{Ask, Transcriber};
 
-use records::{
-    Cursor, Segment, Timed, chunk_id, cut_whole, outgoing, records_of, send, send_blocking,
-};
+use records::{Cursor, Segment, Timed, chunk_id, cut_whole, records_of, send, send_blocking};
 
 /// Everything that is the same for every file of one request.
 #[derive(Debug, Clone)]
@@ -533,11 +531,7 @@ impl Processing {
 
     /// Sends a file's only record.
     async fn send_one(&mut self, record: ChunkRecord, out: &Emitter) -> Outcome {
-        let sent = match outgoing(vec![record], &self.request) {
-            Ok(records) => send(records, out).await,
-            Err(err) => Err(err),
-        };
-        if let Err(err) = sent {
+        if let Err(err) = send(vec![record], &self.request, out).await {
             return Outcome::Failed(err);
         }
         self.emitted = 1;

@@ -79,22 +79,20 @@ impl<'a> Segment<'a> {
     }
 }
 
-/// `records` as they go on from the cut, on the thread that cut them: encoded when they are
-/// final ([`Request::final_at_cut`]), else as they are, for the embedding stage.
+/// `record` as it goes on from the cut: encoded when it is final ([`Request::final_at_cut`]),
+/// else as it is, for the embedding stage. One at a time, as it is sent, so that a record's
+/// memory is used again by the next one's (encoding a segment's records at once holds both
+/// forms of them all), and a streamed segment's records are encoded while the next segment is
+/// cut, not on the cut's path.
 ///
 /// # Errors
-/// When a record cannot be encoded.
-pub(super) fn outgoing(
-    records: Vec<ChunkRecord>,
-    request: &Request,
-) -> Result<Vec<Emitted>, FileError> {
-    if !request.final_at_cut() {
-        return Ok(records
-            .into_iter()
-            .map(|record| Emitted::Record(Box::new(record)))
-            .collect());
+/// When it cannot be encoded.
+pub(super) fn outgoing(record: ChunkRecord, request: &Request) -> Result<Emitted, FileError> {
+    if request.final_at_cut() {
+        encoded(&record)
+    } else {
+        Ok(Emitted::Record(Box::new(record)))
     }
-    records.iter().map(encoded).collect()
 }
 
 /// `record` as it leaves the pipeline.
@@ -111,25 +109,37 @@ pub(super) fn encoded(record: &ChunkRecord) -> Result<Emitted, FileError> {
     }
 }
 
-/// Sends `records` in order, from a blocking thread.
+/// Sends `records` in order, from a blocking thread, each as it goes on ([`outgoing`]).
 ///
 /// # Errors
-/// When the output was closed.
-pub(super) fn send_blocking(records: Vec<Emitted>, out: &Emitter) -> Result<(), FileError> {
+/// When a record cannot be encoded or the output was closed.
+pub(super) fn send_blocking(
+    records: Vec<ChunkRecord>,
+    request: &Request,
+    out: &Emitter,
+) -> Result<(), FileError> {
     for record in records {
-        out.blocking_send(record).map_err(|_| closed())?;
+        out.blocking_send(outgoing(record, request)?)
+            .map_err(|_| closed())?;
     }
     Ok(())
 }
 
-/// Sends `records` in order, from the file's task: how many.
+/// Sends `records` in order, from the file's task, each as it goes on ([`outgoing`]): how
+/// many.
 ///
 /// # Errors
-/// When the output was closed.
-pub(super) async fn send(records: Vec<Emitted>, out: &Emitter) -> Result<usize, FileError> {
+/// When a record cannot be encoded or the output was closed.
+pub(super) async fn send(
+    records: Vec<ChunkRecord>,
+    request: &Request,
+    out: &Emitter,
+) -> Result<usize, FileError> {
     let sent = records.len();
     for record in records {
-        out.send(record).await.map_err(|_| closed())?;
+        out.send(outgoing(record, request)?)
+            .await
+            .map_err(|_| closed())?;
     }
     Ok(sent)
 }
@@ -234,11 +244,10 @@ pub(super) fn cut_whole(
     let working = super::Working::on_core(slot);
     let mut at = Cursor::default();
     let (records, _) = records_of(segment, file, request, &mut at);
-    let records = outgoing(records, request)?;
     // The CPU work is done: free the slot before waiting for the writer, which may be busy
     // with another file that needs a slot to finish.
     drop(working);
-    send_blocking(records, out)?;
+    send_blocking(records, request, out)?;
     Ok(at.ready())
 }
 

@@ -8,14 +8,14 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::{
-    Cursor, Detected, Emitted, Emitter, FileError, MAX_SEGMENT_BYTES, Outcome, Processing, Read,
-    Request, SEGMENT_BYTES, Segment, Working, content_etag, file_info, outgoing, records_of, send,
-    send_blocking,
+    Cursor, Detected, Emitter, FileError, MAX_SEGMENT_BYTES, Outcome, Processing, Read, Request,
+    SEGMENT_BYTES, Segment, Working, content_etag, file_info, records_of, send, send_blocking,
 };
 use crate::chunk::Pieces;
 use crate::detect::{Family, TextHint};
 use crate::error::SkipReason;
 use crate::extract::{self, StreamDecoder};
+use crate::job::ChunkRecord;
 use crate::source::{ObjectMeta, SourceKind};
 
 /// Texts up to this size are cut on the file's task rather than on a blocking thread (a cut
@@ -107,7 +107,7 @@ impl Processing {
                 Ok(cut) => cut,
                 Err(ended) => return Ok(ended),
             };
-            send_blocking(records, &sender)?;
+            send_blocking(records, &request, &sender)?;
             Ok(at.ready())
         });
         self.records_cut(work).await
@@ -134,7 +134,7 @@ impl Processing {
             Ok(Err(ended)) => return ended,
             Err(_) => return Outcome::Failed(self.crashed()),
         };
-        if let Err(err) = send(records, out).await {
+        if let Err(err) = send(records, &self.request, out).await {
             return Outcome::Failed(err);
         }
         self.emitted = at.index;
@@ -178,6 +178,7 @@ impl Processing {
         // The records of the last segment cut, not sent yet. They leave before anything that
         // ends the stream, an error included.
         let mut unsent = Vec::new();
+        let request = Arc::clone(&self.request);
         loop {
             let cut_at = loop {
                 if let Some(cut_at) = read.segment_end(want, floor) {
@@ -187,7 +188,7 @@ impl Processing {
                     .take_ahead(&mut ahead, &mut read, at.offset, &mut body, &mut decoder)
                     .await;
                 if let Err(err) = taken {
-                    self.emitted += send(std::mem::take(&mut unsent), out).await?;
+                    self.emitted += send(std::mem::take(&mut unsent), &request, out).await?;
                     return Err(err);
                 }
             };
@@ -196,7 +197,7 @@ impl Processing {
                 last,
                 finished,
             } = cut_at;
-            let (request, file) = (Arc::clone(&self.request), Arc::clone(&file));
+            let (cutting, file) = (Arc::clone(&request), Arc::clone(&file));
             let slot = self.cpu_slot().await;
             let mut text = std::mem::take(&mut read.text);
             let (base, past_end) = (at.offset, text.len() - end);
@@ -209,8 +210,7 @@ impl Processing {
                     ahead: std::cell::Cell::new(Some(run_of(&tokenized, base, end, lent))),
                     ..Segment::whole(&text[..end], structure)
                 };
-                let (records, done) = records_of(&segment, &file, &request, &mut at);
-                let records = outgoing(records, &request)?;
+                let (records, done) = records_of(&segment, &file, &cutting, &mut at);
                 drop(working);
                 let spent = segment.ahead.take().map(|(_, pieces)| pieces);
                 text.drain(..done);
@@ -232,7 +232,8 @@ impl Processing {
                 }
                 Ok(())
             };
-            let (unread, delivered) = tokio::join!(reading, send(std::mem::take(&mut unsent), out));
+            let (unread, delivered) =
+                tokio::join!(reading, send(std::mem::take(&mut unsent), &request, out));
             self.emitted += delivered?;
             let done;
             (read.text, at, done, spent, unsent) = self.blocking(work).await?;
@@ -246,7 +247,7 @@ impl Processing {
             // Whatever ends the stream (its end, or an error met reading ahead), the records of
             // the segment just cut leave first.
             if finished || unread.is_err() {
-                self.emitted += send(std::mem::take(&mut unsent), out).await?;
+                self.emitted += send(std::mem::take(&mut unsent), &request, out).await?;
                 unread?;
                 return Ok(Outcome::Ready {
                     chunks: at.index,
@@ -592,7 +593,7 @@ impl Decoded {
     }
 }
 
-/// The records of a text read whole, as they go on ([`outgoing`]): extracted, named by a hash
+/// The records of a text read whole: extracted, named by a hash
 /// of its content when it has no ETag, and cut; or how the file ends when it cannot be
 /// extracted.
 fn records_whole(
@@ -602,7 +603,7 @@ fn records_whole(
     mut object: ObjectMeta,
     kind: SourceKind,
     request: &Request,
-) -> Result<(Vec<Emitted>, Cursor), Outcome> {
+) -> Result<(Vec<ChunkRecord>, Cursor), Outcome> {
     let started = std::time::Instant::now();
     let extracted = extract::extract(head, detected, charset, request.max_text_bytes);
     crate::telemetry::timed(crate::telemetry::Stage::Extract, started.elapsed());
@@ -613,7 +614,6 @@ fn records_whole(
     let file = Arc::new(file_info(&object, detected, kind));
     let mut at = Cursor::default();
     let (records, _) = records_of(&Segment::extracted(&extracted), &file, request, &mut at);
-    let records = outgoing(records, request).map_err(Outcome::Failed)?;
     Ok((records, at))
 }
 
