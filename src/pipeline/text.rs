@@ -593,9 +593,8 @@ impl Decoded {
     }
 }
 
-/// The records of a text read whole: extracted, named by a hash
-/// of its content when it has no ETag, and cut; or how the file ends when it cannot be
-/// extracted.
+/// The records of a text read whole: extracted, named by a hash of its content when it has no
+/// ETag, and cut; or how the file ends when it cannot be extracted.
 fn records_whole(
     head: &[u8],
     detected: Detected,
