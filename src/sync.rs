@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::job::{Event, EventKind, FileRef, ProcessedCounts};
+use crate::job::{EncodedRecord, Event, EventKind, FileRef, ProcessedCounts};
 use crate::pipeline::{self, Emitted, Emitter, FileReport, Request, Tally};
 use crate::sink::spool::{Spool, Spools, Stream};
 use crate::sink::{JsonlSink, SinkError, to_line};
@@ -247,30 +247,25 @@ impl Writer<'_> {
         if let Some((tracker, _)) = &mut file.tracking {
             tracker.see(&mut item);
         }
-        match item {
-            Emitted::Event(event) if first => self.sink.write_event(&event),
-            Emitted::Record(record) if first => {
-                file.records += 1;
-                self.sink.write_record(&record)
-            }
-            Emitted::Encoded(record) if first => {
-                file.records += 1;
-                self.sink.write_line(Stream::Records, record.line())
-            }
+        let record = match item {
+            Emitted::Event(event) if first => return self.sink.write_event(&event),
             Emitted::Event(event) => {
                 let line = to_line(&event)?;
-                self.spools.push(&mut file.spool, Stream::Events, line)
+                return self.spools.push(&mut file.spool, Stream::Events, line);
             }
-            Emitted::Record(record) => {
-                file.records += 1;
-                let line = to_line(&record)?;
-                self.spools.push(&mut file.spool, Stream::Records, line)
-            }
-            Emitted::Encoded(record) => {
-                file.records += 1;
-                self.spools
-                    .push(&mut file.spool, Stream::Records, record.into_line())
-            }
+            Emitted::Encoded(record) => *record,
+            // Records leave the pipeline encoded; one that did not is encoded here.
+            Emitted::Record(record) => EncodedRecord::new(*record).map_err(|err| SinkError {
+                what: "a line",
+                source: err.into(),
+            })?,
+        };
+        file.records += 1;
+        if first {
+            self.sink.write_line(Stream::Records, record.line())
+        } else {
+            self.spools
+                .push(&mut file.spool, Stream::Records, record.into_line())
         }
     }
 

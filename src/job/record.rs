@@ -165,11 +165,11 @@ pub struct EncodedRecord {
 }
 
 impl EncodedRecord {
-    /// `record` as JSON.
+    /// `record` as JSON (taken: its `chunk_id` moves over rather than being copied).
     ///
     /// # Errors
     /// When serde_json cannot write it (records have string keys only: it can).
-    pub fn new(record: &ChunkRecord) -> Result<EncodedRecord, serde_json::Error> {
+    pub fn new(record: ChunkRecord) -> Result<EncodedRecord, serde_json::Error> {
         // The text is most of a record; its other fields take well under 1 KiB, and a
         // vector's numbers at most 16 bytes each.
         let vector = record
@@ -177,10 +177,10 @@ impl EncodedRecord {
             .as_ref()
             .map_or(0, |vector| vector.len() * 16);
         let mut line = Vec::with_capacity(record.text.len() + vector + 1024);
-        serde_json::to_writer(&mut line, record)?;
+        serde_json::to_writer(&mut line, &record)?;
         line.push(b'\n');
         Ok(EncodedRecord {
-            chunk_id: record.chunk_id.clone(),
+            chunk_id: record.chunk_id,
             media_type: record.file.media_type,
             line,
         })

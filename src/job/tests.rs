@@ -132,8 +132,8 @@ fn an_encoded_record_is_the_json_the_outputs_wrote_of_it() {
             record.embedding = Some(vec![0.25, -1.5e-7, f32::NAN]);
             record.embedding_model = Some("a-model".to_owned());
         }
-        let encoded = EncodedRecord::new(&record).unwrap();
         let json = serde_json::to_vec(&record).unwrap();
+        let encoded = EncodedRecord::new(record.clone()).unwrap();
         assert_eq!(encoded.json(), json.as_slice());
         assert_eq!(encoded.line(), [json.as_slice(), b"\n"].concat());
         assert_eq!(encoded.chunk_id, record.chunk_id);

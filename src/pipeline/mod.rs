@@ -348,12 +348,12 @@ async fn embed_records(
                     waiting.push_back(Box::pin(async move {
                         record.embedding = Some(vector.await?);
                         record.embedding_model = Some(model);
-                        Ok((text, records::encoded(&record)?))
+                        Ok((text, records::encoded(*record)?))
                     }));
                 }
                 // Records without text (media files without a transcript) have no vector.
                 Some(Emitted::Record(record)) => {
-                    let done = records::encoded(&record).map(|done| (0, done));
+                    let done = records::encoded(*record).map(|done| (0, done));
                     waiting.push_back(Box::pin(std::future::ready(done)));
                 }
                 Some(other) => waiting.push_back(Box::pin(std::future::ready(Ok((0, other))))),

@@ -89,7 +89,7 @@ impl<'a> Segment<'a> {
 /// When it cannot be encoded.
 pub(super) fn outgoing(record: ChunkRecord, request: &Request) -> Result<Emitted, FileError> {
     if request.final_at_cut() {
-        encoded(&record)
+        encoded(record)
     } else {
         Ok(Emitted::Record(Box::new(record)))
     }
@@ -99,12 +99,13 @@ pub(super) fn outgoing(record: ChunkRecord, request: &Request) -> Result<Emitted
 ///
 /// # Errors
 /// When it cannot be encoded.
-pub(super) fn encoded(record: &ChunkRecord) -> Result<Emitted, FileError> {
+pub(super) fn encoded(record: ChunkRecord) -> Result<Emitted, FileError> {
+    let index = record.chunk_index;
     match EncodedRecord::new(record) {
         Ok(encoded) => Ok(Emitted::Encoded(Box::new(encoded))),
         Err(err) => Err(FileError::permanent(
             ErrorCode::Internal,
-            format!("encoding chunk {} as JSON: {err}", record.chunk_id),
+            format!("encoding chunk {index} as JSON: {err}"),
         )),
     }
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::SinkError;
 use super::spool::Stream;
-use crate::job::{ChunkRecord, Event, EventKind, ItemRecord};
+use crate::job::{Event, EventKind, ItemRecord};
 
 /// Writes chunk records to one stream and events to another.
 pub struct JsonlSink {
@@ -59,17 +59,6 @@ impl JsonlSink {
     /// When the output cannot be written.
     pub fn write_item(&mut self, item: &ItemRecord) -> Result<(), SinkError> {
         write_line(&mut self.chunks, item).map_err(|source| SinkError {
-            what: "chunks",
-            source,
-        })
-    }
-
-    /// Writes one chunk record line (buffered).
-    ///
-    /// # Errors
-    /// When the output cannot be written (a closed pipe, a full disk).
-    pub fn write_record(&mut self, record: &ChunkRecord) -> Result<(), SinkError> {
-        write_line(&mut self.chunks, record).map_err(|source| SinkError {
             what: "chunks",
             source,
         })

@@ -795,7 +795,7 @@ async fn process(
                 Emitted::Event(event) => out.event(&event).await?,
                 // Records leave the pipeline encoded; one that did not is encoded here.
                 Emitted::Record(record) => {
-                    let record = EncodedRecord::new(&record).map_err(PublishError::Encode)?;
+                    let record = EncodedRecord::new(*record).map_err(PublishError::Encode)?;
                     out.encoded(&record).await?;
                 }
                 Emitted::Encoded(record) => out.encoded(&record).await?,
