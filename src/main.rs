@@ -573,13 +573,17 @@ fn sync(args: SyncArgs) -> Result<u8, Failure> {
     Ok(summary.exit_code())
 }
 
+/// Bytes of records written at once: a record is a few KB, and the default 8 KiB wrote one
+/// or two at a time (over the corpus, 4,343 writes of 26.7 MB; now 424).
+const RECORDS_BUFFER: usize = 64 * 1024;
+
 /// Where `sync` writes: records to stdout or `--out`; events to stderr or `--events`. On a
 /// terminal, events on stderr wait for the progress bar, and a person reads failures there,
 /// not every event's JSON (`--events -` asks for it).
 fn sink(args: &SyncArgs, progress: &Progress) -> Result<JsonlSink, Failure> {
     let chunks: Box<dyn Write + Send> = match &args.out {
-        Some(path) => Box::new(BufWriter::new(create(path)?)),
-        None => Box::new(BufWriter::new(std::io::stdout())),
+        Some(path) => Box::new(BufWriter::with_capacity(RECORDS_BUFFER, create(path)?)),
+        None => Box::new(BufWriter::with_capacity(RECORDS_BUFFER, std::io::stdout())),
     };
     let terminal = std::io::stderr().is_terminal();
     let to_stderr = args
@@ -588,7 +592,9 @@ fn sink(args: &SyncArgs, progress: &Progress) -> Result<JsonlSink, Failure> {
         .is_none_or(|path| path.as_os_str() == "-");
     let events: Box<dyn Write + Send> = match &args.events {
         Some(path) if !to_stderr => Box::new(BufWriter::new(create(path)?)),
-        _ => Box::new(std::io::stderr()),
+        // Buffered too: an event is one write, not one per JSON token, and never split by
+        // a log line.
+        _ => Box::new(BufWriter::new(std::io::stderr())),
     };
     let mut sink = JsonlSink::new(chunks, events);
     if terminal && to_stderr {
