@@ -9,7 +9,10 @@
 //!
 //! * tiktoken — tiktoken-rs `encode_ordinary` over every file once, one core (the reference);
 //! * bpe      — bpe-openai `encode` over every file once, one core (the second reference);
-//! * ours     — `ingestd sync DIR --out /dev/null`, on one core and on both.
+//! * ours     — `ingestd sync DIR --out /dev/null`, on one core and on both;
+//! * bpe × 2  — the bpe pass as two processes at once, one per core, each over half the bytes:
+//!   what two cores give a pass that shares nothing (the ceiling for "both cores vs one");
+//! * stdio    — `ingestd sync DIR > FILE 2> FILE` on one core, as a newcomer first runs it.
 //!
 //! Then one large object (`INGESTD_BENCH_LARGE_MB`, default 200 MB of the same prose) on one
 //! core and on two, and documents from 10 KB to 50 MB (throughput and peak RSS, one core),
@@ -61,6 +64,19 @@ fn main() {
         );
         return;
     }
+    // The machine's own two-core ceiling: the same bpe-openai pass split in two processes, one
+    // per core, each over half the bytes.
+    let halves = [root.path().join("half-0"), root.path().join("half-1")];
+    let mut half_bytes = [0; 2];
+    for half in &halves {
+        std::fs::create_dir(half).expect("a folder");
+    }
+    for (i, page) in pages.iter().enumerate() {
+        let to = usize::from(half_bytes[1] < half_bytes[0]);
+        half_bytes[to] += page.len();
+        let name = format!("page-{i:05}.txt");
+        std::fs::hard_link(files.join(&name), halves[to].join(&name)).expect("linking a page");
+    }
     settle();
     println!(
         "corpus: {} files, {:.1} MB of prose; chunk_size 512, overlap 50, cl100k_base",
@@ -68,17 +84,23 @@ fn main() {
         mb(total)
     );
 
-    let (mut tiktoken, mut bpe, mut one, mut two) = (vec![], vec![], vec![], vec![]);
-    let mut peak = 0;
+    let (mut tiktoken, mut bpe, mut bpe_two) = (vec![], vec![], vec![]);
+    let (mut one, mut two, mut stdio, mut peak) = (vec![], vec![], vec![], 0);
     for _ in 0..ROUNDS {
-        tiktoken.push(reference(&files, "tiktoken"));
-        bpe.push(reference(&files, "bpe"));
+        tiktoken.push(reference(&[(files.as_path(), "0")], "tiktoken"));
+        bpe.push(reference(&[(files.as_path(), "0")], "bpe"));
+        bpe_two.push(reference(
+            &[(halves[0].as_path(), "0"), (halves[1].as_path(), "1")],
+            "bpe",
+        ));
         let (took, rss) = sync(&files, "0");
         one.push(took);
         peak = peak.max(rss);
         two.push(sync(&files, "0,1").0);
+        stdio.push(sync_stdio(&files, root.path()));
     }
-    let (tiktoken, bpe, one, two) = (best(&tiktoken), best(&bpe), best(&one), best(&two));
+    let (tiktoken, bpe, bpe_two) = (best(&tiktoken), best(&bpe), best(&bpe_two));
+    let (one, two, stdio) = (best(&one), best(&two), best(&stdio));
     println!("\nwhole process, best of {ROUNDS}");
     println!(
         "  tiktoken-rs pass, 1 core      {:>7.2} MB/s",
@@ -102,13 +124,29 @@ fn main() {
         ratio(tiktoken, two),
         ratio(one, two)
     );
+    println!(
+        "  bpe-openai, 2 processes       {:>7.2} MB/s   {:.2}x the pass on 1 core: two cores' most here",
+        rate(total, bpe_two),
+        ratio(bpe, bpe_two)
+    );
+    println!(
+        "  ingestd sync > FILE 2> FILE   {:>7.2} MB/s   {:.2}x the speed with --out /dev/null (1 core)",
+        rate(total, stdio),
+        ratio(one, stdio)
+    );
 
     let joined = pages.join("\n\n");
     drop(pages);
-    let large_mb = env_mb("INGESTD_BENCH_LARGE_MB", 200);
-    let large = root.path().join("large");
+    large_object(root.path(), &joined, env_mb("INGESTD_BENCH_LARGE_MB", 200));
+    sizes(root.path(), &joined);
+}
+
+/// One object of `large_mb` MB of the corpus's text on one core and on two, best of five
+/// interleaved rounds.
+fn large_object(root: &Path, joined: &str, large_mb: usize) {
+    let large = root.join("large");
     std::fs::create_dir(&large).expect("a folder");
-    let object = repeat_to(&joined, large_mb * 1_000_000);
+    let object = repeat_to(joined, large_mb * 1_000_000);
     std::fs::write(large.join("large.txt"), &object).expect("writing the large object");
     drop(object);
     settle();
@@ -135,8 +173,6 @@ fn main() {
         ratio(one, two)
     );
     std::fs::remove_dir_all(&large).expect("removing the large object");
-
-    sizes(root.path(), &joined);
 }
 
 /// Throughput and peak RSS on one core for documents of 10 KB, 1 MB and 50 MB, best of three
@@ -211,16 +247,25 @@ fn settle() {
     assert!(status.success(), "sync failed: {status}");
 }
 
-/// One reference pass (this binary again, in its own process) on core 0: how long it took.
-fn reference(folder: &Path, which: &str) -> Duration {
+/// Reference passes (this binary again, a process for each folder, on that folder's core), all
+/// at once: how long until the last one ended.
+fn reference(passes: &[(&Path, &str)], which: &str) -> Duration {
     let started = Instant::now();
-    let status = Command::new("taskset")
-        .args(["-c", "0"])
-        .arg(std::env::current_exe().expect("this benchmark's path"))
-        .env(REFERENCE_ENV, format!("{which}:{}", folder.display()))
-        .status()
-        .expect("running the reference pass");
-    assert!(status.success(), "the {which} pass failed: {status}");
+    let children: Vec<_> = passes
+        .iter()
+        .map(|(folder, core)| {
+            Command::new("taskset")
+                .args(["-c", core])
+                .arg(std::env::current_exe().expect("this benchmark's path"))
+                .env(REFERENCE_ENV, format!("{which}:{}", folder.display()))
+                .spawn()
+                .expect("running the reference pass")
+        })
+        .collect();
+    for mut child in children {
+        let status = child.wait().expect("waiting for the reference pass");
+        assert!(status.success(), "the {which} pass failed: {status}");
+    }
     started.elapsed()
 }
 
@@ -246,14 +291,29 @@ fn reference_pass(spec: &str) {
 
 /// One `ingestd sync` of `folder` on `cores` (a taskset list): how long it took, peak RSS in KiB.
 fn sync(folder: &Path, cores: &str) -> (Duration, u64) {
-    run_sampled(
-        Command::new("taskset")
-            .args(["-c", cores, env!("CARGO_BIN_EXE_ingestd")])
-            .args(["sync", folder.to_str().expect("a UTF-8 path")])
-            .args(["--chunk-size", "512", "--chunk-overlap", "50"])
-            .args(["--out", "/dev/null", "--events", "/dev/null"])
-            .env_remove("RUST_LOG"),
-    )
+    run_sampled(ingestd(folder, cores).args(["--out", "/dev/null", "--events", "/dev/null"]))
+}
+
+/// One `ingestd sync` of `folder` on core 0 as first tried: records on stdout and events on
+/// stderr, each into a file in `into`. How long it took.
+fn sync_stdio(folder: &Path, into: &Path) -> Duration {
+    let file = |name: &str| std::fs::File::create(into.join(name)).expect("an output file");
+    let mut command = ingestd(folder, "0");
+    command
+        .stdout(file("records.jsonl"))
+        .stderr(file("events.jsonl"));
+    run_sampled(&mut command).0
+}
+
+/// `ingestd sync folder` at 512/50 on `cores`.
+fn ingestd(folder: &Path, cores: &str) -> Command {
+    let mut command = Command::new("taskset");
+    command
+        .args(["-c", cores, env!("CARGO_BIN_EXE_ingestd")])
+        .args(["sync", folder.to_str().expect("a UTF-8 path")])
+        .args(["--chunk-size", "512", "--chunk-overlap", "50"])
+        .env_remove("RUST_LOG");
+    command
 }
 
 fn best(times: &[Duration]) -> Duration {
