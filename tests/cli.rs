@@ -5,7 +5,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use common::{assert_exit, fixture, ingestd, ingestd_within, lines, outcome, root};
+use common::{assert_exit, fixture, ingestd, ingestd_with, ingestd_within, lines, outcome, root};
 use serde_json::Value;
 
 fn expected() -> Value {
@@ -310,6 +310,42 @@ fn usage_errors_exit_2_with_one_sentence_and_write_nothing() {
             "{args:?} wrote output"
         );
     }
+}
+
+#[test]
+fn events_on_stderr_stay_whole_lines_beside_the_log() {
+    // Events and log lines share stderr, written by different threads: each event must reach
+    // it as one line of its own (unbuffered, an event was a write per JSON token, and log
+    // lines landed inside events).
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("files");
+    std::fs::create_dir(&files).unwrap();
+    let count = 600;
+    for i in 0..count {
+        let text = format!("Paragraph {i} about rivers and stones.\n\n").repeat(20 + i % 7);
+        std::fs::write(files.join(format!("f{i:04}.txt")), text).unwrap();
+    }
+    let out = ingestd_with(
+        dir.path(),
+        &["sync", "files", "--out", "records.jsonl"],
+        &[("RUST_LOG", "debug")],
+    );
+    assert_exit(&out, 0);
+    let (mut events, mut log) = (0, 0);
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        if line.starts_with('{') {
+            let event: Value = serde_json::from_str(line)
+                .unwrap_or_else(|err| panic!("a broken event line ({err}): {line}"));
+            assert!(event["event"].is_string(), "{line}");
+            events += 1;
+        } else {
+            assert!(!line.contains("{\""), "an event inside a log line: {line}");
+            log += 1;
+        }
+    }
+    // FILE_SYNCING and FILE_READY for each file, and the run's ALL_FILES_PROCESSED.
+    assert_eq!(events, 2 * count + 1);
+    assert!(log >= count / 2, "{log} log lines: was RUST_LOG honoured?");
 }
 
 #[test]
