@@ -592,9 +592,7 @@ fn sink(args: &SyncArgs, progress: &Progress) -> Result<JsonlSink, Failure> {
         .is_none_or(|path| path.as_os_str() == "-");
     let events: Box<dyn Write + Send> = match &args.events {
         Some(path) if !to_stderr => Box::new(BufWriter::new(create(path)?)),
-        // Buffered too: an event is one write, not one per JSON token, and never split by
-        // a log line.
-        _ => Box::new(BufWriter::new(std::io::stderr())),
+        _ => Box::new(std::io::stderr()),
     };
     let mut sink = JsonlSink::new(chunks, events);
     if terminal && to_stderr {

@@ -72,15 +72,7 @@ impl JsonlSink {
         if self.readable {
             return self.write_readable(event);
         }
-        let mut result = Ok(());
-        let events = &mut self.events;
-        (self.around_event)(&mut || {
-            result = write_line(events, event).and_then(|()| events.flush());
-        });
-        result.map_err(|source| SinkError {
-            what: "events",
-            source,
-        })
+        self.write_raw(&to_line(event)?)
     }
 
     /// An event as a person reads it: a failed file's line, or nothing.
@@ -100,17 +92,17 @@ impl JsonlSink {
         // Keys and messages come from outside (object names, a decoder's words): control
         // characters are shown escaped, never sent to the terminal.
         let line = format!("failed: {}: {error_code}: {}\n", shown(key), shown(message));
-        self.write_raw(&line)
+        self.write_raw(line.as_bytes())
     }
 
-    /// Writes `line` to the events stream as it is, and flushes it.
-    fn write_raw(&mut self, line: &str) -> Result<(), SinkError> {
+    /// Writes a whole `line` to the events stream at once, and flushes it: stderr is
+    /// unbuffered, and an event written piece by piece (a write per JSON token) could have a
+    /// log line land inside it.
+    fn write_raw(&mut self, line: &[u8]) -> Result<(), SinkError> {
         let mut result = Ok(());
         let events = &mut self.events;
         (self.around_event)(&mut || {
-            result = events
-                .write_all(line.as_bytes())
-                .and_then(|()| events.flush());
+            result = events.write_all(line).and_then(|()| events.flush());
         });
         result.map_err(|source| SinkError {
             what: "events",
@@ -136,19 +128,9 @@ impl JsonlSink {
                 // Lines of events, as the sink wrote them, read back; one that did not would
                 // be shown as it is rather than lost.
                 let line = String::from_utf8_lossy(line);
-                self.write_raw(&format!("{}\n", shown(line.trim_end())))
+                self.write_raw(format!("{}\n", shown(line.trim_end())).as_bytes())
             }
-            Stream::Events => {
-                let mut result = Ok(());
-                let events = &mut self.events;
-                (self.around_event)(&mut || {
-                    result = events.write_all(line).and_then(|()| events.flush());
-                });
-                result.map_err(|source| SinkError {
-                    what: "events",
-                    source,
-                })
-            }
+            Stream::Events => self.write_raw(line),
         }
     }
 
