@@ -12,6 +12,8 @@
 //! * ours     — `ingestd sync DIR --out /dev/null`, on one core and on both;
 //! * bpe × 2  — the bpe pass as two processes at once, one per core, each over half the bytes:
 //!   what two cores give a pass that shares nothing (the ceiling for "both cores vs one");
+//! * ours × 2 — `ingestd sync` the same way, two processes over the halves: what splitting the
+//!   files between the cores, with nothing handed from one to the other, would give;
 //! * stdio    — `ingestd sync DIR > FILE 2> FILE` on one core, as a newcomer first runs it.
 //!
 //! Then one large object (`INGESTD_BENCH_LARGE_MB`, default 200 MB of the same prose) on one
@@ -64,8 +66,8 @@ fn main() {
         );
         return;
     }
-    // The machine's own two-core ceiling: the same bpe-openai pass split in two processes, one
-    // per core, each over half the bytes.
+    // The machine's own two-core ceiling: the bpe-openai pass, and `ingestd sync`, split in two
+    // processes, one per core, each over half the bytes.
     let halves = [root.path().join("half-0"), root.path().join("half-1")];
     let mut half_bytes = [0; 2];
     for half in &halves {
@@ -83,24 +85,37 @@ fn main() {
         pages.len(),
         mb(total)
     );
+    whole_process(&files, &halves, total, root.path());
 
+    let joined = pages.join("\n\n");
+    drop(pages);
+    large_object(root.path(), &joined, env_mb("INGESTD_BENCH_LARGE_MB", 200));
+    sizes(root.path(), &joined);
+}
+
+/// The corpus (`total` bytes in `files`, and split by bytes into `halves`) through every side,
+/// best of [`ROUNDS`] interleaved rounds.
+fn whole_process(files: &Path, halves: &[std::path::PathBuf; 2], total: usize, root: &Path) {
     let (mut tiktoken, mut bpe, mut bpe_two) = (vec![], vec![], vec![]);
-    let (mut one, mut two, mut stdio, mut peak) = (vec![], vec![], vec![], 0);
+    let (mut one, mut two, mut two_processes, mut stdio, mut peak) =
+        (vec![], vec![], vec![], vec![], 0);
     for _ in 0..ROUNDS {
-        tiktoken.push(reference(&[(files.as_path(), "0")], "tiktoken"));
-        bpe.push(reference(&[(files.as_path(), "0")], "bpe"));
+        tiktoken.push(reference(&[(files, "0")], "tiktoken"));
+        bpe.push(reference(&[(files, "0")], "bpe"));
         bpe_two.push(reference(
             &[(halves[0].as_path(), "0"), (halves[1].as_path(), "1")],
             "bpe",
         ));
-        let (took, rss) = sync(&files, "0");
+        let (took, rss) = sync(files, "0");
         one.push(took);
         peak = peak.max(rss);
-        two.push(sync(&files, "0,1").0);
-        stdio.push(sync_stdio(&files, root.path()));
+        two.push(sync(files, "0,1").0);
+        two_processes.push(syncs(&[(&halves[0], "0"), (&halves[1], "1")]));
+        stdio.push(sync_stdio(files, root));
     }
     let (tiktoken, bpe, bpe_two) = (best(&tiktoken), best(&bpe), best(&bpe_two));
-    let (one, two, stdio) = (best(&one), best(&two), best(&stdio));
+    let (one, two, two_processes, stdio) =
+        (best(&one), best(&two), best(&two_processes), best(&stdio));
     println!("\nwhole process, best of {ROUNDS}");
     println!(
         "  tiktoken-rs pass, 1 core      {:>7.2} MB/s",
@@ -130,15 +145,16 @@ fn main() {
         ratio(bpe, bpe_two)
     );
     println!(
+        "  ingestd sync, 2 processes     {:>7.2} MB/s   {:.2}x itself on 1 core: files split between the cores; 1 process on 2 cores is {:.2} of it",
+        rate(total, two_processes),
+        ratio(one, two_processes),
+        ratio(two_processes, two)
+    );
+    println!(
         "  ingestd sync > FILE 2> FILE   {:>7.2} MB/s   {:.2}x the speed with --out /dev/null (1 core)",
         rate(total, stdio),
         ratio(one, stdio)
     );
-
-    let joined = pages.join("\n\n");
-    drop(pages);
-    large_object(root.path(), &joined, env_mb("INGESTD_BENCH_LARGE_MB", 200));
-    sizes(root.path(), &joined);
 }
 
 /// One object of `large_mb` MB of the corpus's text on one core and on two, best of five
@@ -292,6 +308,26 @@ fn reference_pass(spec: &str) {
 /// One `ingestd sync` of `folder` on `cores` (a taskset list): how long it took, peak RSS in KiB.
 fn sync(folder: &Path, cores: &str) -> (Duration, u64) {
     run_sampled(ingestd(folder, cores).args(["--out", "/dev/null", "--events", "/dev/null"]))
+}
+
+/// `ingestd sync` of each folder at once, each in a process of its own on its core (a taskset
+/// list): how long until the last one ended.
+fn syncs(passes: &[(&Path, &str)]) -> Duration {
+    let started = Instant::now();
+    let children: Vec<_> = passes
+        .iter()
+        .map(|(folder, cores)| {
+            ingestd(folder, cores)
+                .args(["--out", "/dev/null", "--events", "/dev/null"])
+                .spawn()
+                .expect("running ingestd sync")
+        })
+        .collect();
+    for mut child in children {
+        let status = child.wait().expect("waiting for ingestd sync");
+        assert!(status.success(), "ingestd sync failed: {status}");
+    }
+    started.elapsed()
 }
 
 /// One `ingestd sync` of `folder` on core 0 as first tried: records on stdout and events on
