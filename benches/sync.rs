@@ -102,10 +102,7 @@ fn whole_process(files: &Path, halves: &[std::path::PathBuf; 2], total: usize, r
     for _ in 0..ROUNDS {
         tiktoken.push(reference(&[(files, "0")], "tiktoken"));
         bpe.push(reference(&[(files, "0")], "bpe"));
-        bpe_two.push(reference(
-            &[(halves[0].as_path(), "0"), (halves[1].as_path(), "1")],
-            "bpe",
-        ));
+        bpe_two.push(reference(&[(&halves[0], "0"), (&halves[1], "1")], "bpe"));
         let (took, rss) = sync(files, "0");
         one.push(took);
         peak = peak.max(rss);
@@ -266,21 +263,34 @@ fn settle() {
 /// Reference passes (this binary again, a process for each folder, on that folder's core), all
 /// at once: how long until the last one ended.
 fn reference(passes: &[(&Path, &str)], which: &str) -> Duration {
-    let started = Instant::now();
-    let children: Vec<_> = passes
-        .iter()
-        .map(|(folder, core)| {
-            Command::new("taskset")
+    together(
+        passes.iter().map(|(folder, core)| {
+            let mut command = Command::new("taskset");
+            command
                 .args(["-c", core])
                 .arg(std::env::current_exe().expect("this benchmark's path"))
-                .env(REFERENCE_ENV, format!("{which}:{}", folder.display()))
+                .env(REFERENCE_ENV, format!("{which}:{}", folder.display()));
+            command
+        }),
+        &format!("the {which} pass"),
+    )
+}
+
+/// Runs `commands` all at once: how long until the last one ended.
+fn together(commands: impl Iterator<Item = Command>, what: &str) -> Duration {
+    let started = Instant::now();
+    let children: Vec<_> = commands
+        .map(|mut command| {
+            command
                 .spawn()
-                .expect("running the reference pass")
+                .unwrap_or_else(|err| panic!("running {what}: {err}"))
         })
         .collect();
     for mut child in children {
-        let status = child.wait().expect("waiting for the reference pass");
-        assert!(status.success(), "the {which} pass failed: {status}");
+        let status = child
+            .wait()
+            .unwrap_or_else(|err| panic!("waiting for {what}: {err}"));
+        assert!(status.success(), "{what} failed: {status}");
     }
     started.elapsed()
 }
@@ -313,21 +323,14 @@ fn sync(folder: &Path, cores: &str) -> (Duration, u64) {
 /// `ingestd sync` of each folder at once, each in a process of its own on its core (a taskset
 /// list): how long until the last one ended.
 fn syncs(passes: &[(&Path, &str)]) -> Duration {
-    let started = Instant::now();
-    let children: Vec<_> = passes
-        .iter()
-        .map(|(folder, cores)| {
-            ingestd(folder, cores)
-                .args(["--out", "/dev/null", "--events", "/dev/null"])
-                .spawn()
-                .expect("running ingestd sync")
-        })
-        .collect();
-    for mut child in children {
-        let status = child.wait().expect("waiting for ingestd sync");
-        assert!(status.success(), "ingestd sync failed: {status}");
-    }
-    started.elapsed()
+    together(
+        passes.iter().map(|(folder, cores)| {
+            let mut command = ingestd(folder, cores);
+            command.args(["--out", "/dev/null", "--events", "/dev/null"]);
+            command
+        }),
+        "ingestd sync",
+    )
 }
 
 /// One `ingestd sync` of `folder` on core 0 as first tried: records on stdout and events on
